@@ -274,7 +274,7 @@ def segmentation_summary(rows: Sequence[dict], labels: Sequence[int], regions: M
 
     def block(key):
         return {k: M.summarize([r[f"{k}_{key}"] for r in rows]) for k in kinds}
-    return {"labels": {str(lab): {"name": label_names.get(lab, str(lab)), **block(lab)} for lab in labels},
+    return {"labels": {str(lab): {"name": label_names.get(lab, f"label {lab}"), **block(lab)} for lab in labels},
             "regions": {name: {"labels": list(labs), **block(name)} for name, labs in regions.items()},
             "n_cases": len(rows)}
 

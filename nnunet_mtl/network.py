@@ -1,0 +1,57 @@
+"""MTLNetwork: nnU-Net's own U-Net plus image-level heads fed by the same encoder pass.
+
+It keeps ``encoder`` and ``decoder`` as direct attributes, so state-dict keys match a stock
+nnU-Net model (stock weights load with strict=False) and nnU-Net's
+``set_deep_supervision_enabled`` (``network.decoder.deep_supervision``) keeps working.
+``forward(x)`` keeps nnU-Net's contract (segmentation only), so stock validation and
+``nnUNetv2_predict`` work unchanged; ``forward(x, with_heads=True)`` returns
+``(seg, {target: raw head output})``. A keyword (not a second method) survives DDP/compile wrappers.
+"""
+from __future__ import annotations
+
+from typing import Dict
+
+import torch
+from torch import nn
+
+from nnunet_mtl.heads import build_heads
+from nnunet_mtl.targets import TargetSpec
+
+
+class MTLNetwork(nn.Module):
+    def __init__(self, unet: nn.Module, spec: TargetSpec, head_stages=(-1,), head_dropout: float = 0.2):
+        super().__init__()
+        self.encoder = unet.encoder
+        self.decoder = unet.decoder
+        self.spec = spec
+        self.heads = build_heads(spec, list(self.encoder.output_channels), head_stages, head_dropout)
+        self.capture_heads = False          # when True, a plain forward also stores head outputs
+        self.last_head_outputs = None
+
+    def forward(self, x: torch.Tensor, with_heads: bool = False):
+        skips = self.encoder(x)
+        seg = self.decoder(skips)
+        if with_heads or self.capture_heads:
+            heads = self.run_heads(skips)
+            if with_heads:
+                return seg, heads
+            self.last_head_outputs = heads
+        return seg
+
+    def run_heads(self, skips) -> Dict[str, torch.Tensor]:
+        return {name: head(skips) for name, head in self.heads.items()}
+
+    def outputs_to_predictions(self, raw: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        """Raw head outputs -> probabilities (classification) / original units (regression)."""
+        return {name: self.heads[name].to_output(v) for name, v in raw.items()}
+
+
+def unwrap(network: nn.Module) -> nn.Module:
+    """The MTLNetwork inside DDP / torch.compile wrappers."""
+    while True:
+        if hasattr(network, "module") and isinstance(network.module, nn.Module):
+            network = network.module
+        elif hasattr(network, "_orig_mod"):
+            network = network._orig_mod
+        else:
+            return network

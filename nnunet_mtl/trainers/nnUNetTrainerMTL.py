@@ -1,0 +1,208 @@
+"""nnUNetTrainerMTL: nnU-Net's trainer plus image-level heads on the encoder.
+
+Found by stock nnU-Net through ``nnUNet_extTrainer`` (this folder), so this file imports
+absolutely and keeps the logic in the library. What it changes, hook by hook:
+
+* ``build_network_architecture``: nnU-Net's own U-Net from the plans, wrapped in MTLNetwork
+  (heads read the same encoder pass the decoder uses; one encoder forward per step).
+* ``train_step``: seg loss and head loss from one forward, mixed by the phase schedule.
+* ``validation_step`` / ``on_validation_epoch_end``: head loss, accuracy and macro-F1 on the
+  validation patches (for checkpoint selection only; reported numbers are whole-case).
+* ``on_epoch_end``: best checkpoint by a combined score, early stopping with a patience.
+* ``perform_actual_validation``: nnU-Net's whole-case segmentation validation, then the
+  whole-case head predictions (CSV) and their accuracy / macro-F1.
+
+Combined score (checkpoint_best, early stopping) =
+``selection_seg_weight * ema_pseudo_dice + (1 - selection_seg_weight) * ema_head_score``, where the
+head score is the mean over targets of macro-F1 (classification) or 1 / (1 + MAE / std)
+(regression); without masks it is the head score alone.
+"""
+import os
+
+import numpy as np
+import torch
+from torch import autocast
+
+from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from nnunetv2.utilities.helpers import dummy_context
+
+from nnunet_mtl.data import CaseTargets
+from nnunet_mtl.losses import HeadLoss, HeadWeightSchedule
+from nnunet_mtl.network import MTLNetwork, unwrap
+from nnunet_mtl.overrides import read_overrides
+from nnunet_mtl.targets import PLANS_KEY, TargetSpec, table_from_dataset_json
+from nnunet_mtl.training import selection
+from nnunet_mtl.training.head_metrics import patch_head_metrics, patch_predictions
+from nnunet_mtl.training.step_helpers import (class_weights_for_split, gathered_mean, store_regression_stats,
+                                              to_device, zero_with_graph)
+from nnunet_mtl.training.whole_case import validate_heads_on_whole_cases
+
+
+class nnUNetTrainerMTL(nnUNetTrainer):
+    head_stages = (-1,)
+    head_dropout = 0.2
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device('cuda')):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.case_table = table_from_dataset_json(dataset_json)
+        self.spec = self.case_table.spec
+        self.plans_manager.plans[PLANS_KEY] = self.spec.to_json()  # travels to plans.json -> predictor
+        self.has_masks = bool(dataset_json["mtl"].get("has_masks", True))
+        # seed design defaults
+        self.initial_lr = 1e-4
+        self.weight_decay = 3e-5
+        self.warmup_epochs = 20
+        self.ramp_epochs = 30
+        self.head_weight_start = 0.1
+        self.head_weight_end = 0.5
+        self.class_weight_smoothing = 1.0
+        self.class_weight_power = 1.0
+        self.early_stopping_patience = 100
+        self.selection_seg_weight = 0.5
+        for name, value in read_overrides().items():
+            setattr(self, name, value)
+        self.case_targets = CaseTargets(self.case_table)
+        self.head_loss = None
+        self.regression_stats = {}
+        self.mtl_state = selection.new_state()
+
+    # ------------------------------------------------------------------ network / optimiser
+    @classmethod
+    def build_network_architecture(cls, plans_manager, configuration_manager, num_input_channels: int,
+                                   num_output_channels: int, enable_deep_supervision: bool = True):
+        unet = nnUNetTrainer.build_network_architecture(plans_manager, configuration_manager, num_input_channels,
+                                                        num_output_channels, enable_deep_supervision)
+        return MTLNetwork(unet, TargetSpec.from_plans(plans_manager.plans), cls.head_stages, cls.head_dropout)
+
+    def configure_optimizers(self):
+        optimizer = torch.optim.AdamW(self.network.parameters(), lr=self.initial_lr, weight_decay=self.weight_decay)
+        return optimizer, PolyLRScheduler(optimizer, self.initial_lr, self.num_epochs)
+
+    @property
+    def schedule(self) -> HeadWeightSchedule:
+        return HeadWeightSchedule(self.warmup_epochs, self.ramp_epochs, self.head_weight_start, self.head_weight_end)
+
+    def loss_weights(self):
+        """(seg weight, head weight) in force this epoch; heads only when the dataset has no masks."""
+        return (0.0, 1.0) if not self.has_masks else self.schedule.weights(self.current_epoch)
+
+    # ------------------------------------------------------------------ training
+    def on_train_start(self):
+        super().on_train_start()
+        tr_keys, _ = self.do_split()
+        class_weights = class_weights_for_split(self.case_table, tr_keys, self.class_weight_smoothing,
+                                                        self.class_weight_power)
+        for name, w in class_weights.items():
+            counts = self.case_table.class_counts(name, tr_keys)
+            self.print_to_log_file(f"Head '{name}': training-split counts {dict(zip(self.spec[name].classes, counts))}"
+                                   f" -> class weights {np.round(w, 4).tolist()}")
+        self.regression_stats = self.case_targets.regression_stats(tr_keys)
+        store_regression_stats(unwrap(self.network), self.regression_stats)
+        self.head_loss = HeadLoss(self.spec, class_weights).to(self.device)
+        w_seg, w_head = self.loss_weights()
+        self.print_to_log_file(f"Loss weights: seg {w_seg:.3f}, heads {w_head:.3f} (schedule {self.schedule})")
+
+    def train_step(self, batch: dict) -> dict:
+        data = batch['data'].to(self.device, non_blocking=True)
+        target = to_device(batch['target'], self.device)
+        head_targets = self.case_targets.for_keys(batch['keys'])
+        w_seg, w_head = self.loss_weights()
+        self.optimizer.zero_grad(set_to_none=True)
+        with autocast(self.device.type, enabled=True) if self.device.type == 'cuda' else dummy_context():
+            seg_out, head_out = self.network(data, with_heads=True)
+            seg_loss = self.loss(seg_out, target) if w_seg > 0 else zero_with_graph(seg_out)
+            head_loss, _ = self.head_loss(head_out, head_targets, self.regression_stats)
+            loss = w_seg * seg_loss + w_head * head_loss
+        self._backward_and_step(loss)
+        return {'loss': loss.detach().cpu().numpy(), 'seg_loss': seg_loss.detach().cpu().numpy(),
+                'head_loss': head_loss.detach().cpu().numpy()}
+
+    def _backward_and_step(self, loss):
+        if self.grad_scaler is not None:
+            self.grad_scaler.scale(loss).backward()
+            self.grad_scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
+            self.grad_scaler.step(self.optimizer)
+            self.grad_scaler.update()
+        else:
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
+            self.optimizer.step()
+
+    def on_train_epoch_end(self, train_outputs):
+        super().on_train_epoch_end(train_outputs)
+        self._epoch_record = {"epoch": self.current_epoch}
+        for key in ("seg_loss", "head_loss"):
+            self._epoch_record[f"train_{key}"] = gathered_mean([o[key] for o in train_outputs], self.is_ddp)
+        self._epoch_record["seg_weight"], self._epoch_record["head_weight"] = self.loss_weights()
+
+    # ------------------------------------------------------------------ validation (patches)
+    def validation_step(self, batch: dict) -> dict:
+        net = unwrap(self.network)
+        net.capture_heads = True
+        try:
+            out = super().validation_step(batch)
+        finally:
+            net.capture_heads = False
+        raw, net.last_head_outputs = net.last_head_outputs, None
+        head_targets = self.case_targets.for_keys(batch['keys'])
+        head_loss, _ = self.head_loss(raw, head_targets, self.regression_stats)
+        out['head_loss'] = head_loss.detach().cpu().numpy()
+        out.update(patch_predictions(net, raw, head_targets))
+        return out
+
+    def on_validation_epoch_end(self, val_outputs):
+        super().on_validation_epoch_end(val_outputs)
+        record = self._epoch_record
+        record["val_head_loss"] = gathered_mean([o['head_loss'] for o in val_outputs], self.is_ddp)
+        record.update(patch_head_metrics(self.spec, val_outputs, self.is_ddp, self.regression_stats))
+        record["pseudo_dice_ema"] = float(self.logger.get_value('ema_fg_dice', step=-1))
+
+    # ------------------------------------------------------------------ epoch end: selection, stopping
+    def on_epoch_end(self):
+        record = self._epoch_record
+        score = selection.update_selection(self.mtl_state, record, self.selection_seg_weight, self.has_masks)
+        msg = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items())
+        self.print_to_log_file(f"MTL: {msg}")
+        self._best_ema = float('inf')  # stock selection is by pseudo Dice only; ours is the combined score
+        if self.mtl_state["epochs_since_best"] == 0:
+            self.print_to_log_file(f"New best combined score: {score:.4f}")
+            self.save_checkpoint(os.path.join(self.output_folder, 'checkpoint_best.pth'))
+        super().on_epoch_end()
+        if self.local_rank == 0:
+            selection.write_progress(self.output_folder, self.mtl_state)
+        if self.mtl_state["epochs_since_best"] >= self.early_stopping_patience:
+            raise selection.EarlyStopping(f"Early stopping: no better combined score for "
+                                        f"{self.early_stopping_patience} epochs (best {self.mtl_state['best_score']:.4f})")
+
+    def run_training(self):
+        try:
+            super().run_training()
+        except selection.EarlyStopping as stop:
+            self.print_to_log_file(str(stop))
+            self.on_train_end()
+
+    # ------------------------------------------------------------------ checkpoints
+    def save_checkpoint(self, filename: str) -> None:
+        super().save_checkpoint(filename)
+        if self.local_rank == 0 and not self.disable_checkpointing:
+            selection.save_state(filename, self.mtl_state)
+
+    def load_checkpoint(self, filename_or_checkpoint) -> None:
+        super().load_checkpoint(filename_or_checkpoint)
+        if isinstance(filename_or_checkpoint, str):
+            self.mtl_state = selection.load_state(filename_or_checkpoint, self.mtl_state)
+
+    # ------------------------------------------------------------------ whole-case validation
+    def perform_actual_validation(self, save_probabilities: bool = False):
+        super().perform_actual_validation(save_probabilities)
+        self.set_deep_supervision_enabled(False)
+        try:
+            _, val_keys = self.do_split()
+            summary = validate_heads_on_whole_cases(self, val_keys)
+        finally:
+            self.set_deep_supervision_enabled(True)
+        if summary is not None:
+            self.print_to_log_file(f"Whole-case head validation: {summary['headline']}", also_print_to_console=True)

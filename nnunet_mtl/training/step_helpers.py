@@ -1,0 +1,50 @@
+"""Small pieces the MTL trainer's steps need: device moves, DDP-aware means, class weights."""
+from typing import Dict, List, Sequence
+
+import numpy as np
+import torch
+from torch import distributed as dist
+
+from nnunet_mtl.losses import inverse_frequency_weights
+from nnunet_mtl.targets import CaseTable
+
+
+def to_device(target, device):
+    if isinstance(target, list):
+        return [t.to(device, non_blocking=True) for t in target]
+    return target.to(device, non_blocking=True)
+
+
+def zero_with_graph(seg_out) -> torch.Tensor:
+    """A zero loss attached to the segmentation output (used when the seg weight is 0)."""
+    first = seg_out[0] if isinstance(seg_out, (list, tuple)) else seg_out
+    return first.sum() * 0.0
+
+
+def gather_list(values: list, is_ddp: bool) -> list:
+    """Concatenate a per-rank list over all DDP ranks (identity without DDP)."""
+    if not is_ddp:
+        return list(values)
+    parts = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, list(values))
+    return [v for p in parts for v in p]
+
+
+def gathered_mean(values: Sequence, is_ddp: bool) -> float:
+    vals = np.asarray(gather_list([float(v) for v in values], is_ddp), dtype=np.float64)
+    return float(vals.mean()) if vals.size else float("nan")
+
+
+def class_weights_for_split(table: CaseTable, train_keys: Sequence[str], smoothing: float,
+                            power: float) -> Dict[str, np.ndarray]:
+    """Inverse-frequency weights per classification target, counted on the training split only."""
+    return {t.name: inverse_frequency_weights(table.class_counts(t.name, train_keys), smoothing, power)
+            for t in table.spec.classification_targets}
+
+
+def store_regression_stats(network, stats: Dict[str, tuple]) -> None:
+    """Write mean/std into the regression heads' buffers (so they travel with each fold's checkpoint)."""
+    for name, (mean, std) in stats.items():
+        head = network.heads[name]
+        head.target_mean.fill_(mean)
+        head.target_std.fill_(std)
