@@ -34,7 +34,7 @@ import SimpleITK as sitk
 from nnunet_mtl import metrics as M
 from nnunet_mtl import prediction_table
 from nnunet_mtl.io_utils import atomic_write_csv, atomic_write_json, read_json
-from nnunet_mtl.targets import (CLASSIFICATION, REGRESSION, CaseTable, Target, TargetSpec, TargetSpecError,
+from nnunet_mtl.targets import (CLASSIFICATION, MISSING_TOKENS, REGRESSION, CaseTable, Target, TargetSpec, TargetSpecError,
                                 load_spec_file, read_labels_csv, table_from_dataset_json)
 
 logger = logging.getLogger(__name__)
@@ -155,18 +155,20 @@ def prediction_header_spec(csv_path: str) -> TargetSpec:
         raise EvaluationError(f"{csv_path}: {e}") from None
 
 
-def _merge_spec(inferred: TargetSpec, header: TargetSpec) -> TargetSpec:
-    """Inferred label-CSV spec with kinds and class order taken from the predictions CSV where known."""
-    merged = []
-    for t in inferred:
-        h = header[t.name] if t.name in header.names else None
-        if h is None:
-            merged.append(t)
-        elif h.is_classification:
-            merged.append(Target(t.name, CLASSIFICATION, classes=h.classes, allow_missing=t.allow_missing))
-        else:
-            merged.append(Target(t.name, REGRESSION, allow_missing=t.allow_missing))
-    return TargetSpec(tuple(merged))
+def _spec_for_labels_csv(labels_csv: str, header: TargetSpec) -> Optional[TargetSpec]:
+    """The predicted targets that have a labels column, with the model's kinds and class order
+    (None -> let ``read_labels_csv`` infer). A target may have missing labels when a cell is empty."""
+    try:
+        with open(labels_csv, newline="", encoding="utf-8-sig") as f:
+            rows = list(csv.DictReader(f))
+    except OSError:
+        return None  # read_labels_csv reports it
+    columns = set(rows[0]) if rows else set()
+    common = [t for t in header if t.name in columns]
+    if not common:
+        return None
+    missing = {t.name: any(str(r.get(t.name) or "").strip().lower() in MISSING_TOKENS for r in rows) for t in common}
+    return TargetSpec(tuple(Target(t.name, t.kind, classes=t.classes, allow_missing=missing[t.name]) for t in common))
 
 
 def folder_labels(groups: Mapping[str, str], header: Optional[TargetSpec]) -> CaseTable:
@@ -198,7 +200,7 @@ def load_labels(labels_csv: Optional[str] = None, dataset_json: Optional[Mapping
         header = prediction_header_spec(prediction_csv) if prediction_csv else None
         if labels_csv:
             if spec is None and header is not None:
-                spec = _merge_spec(read_labels_csv(labels_csv).spec, header)
+                spec = _spec_for_labels_csv(labels_csv, header)
             return read_labels_csv(labels_csv, spec)
         if dataset_json is not None:
             table = table_from_dataset_json(dataset_json)
