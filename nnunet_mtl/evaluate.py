@@ -5,7 +5,7 @@ patches. Inputs:
 
 * ``gt_dir``: masks ``CASE.<ending>`` in a flat folder (nnU-Net ``labelsTr`` style) or the
   pancreas challenge layout ``gt_dir/<class>/CASE.nii.gz`` with images ``CASE_0000.nii.gz``
-  beside them (files ending in ``_XXXX`` are images and are skipped). In that layout the
+  beside them (``CASE_XXXX`` next to ``CASE`` is an image and is skipped). In that layout the
   folder name is the class of the case when no labels table is given.
 * ``pred_dir``: predicted masks with the same case ids (``.nii.gz``, 2D ``.nii.gz``, ``.png``, ...).
 * ``prediction_csv``: the predictor's table (see ``nnunet_mtl.prediction_table``).
@@ -62,12 +62,22 @@ class EvaluationError(ValueError):
 
 # ------------------------------------------------------------------------------- discovery
 def case_id_of(filename: str) -> Optional[str]:
-    """Case id of a mask file name, or None for images (``_0000``) and other files."""
+    """Case id of a mask-like file name (known ending, not hidden), else None."""
     for ending in MASK_ENDINGS:
-        if filename.lower().endswith(ending):
-            stem = filename[: -len(ending)]
-            return None if CHANNEL_SUFFIX.search(stem) or stem.startswith(".") else stem
+        if filename.lower().endswith(ending) and not filename.startswith("."):
+            return filename[: -len(ending)]
     return None
+
+
+def _masks_in(folder: str) -> Dict[str, str]:
+    """case -> path for the masks directly in ``folder``; ``NAME_XXXX`` files are images when ``NAME``
+    itself is there (nnU-Net channel naming), so case ids that merely end in 4 digits still count."""
+    found = {}
+    for name in sorted(os.listdir(folder)):
+        cid = case_id_of(name)
+        if cid is not None and os.path.isfile(os.path.join(folder, name)):
+            found[cid] = os.path.join(folder, name)
+    return {c: p for c, p in found.items() if not (CHANNEL_SUFFIX.search(c) and c[:-5] in found)}
 
 
 def find_masks(folder: str) -> Tuple[Dict[str, str], Dict[str, str]]:
@@ -75,18 +85,13 @@ def find_masks(folder: str) -> Tuple[Dict[str, str], Dict[str, str]]:
     if not os.path.isdir(folder):
         raise EvaluationError(f"{folder}: folder not found")
     paths, groups = {}, {}
+    for cid, path in _masks_in(folder).items():
+        _add_case(paths, cid, path)
     for entry in sorted(os.listdir(folder)):
-        full = os.path.join(folder, entry)
-        if os.path.isdir(full):
-            for name in sorted(os.listdir(full)):
-                cid = case_id_of(name)
-                if cid is not None:
-                    _add_case(paths, cid, os.path.join(full, name))
-                    groups[cid] = entry
-        else:
-            cid = case_id_of(entry)
-            if cid is not None:
-                _add_case(paths, cid, full)
+        if os.path.isdir(os.path.join(folder, entry)):
+            for cid, path in _masks_in(os.path.join(folder, entry)).items():
+                _add_case(paths, cid, path)
+                groups[cid] = entry
     if not paths:
         raise EvaluationError(f"{folder}: no mask files ({', '.join(MASK_ENDINGS)}) found")
     return paths, groups

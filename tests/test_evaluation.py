@@ -347,3 +347,43 @@ def test_cli_end_to_end_and_error_exit(flat_set):
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=120)
     assert proc.returncode == 2
     assert "'c3'" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_cli_main_with_dataset_json_regions_label_names_and_target(tmp_path, capsys):
+    import shutil
+
+    import evaluation
+    from nnunet_mtl.synthetic import SUBTYPES, write_synthetic_raw
+    folder = write_synthetic_raw(str(tmp_path / "raw"), 7, kind="3d", n=3, shape=(8, 16, 16))
+    gt, pred = os.path.join(folder, "labelsTr"), tmp_path / "pred"
+    shutil.copytree(gt, pred)
+    dj = json.load(open(os.path.join(folder, "dataset.json")))
+    rows = []
+    for cid, values in dj["mtl"]["cases"].items():
+        probs = np.array([0.2, 0.3, 0.5])
+        rows.append({"case_id": cid, "subtype": SUBTYPES[2], **{f"subtype_prob_{c}": p for c, p in zip(SUBTYPES, probs)}})
+    write_csv(str(tmp_path / "p.csv"), rows)
+    res = evaluation.main(["--validation_data", gt, "--prediction_folder", str(pred), "--prediction_csv",
+                           str(tmp_path / "p.csv"), "--dataset_json", os.path.join(folder, "dataset.json"),
+                           "--output_folder", str(tmp_path / "out"), "--target", "subtype", "--n_bootstrap", "20",
+                           "--surface_metrics", "--num_processes", "2", "--no_plots"])
+    seg = res["segmentation"]
+    assert seg["labels"]["1"]["name"] == "pancreas" and seg["labels"]["2"]["name"] == "lesion"
+    assert set(seg["regions"]) == {"whole", "lesion"} and seg["regions"]["whole"]["dsc"]["mean"] == 1.0
+    assert seg["labels"]["2"]["hd95"]["mean"] == 0.0
+    assert res["classification"]["subtype"]["accuracy"] == pytest.approx(1 / 3)
+    assert "DSC pancreas" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as e:
+        evaluation.main(["--prediction_csv", str(tmp_path / "p.csv"), "--dataset_json",
+                         os.path.join(folder, "dataset.json"), "--output_folder", str(tmp_path / "o2"),
+                         "--target", "age"])
+    assert e.value.code == 2 and "'age'" in capsys.readouterr().err
+
+
+def test_find_masks_keeps_case_ids_ending_in_four_digits(tmp_path):
+    write_mask(str(tmp_path / "liver_0001.nii.gz"), np.zeros((2, 2)))
+    write_mask(str(tmp_path / "liver_0002.nii.gz"), np.zeros((2, 2)))
+    write_mask(str(tmp_path / "liver_0002_0000.nii.gz"), np.zeros((2, 2)))
+    (tmp_path / "notes.txt").write_text("x")
+    paths, groups = find_masks(str(tmp_path))
+    assert sorted(paths) == ["liver_0001", "liver_0002"] and groups == {}
