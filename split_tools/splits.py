@@ -232,18 +232,24 @@ def write_splits(splits: Sequence[Mapping], path: str, overwrite: bool = False) 
     test = list(getattr(splits, "test", []))
     test_path = os.path.join(os.path.dirname(os.path.abspath(path)), TEST_FILE)
     targets = [(path, folds)] + ([(test_path, {"test": test})] if test else [])
+    todo = []
     for p, content in targets:
+        if _same_json(p, content):
+            continue
         if os.path.isfile(p) and not overwrite:
-            try:
-                same = read_json(p) == content
-            except (OSError, json.JSONDecodeError):
-                same = False
-            if not same:
-                raise SplitError(f"{p}: a different split file already exists; pass overwrite=True (--overwrite) "
-                                 f"to replace it")
-    for p, content in targets:
+            raise SplitError(f"{p}: a different split file already exists; pass overwrite=True (--overwrite) "
+                             f"to replace it")
+        todo.append((p, content))
+    for p, content in todo:
         atomic_write_json(p, content)
     return path
+
+
+def _same_json(path: str, content) -> bool:
+    try:
+        return os.path.isfile(path) and read_json(path) == content
+    except (OSError, json.JSONDecodeError):
+        return False
 
 
 def read_splits(path: str) -> List[dict]:
