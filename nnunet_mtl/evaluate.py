@@ -439,6 +439,8 @@ def evaluate(gt_dir: Optional[str] = None, pred_dir: Optional[str] = None, predi
                     decision = f"p({t.classes[-1]}) >= {float(thresholds[t.name]['threshold'])} from {apply_thresholds}"
                 block = classification_block(t, yt, yp, pr, n_bootstrap, seed + i)
                 block["decision"] = decision
+                if block["roc_auc_note"]:
+                    result["notes"].append(f"{t.name}: {block['roc_auc_note']}")
                 if threshold_tuning and len(t.classes) == 2:
                     tuned[t.name] = _tune(t, yt, pr, threshold_tuning, block)
                 result["classification"][t.name] = block

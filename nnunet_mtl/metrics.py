@@ -21,7 +21,6 @@ Conventions (also written into ``metrics.json`` by ``nnunet_mtl.evaluate``):
 """
 from __future__ import annotations
 
-import math
 from typing import Callable, Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -214,7 +213,3 @@ def tune_threshold(y: Sequence[int], p: Sequence[float], method: str = "youden")
         score = _safe_div(2.0 * tp, (2 * tp + fp + fn).astype(np.float64))
     best = int(np.argmax(score))
     return float(candidates[best]), float(score[best])
-
-
-def is_finite(x) -> bool:
-    return isinstance(x, (int, float)) and math.isfinite(x)

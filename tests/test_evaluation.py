@@ -387,3 +387,15 @@ def test_find_masks_keeps_case_ids_ending_in_four_digits(tmp_path):
     (tmp_path / "notes.txt").write_text("x")
     paths, groups = find_masks(str(tmp_path))
     assert sorted(paths) == ["liver_0001", "liver_0002"] and groups == {}
+
+
+def test_classification_only_without_masks(flat_set):
+    labels = load_labels(labels_csv=str(flat_set / "labels.csv"), prediction_csv=str(flat_set / "pred.csv"))
+    res = evaluate(prediction_csv=str(flat_set / "pred.csv"), output_folder=str(flat_set / "o"), labels=labels,
+                   n_bootstrap=0)
+    assert "segmentation" not in res and res["n_cases"] == 4 and "ci95" not in res["classification"]["finding"]
+    assert (flat_set / "o" / "roc_finding.png").stat().st_size > 0
+    write_csv(str(flat_set / "labels.csv"), [{"case_id": c, "finding": "absent"} for c in ("c1", "c2", "c4")])
+    labels = load_labels(labels_csv=str(flat_set / "labels.csv"), prediction_csv=str(flat_set / "pred.csv"))
+    with pytest.raises(EvaluationError, match="'c3'"):
+        evaluate(prediction_csv=str(flat_set / "pred.csv"), labels=labels, n_bootstrap=0)
