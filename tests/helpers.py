@@ -1,0 +1,76 @@
+"""Test helpers: build, plan, preprocess and train tiny synthetic datasets through nnU-Net itself."""
+import json
+import os
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+
+from nnunet_mtl.overrides import ENV_VAR, encode_overrides
+from nnunet_mtl.planning import plan_and_preprocess
+from nnunet_mtl.synthetic import write_synthetic_raw
+
+TINY = {
+    "2d": dict(max_features=32, batch_size=4, n_stages=4),
+    "3d": dict(max_features=16, batch_size=2, n_stages=3, patch_size=(16, 32, 32)),
+}
+SHORT = dict(num_iterations_per_epoch=4, num_val_iterations_per_epoch=2, warmup_epochs=1, ramp_epochs=1)
+
+
+@dataclass
+class TinyDataset:
+    id: int
+    name: str
+    configuration: str
+    plans: str
+    raw_folder: str
+    preprocessed_folder: str
+    results_root: str
+
+    def model_folder(self, trainer: str) -> str:
+        return os.path.join(self.results_root, self.name, f"{trainer}__{self.plans}__{self.configuration}")
+
+    @property
+    def dataset_json(self) -> dict:
+        with open(os.path.join(self.raw_folder, "dataset.json")) as f:
+            return json.load(f)
+
+
+def prepare_dataset(paths, dataset_id, kind, planner, n, n_test=0, **synthetic_kwargs) -> TinyDataset:
+    raw = write_synthetic_raw(paths["nnUNet_raw"], dataset_id, kind, n=n, n_test=n_test, **synthetic_kwargs)
+    configuration = "2d" if kind == "2d" else "3d_fullres"
+    plans = plan_and_preprocess(dataset_id, planner, (configuration,), shrink=TINY[kind])
+    name = os.path.basename(raw)
+    return TinyDataset(dataset_id, name, configuration, plans, raw,
+                       os.path.join(paths["nnUNet_preprocessed"], name), paths["nnUNet_results"])
+
+
+@contextmanager
+def overrides(**knobs):
+    old = os.environ.get(ENV_VAR)
+    os.environ[ENV_VAR] = encode_overrides(**{**SHORT, **knobs})
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(ENV_VAR, None)
+        else:
+            os.environ[ENV_VAR] = old
+
+
+def train(ds: TinyDataset, trainer: str, fold, continue_training=False, **knobs) -> str:
+    """Train through nnU-Net's own run_training (the function behind nnUNetv2_train)."""
+    from nnunetv2.run.run_training import run_training
+    with overrides(**knobs):
+        run_training(str(ds.id), ds.configuration, fold, trainer, ds.plans, continue_training=continue_training,
+                     device=torch.device("cpu"))
+    return ds.model_folder(trainer)
+
+
+def make_trainer(ds: TinyDataset, trainer: str = "nnUNetTrainerMTL", fold=0, **knobs):
+    """An initialised trainer with dataloaders, ready for train_step (no training loop)."""
+    from nnunetv2.run.run_training import get_trainer_from_args
+    with overrides(**knobs):
+        t = get_trainer_from_args(str(ds.id), ds.configuration, fold, trainer, ds.plans, device=torch.device("cpu"))
+    t.on_train_start()
+    return t
