@@ -163,23 +163,23 @@ def make_splits(dataset_json_path: str, mode: str = "stratified", n_folds: int =
     cases = table.case_ids
     strata = _strata(table, cases, target)
     groups = _patients(block, cases, source) if mode == "grouped" else None
-    fixed = _fixed_validation(block, cases, source) if mode == "fixed" else []
-    pool = [c for c in cases if c not in set(fixed)]
-    pool_strata = [s for c, s in zip(cases, strata) if c not in set(fixed)]
-    pool_groups = [g for c, g in zip(cases, groups) if c not in set(fixed)] if groups is not None else None
-    test = _hold_out(pool, pool_strata, pool_groups, test_fraction, seed)
-    keep = [i for i, c in enumerate(pool) if c not in set(test)]
-    rest = [pool[i] for i in keep]
+    fixed = set(_fixed_validation(block, cases, source)) if mode == "fixed" else set()
+    pool = [i for i, c in enumerate(cases) if c not in fixed]
+    test = set(_hold_out(_take(cases, pool), _take(strata, pool), _take(groups, pool), test_fraction, seed))
+    rest = [i for i in pool if cases[i] not in test]
     if mode == "fixed":
-        folds = [{"train": sorted(rest), "val": sorted(fixed)}]
+        folds = [{"train": _take(cases, rest), "val": sorted(fixed)}]
     else:
-        folds = _kfold(rest, [pool_strata[i] for i in keep],
-                       [pool_groups[i] for i in keep] if pool_groups is not None else None,
-                       n_folds, seed, stratify=target is not None and mode != "random", source=source)
-    splits = Splits(folds, test)
+        folds = _kfold(_take(cases, rest), _take(strata, rest), _take(groups, rest), n_folds, seed,
+                       stratify=target is not None and mode != "random", source=source)
+    splits = Splits(folds, sorted(test))
     if verbose and target is not None:
         print(format_class_counts(fold_class_counts(splits, table, target), table.spec[target].classes))
     return splits
+
+
+def _take(seq: Optional[Sequence], idx: Sequence[int]) -> Optional[list]:
+    return [seq[i] for i in idx] if seq is not None else None
 
 
 def _fixed_validation(block: Mapping, cases: Sequence[str], source: str) -> List[str]:
