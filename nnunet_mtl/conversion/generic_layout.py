@@ -125,6 +125,7 @@ class CaseSource:
         self.mask_path = mask_path
         self.options = options
         self.extra: Dict[str, object] = {}
+        self.on_read = None  # called after the channels were read: drives the progress bar
         self._geometry: Optional[Geometry] = None
 
     @property
@@ -169,6 +170,8 @@ class CaseSource:
             _LAST_LOADED["owner"] = self
         if key not in _LAST_LOADED:
             _LAST_LOADED[key] = load()
+            if key == "channels" and self.on_read:
+                self.on_read(1)
         return _LAST_LOADED[key]
 
     def _read_channel(self, i: int) -> np.ndarray:
@@ -338,12 +341,16 @@ def write_cases(train: Sequence[CaseSource], test: Sequence[CaseSource], table: 
     channel_names = channel_names or default_channel_names(train[0], n_channels)
     if len(channel_names) != n_channels:
         raise ConversionError(f"{len(channel_names)} channel name(s) given for {n_channels}-channel images")
+    bar = tqdm(total=len(train) + len(test), desc="writing cases", unit="case", disable=None)
+    for case in list(train) + list(test):
+        case.on_read = bar.update
     try:
         folder = write_raw_dataset(raw_root, dataset_id, name, train, table, labels, channel_names,
                                    test_cases=test, overwrite=overwrite, extra_mtl=extra_mtl, description=description)
     except TargetSpecError as e:
         raise ConversionError(str(e)) from None
     finally:
+        bar.close()
         _LAST_LOADED.clear()
     return ConversionResult(folder, report)
 
