@@ -74,16 +74,16 @@ def test_training_validation_and_outputs(trained_2d, dataset_2d):
 
 
 def test_continue_training_resumes_mtl_state(dataset_2d):
-    folder = train(dataset_2d, "nnUNetTrainerMTL", 2, num_epochs=1)
+    folder = train(dataset_2d, "nnUNetTrainerMTL", 2, validate=False, num_epochs=1)
     fold = os.path.join(folder, "fold_2")
     assert len(json.load(open(os.path.join(fold, "mtl_progress.json")))) == 1
-    train(dataset_2d, "nnUNetTrainerMTL", 2, continue_training=True, num_epochs=2)
+    train(dataset_2d, "nnUNetTrainerMTL", 2, continue_training=True, validate=False, num_epochs=2)
     history = json.load(open(os.path.join(fold, "mtl_progress.json")))
     assert [h["epoch"] for h in history] == [0, 1]
 
 
 def test_early_stopping_ends_training(dataset_2d):
-    folder = train(dataset_2d, "nnUNetTrainerMTL", 3, num_epochs=6, early_stopping_patience=1,
+    folder = train(dataset_2d, "nnUNetTrainerMTL", 3, validate=False, num_epochs=6, early_stopping_patience=1,
                    num_iterations_per_epoch=1, initial_lr=0.0)
     fold = os.path.join(folder, "fold_3")
     history = json.load(open(os.path.join(fold, "mtl_progress.json")))

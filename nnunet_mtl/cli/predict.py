@@ -1,0 +1,51 @@
+"""nnunet_mtl_predict: masks + per-case head predictions (CSV/JSON) from a trained model folder."""
+import argparse
+import sys
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("-i", "--input", required=True, help="folder of images (nnU-Net CASE_0000.nii.gz, or PNG/JPG/"
+                                                        "DICOM/NIfTI files, or DICOM series folders)")
+    p.add_argument("-o", "--output", required=True, help="output folder for masks and predictions.csv")
+    p.add_argument("-m", "--model", required=True, help="trained model folder (holds plans.json and fold_X)")
+    p.add_argument("-f", "--folds", nargs="+", default=None, help="folds to ensemble (default: all found)")
+    p.add_argument("-chk", "--checkpoint", default="checkpoint_final.pth")
+    p.add_argument("-step_size", "--step_size", type=float, default=0.5, help="sliding-window step (default 0.5)")
+    p.add_argument("--disable_tta", action="store_true", help="no mirroring at test time (slower nets, lower accuracy)")
+    p.add_argument("--aggregation", default="foreground_weighted", choices=["foreground_weighted", "mean"],
+                   help="how tile head outputs combine into the case prediction")
+    p.add_argument("-device", "--device", default="cuda" if _cuda() else "cpu", choices=["cuda", "cpu", "mps"])
+    p.add_argument("-npp", type=int, default=2, help="processes for preprocessing")
+    p.add_argument("-nps", type=int, default=2, help="processes for resampling/export")
+    p.add_argument("--save_probabilities", action="store_true", help="also write probability maps (.npz)")
+    p.add_argument("--overwrite", action="store_true", help="re-predict cases that already have a mask")
+    p.add_argument("-num_parts", type=int, default=1, help="split the cases over this many processes/GPUs")
+    p.add_argument("-part_id", type=int, default=0, help="which part this process predicts (0-based)")
+    p.add_argument("--verbose", action="store_true")
+    return p
+
+
+def _cuda() -> bool:
+    import torch
+    return torch.cuda.is_available()
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    from nnunet_mtl.inference import load_predictor, predict_folder
+    try:
+        predictor = load_predictor(args.model, args.folds, args.checkpoint, args.device, args.step_size,
+                                   not args.disable_tta, args.aggregation, args.verbose)
+        csv_path = predict_folder(predictor, args.input, args.output, overwrite=args.overwrite,
+                                  save_probabilities=args.save_probabilities, num_processes_preprocessing=args.npp,
+                                  num_processes_export=args.nps, num_parts=args.num_parts, part_id=args.part_id)
+    except (FileNotFoundError, ValueError, RuntimeError) as e:
+        print(f"nnunet_mtl_predict: error: {e}", file=sys.stderr)
+        return 2
+    print(f"predictions: {csv_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,139 @@
+"""Whole-case multi-task inference: stock nnU-Net entry points, our predictor, CSV, folds, parts."""
+import csv
+import glob
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from nnunet_mtl import trainer_dir
+from nnunet_mtl.inference import load_predictor, predict_folder
+from nnunet_mtl.predictor import aggregate_tiles
+from tests.helpers import SHORT, overrides
+
+pytestmark = pytest.mark.timeout(600)
+
+
+def read_csv(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def masks(folder):
+    return {os.path.basename(p): sitk.GetArrayFromImage(sitk.ReadImage(p))
+            for p in sorted(glob.glob(os.path.join(folder, "*.nii.gz")))}
+
+
+def run(cmd, **env):
+    full_env = {**os.environ, "nnUNet_extTrainer": trainer_dir(), **env}
+    proc = subprocess.run(cmd, env=full_env, capture_output=True, text=True, timeout=500)
+    assert proc.returncode == 0, f"{cmd} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc
+
+
+@pytest.fixture(scope="module")
+def stock_trained(dataset_2d):
+    """Fold 4 trained by the real `nnUNetv2_train` console script with our trainer."""
+    from nnunet_mtl.overrides import encode_overrides
+    run(["nnUNetv2_train", str(dataset_2d.id), "2d", "4", "-tr", "nnUNetTrainerMTL", "-p", dataset_2d.plans,
+         "-device", "cpu"], NNUNET_MTL_OVERRIDES=encode_overrides(**SHORT, num_epochs=1))
+    folder = dataset_2d.model_folder("nnUNetTrainerMTL")
+    assert os.path.isfile(os.path.join(folder, "fold_4", "checkpoint_final.pth"))
+    assert os.path.isfile(os.path.join(folder, "fold_4", "validation", "predictions.csv"))
+    return folder
+
+
+def test_stock_predict_and_ours_give_identical_masks(stock_trained, dataset_2d, tmp_path):
+    images = os.path.join(dataset_2d.raw_folder, "imagesTs")
+    run(["nnUNetv2_predict", "-i", images, "-o", str(tmp_path / "stock"), "-d", str(dataset_2d.id), "-c", "2d",
+         "-f", "4", "-tr", "nnUNetTrainerMTL", "-p", dataset_2d.plans, "-device", "cpu", "-npp", "1", "-nps", "1"])
+    predictor = load_predictor(stock_trained, folds=[4])
+    csv_path = predict_folder(predictor, images, str(tmp_path / "ours"))
+    stock, ours = masks(tmp_path / "stock"), masks(tmp_path / "ours")
+    assert stock.keys() == ours.keys() and len(stock) == 3
+    for name in stock:
+        assert np.array_equal(stock[name], ours[name]), name
+    rows = read_csv(csv_path)
+    assert sorted(r["case_id"] for r in rows) == sorted(n[:-len(".nii.gz")] for n in stock)
+    for r in rows:
+        p = [float(r["finding_prob_absent"]), float(r["finding_prob_present"])]
+        assert abs(sum(p) - 1) < 1e-6 and r["finding"] == ("absent", "present")[int(np.argmax(p))]
+
+
+def test_folds_ensemble_averages_case_probabilities(stock_trained, trained_2d, dataset_2d, tmp_path):
+    images = os.path.join(dataset_2d.raw_folder, "imagesTs")
+    probs = {}
+    for folds in ([0], [4], [0, 4]):
+        out = tmp_path / "_".join(map(str, folds))
+        rows = read_csv(predict_folder(load_predictor(trained_2d, folds=folds), images, str(out)))
+        probs[tuple(folds)] = {r["case_id"]: float(r["finding_prob_present"]) for r in rows}
+    for case, p in probs[(0, 4)].items():
+        assert p == pytest.approx((probs[(0,)][case] + probs[(4,)][case]) / 2, abs=1e-6)
+
+
+def test_model_folder_alone_predicts_without_raw_or_preprocessed_data(trained_2d, dataset_2d, tmp_path):
+    model = tmp_path / "model"
+    shutil.copytree(trained_2d, model, ignore=shutil.ignore_patterns("validation", "*.png"))
+    images = tmp_path / "images"
+    shutil.copytree(os.path.join(dataset_2d.raw_folder, "imagesTs"), images)
+    out = tmp_path / "pred"
+    gone = str(tmp_path / "does_not_exist")
+    run([sys.executable, "-m", "nnunet_mtl.cli.predict", "-m", str(model), "-i", str(images), "-o", str(out),
+         "-f", "0", "-device", "cpu"], nnUNet_raw=gone, nnUNet_preprocessed=gone, nnUNet_results=gone)
+    rows = read_csv(out / "predictions.csv")
+    assert len(rows) == 3 and len(masks(out)) == 3
+
+
+def test_parts_share_one_output_folder(trained_2d, dataset_2d, tmp_path):
+    images = os.path.join(dataset_2d.raw_folder, "imagesTs")
+    predictor = load_predictor(trained_2d, folds=[0], use_mirroring=False)
+    for part in (0, 1):
+        csv_path = predict_folder(predictor, images, str(tmp_path), num_parts=2, part_id=part)
+    assert len(read_csv(csv_path)) == 3 and len(masks(tmp_path)) == 3
+
+
+def test_case_class_uses_every_tile_not_the_last(trained_2d):
+    """A lesion only in the first tile changes the case probabilities; the last tile is unchanged."""
+    predictor = load_predictor(trained_2d, folds=[0], use_mirroring=False, aggregation="mean")
+    rng = np.random.default_rng(0)
+    base = torch.from_numpy(rng.normal(0, 0.3, (1, 1, 64, 192)).astype(np.float32))
+    lesion = base.clone()
+    lesion[..., 16:48, 8:40] += 3.0  # inside the first tile only (tiles start at x = 0, 64, 128)
+    out_base = predictor.predict_case_targets(base)["finding"]
+    last_base = predictor._tiles[-1][1]["finding"]
+    n_tiles = len(predictor._tiles)
+    out_lesion = predictor.predict_case_targets(lesion)["finding"]
+    last_lesion = predictor._tiles[-1][1]["finding"]
+    assert n_tiles >= 3
+    assert np.allclose(last_base, last_lesion), "the last tile does not see the lesion"
+    assert np.abs(out_base - out_lesion).max() > 1e-4, "the case prediction must see the lesion"
+    assert out_base.sum() == pytest.approx(1.0, abs=1e-5)
+
+
+def test_aggregation_rules():
+    tiles = [(0.0, {"t": np.array([1.0, 0.0])}), (0.9, {"t": np.array([0.0, 1.0])}),
+             (0.1, {"t": np.array([0.5, 0.5])})]
+    assert np.allclose(aggregate_tiles(tiles, "mean")["t"], [0.5, 0.5])
+    assert np.allclose(aggregate_tiles(tiles, "foreground_weighted")["t"], [0.05, 0.95])
+    no_fg = [(0.0, t) for _, t in tiles]
+    assert np.allclose(aggregate_tiles(no_fg, "foreground_weighted")["t"], [0.5, 0.5])
+
+
+def test_quick_classify_prints_one_line_per_file(trained_2d, tmp_path):
+    from PIL import Image
+    files = []
+    for i in range(2):
+        arr = (np.random.default_rng(i).random((64, 64)) * 255).astype(np.uint8)
+        files.append(str(tmp_path / f"img{i}.png"))
+        Image.fromarray(arr).save(files[-1])
+    proc = run([sys.executable, "-m", "nnunet_mtl.cli.classify", trained_2d, *files, "-f", "0"])
+    lines = [l for l in proc.stdout.splitlines() if l.startswith(str(tmp_path))]
+    assert len(lines) == 2
+    for line, f in zip(lines, files):
+        name, cls, prob, secs = line.split("\t")
+        assert name == f and cls in ("absent", "present") and 0.5 <= float(prob) <= 1 and secs.endswith("s")
