@@ -70,19 +70,36 @@ def list_inputs(input_dir: str) -> List[str]:
     return sorted(os.path.join(input_dir, f) for f in os.listdir(input_dir) if not f.startswith("."))
 
 
+ENGINES = ("threads", "processes")
+
+
+def converted_source(input_dir: str, output_dir: str) -> str:
+    """Where nnU-Net reads the inputs from: the input folder itself, or its converted copy."""
+    if _is_nnunet_input_folder(input_dir):
+        return input_dir
+    return os.path.join(output_dir, ".converted_inputs")
+
+
 def predict_folder(predictor: nnUNetPredictorMTL, input_dir: str, output_dir: str, overwrite: bool = False,
                    save_probabilities: bool = False, num_processes_preprocessing: int = 2,
                    num_processes_export: int = 2, num_parts: int = 1, part_id: int = 0,
-                   clip_percentiles=(0.5, 98.5)) -> str:
+                   clip_percentiles=(0.5, 98.5), engine: str = "threads") -> str:
     """Masks (nnU-Net layout) + predictions.csv/json in output_dir; returns the CSV path.
 
-    Cases already predicted are kept and skipped unless ``overwrite`` (nnU-Net's continue mode)."""
+    Cases already predicted are kept and skipped unless ``overwrite`` (nnU-Net's continue mode).
+    ``engine='threads'`` runs in-process (threaded_engine); ``'processes'`` uses nnU-Net's
+    multiprocessing ``predict_from_files`` (worker start-up costs seconds per process)."""
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
     os.makedirs(output_dir, exist_ok=True)
-    source = input_dir
-    if not _is_nnunet_input_folder(input_dir):
-        source = os.path.join(output_dir, ".converted_inputs")
+    source = converted_source(input_dir, output_dir)
+    if source != input_dir:
         os.makedirs(source, exist_ok=True)
         prepare_inputs(list_inputs(input_dir), source, clip_percentiles)
+    if engine == "threads":
+        predictor.predict_from_files_threaded(source, output_dir, save_probabilities, overwrite, num_parts, part_id,
+                                              export_threads=num_processes_export)
+        return os.path.join(output_dir, CSV_NAME)
     predictor.predict_from_files(source, output_dir, save_probabilities=save_probabilities, overwrite=overwrite,
                                  num_processes_preprocessing=num_processes_preprocessing,
                                  num_processes_segmentation_export=num_processes_export,
@@ -93,13 +110,14 @@ def predict_folder(predictor: nnUNetPredictorMTL, input_dir: str, output_dir: st
 def classify_files(predictor: nnUNetPredictorMTL, files: Sequence[str], work_dir: str,
                    clip_percentiles=(0.5, 98.5)) -> List[dict]:
     """One result per file: its head outputs and the seconds it took (model already loaded)."""
-    rw = predictor.plans_manager.image_reader_writer_class()
+    preprocessor = predictor.configuration_manager.preprocessor_class(verbose=False)
     results = []
     for path in files:
         start = time.perf_counter()
         case_id, nifti = next(iter(prepare_inputs([path], work_dir, clip_percentiles).items()))
-        data, props = rw.read_images([nifti])
-        predictor.predict_single_npy_array(data, props, None, None, False)
+        data, _, _ = preprocessor.run_case([nifti], None, predictor.plans_manager, predictor.configuration_manager,
+                                           predictor.dataset_json)
+        predictor.predict_logits_from_preprocessed_data(torch.from_numpy(data))
         results.append({"file": path, "case_id": case_id, "outputs": predictor.last_case_outputs,
                         "seconds": time.perf_counter() - start})
     return results

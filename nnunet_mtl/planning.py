@@ -92,9 +92,9 @@ def plans_file(dataset_id: int, plans_name: str) -> str:
     return os.path.join(nnUNet_preprocessed, maybe_convert_to_dataset_name(dataset_id), plans_name + ".json")
 
 
-def shrink_plans(path: str, configuration: str, max_features: int = 32, batch_size: int = 2,
+def shrink_plans(path: str, configuration: str, max_features: Optional[int] = None, batch_size: Optional[int] = None,
                  patch_size: Optional[Sequence[int]] = None, n_stages: Optional[int] = None) -> None:
-    """Make one configuration tiny in place: cap features per stage, set batch (and patch) size."""
+    """Make one configuration smaller in place: fewer stages, capped features, batch/patch size."""
     plans = read_json(path)
     conf = plans["configurations"][configuration]
     arch = conf["architecture"]["arch_kwargs"]
@@ -105,8 +105,10 @@ def shrink_plans(path: str, configuration: str, max_features: int = 32, batch_si
         if "n_conv_per_stage_decoder" in arch:
             arch["n_conv_per_stage_decoder"] = arch["n_conv_per_stage_decoder"][:n_stages - 1]
         arch["n_stages"] = n_stages
-    arch["features_per_stage"] = [min(int(f), max_features) for f in arch["features_per_stage"]]
-    conf["batch_size"] = int(batch_size)
+    if max_features is not None:
+        arch["features_per_stage"] = [min(int(f), int(max_features)) for f in arch["features_per_stage"]]
+    if batch_size is not None:
+        conf["batch_size"] = int(batch_size)
     if patch_size is not None:
         conf["patch_size"] = [int(p) for p in patch_size]
     atomic_write_json(path, plans)

@@ -137,6 +137,20 @@ class nnUNetPredictorMTL(nnUNetPredictor):
             self.write_case_table(folder, {c: self.case_outputs[c] for c in cases})
         return ret
 
+    def predict_from_files_threaded(self, source_folder: str, output_folder: str, save_probabilities: bool = False,
+                                    overwrite: bool = True, num_parts: int = 1, part_id: int = 0,
+                                    export_threads: int = 2) -> str:
+        """Like nnU-Net's predict_from_files (same file discovery, parts and overwrite rules), but
+        in-process (see threaded_engine); returns the predictions CSV path."""
+        from nnunet_mtl.threaded_engine import run_cases
+        inputs, ofiles, _ = self._manage_input_and_output_lists(source_folder, output_folder, None, overwrite,
+                                                                part_id, num_parts, save_probabilities)
+        if not inputs:
+            return os.path.join(output_folder, CSV_NAME)
+        self.case_outputs = {}
+        run_cases(self, inputs, ofiles, save_probabilities, export_threads)
+        return self.write_case_table(output_folder, self.case_outputs)
+
     def write_case_table(self, folder: str, outputs: Dict[str, Dict[str, np.ndarray]]) -> str:
         """Merge these cases' rows into folder/predictions.csv|json (under a lock); return the CSV path."""
         spec = self.spec

@@ -22,6 +22,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="re-predict cases that already have a mask")
     p.add_argument("-num_parts", type=int, default=1, help="split the cases over this many processes/GPUs")
     p.add_argument("-part_id", type=int, default=0, help="which part this process predicts (0-based)")
+    p.add_argument("--engine", default="threads", choices=["threads", "processes"],
+                   help="threads: in-process pipeline, no worker start-up (default); processes: nnU-Net's workers")
     p.add_argument("--verbose", action="store_true")
     return p
 
@@ -39,7 +41,7 @@ def main(argv=None) -> int:
                                    not args.disable_tta, args.aggregation, args.verbose)
         csv_path = predict_folder(predictor, args.input, args.output, overwrite=args.overwrite,
                                   save_probabilities=args.save_probabilities, num_processes_preprocessing=args.npp,
-                                  num_processes_export=args.nps, num_parts=args.num_parts, part_id=args.part_id)
+                                  num_processes_export=args.nps, num_parts=args.num_parts, part_id=args.part_id, engine=args.engine)
     except (FileNotFoundError, ValueError, RuntimeError) as e:
         print(f"nnunet_mtl_predict: error: {e}", file=sys.stderr)
         return 2

@@ -1,0 +1,262 @@
+"""The whole job as library steps: prepare (convert, plan, preprocess, split), train, infer, evaluate.
+
+``pipeline.py`` is a thin CLI over these. Each step records what it produced in
+``<base_dir>/nnunet_mtl_pipeline.json`` so a later step (or a later run with
+``--train_only`` / ``--inference_only``) continues from it. Re-running a finished step skips
+it; nothing the user produced is deleted.
+"""
+from __future__ import annotations
+
+import glob
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import asdict, dataclass, field
+from typing import Dict, List, Optional, Sequence
+
+from nnunet_mtl.io_utils import atomic_write_json, read_json
+from nnunet_mtl.overrides import ENV_VAR, encode_overrides
+from nnunet_mtl.planning import plan_and_preprocess, plans_file, plans_identifier, use_base_dir
+
+STATE_FILE = "nnunet_mtl_pipeline.json"
+
+
+class PipelineError(RuntimeError):
+    """A step cannot run; the message says what to fix."""
+
+
+@dataclass
+class PipelineState:
+    dataset_id: int
+    dataset_name: str
+    raw_folder: str
+    configuration: str
+    plans: str
+    trainer: str
+    folds: List[int] = field(default_factory=list)
+
+    @property
+    def dataset_folder_name(self) -> str:
+        return os.path.basename(self.raw_folder)
+
+
+def state_path(base_dir: str) -> str:
+    return os.path.join(base_dir, STATE_FILE)
+
+
+def load_state(base_dir: str) -> PipelineState:
+    path = state_path(base_dir)
+    if not os.path.isfile(path):
+        raise PipelineError(f"{path}: not found; run the preparation step first (pipeline.py --prepare_only ...)")
+    return PipelineState(**read_json(path))
+
+
+def save_state(base_dir: str, state: PipelineState) -> None:
+    atomic_write_json(state_path(base_dir), asdict(state))
+
+
+# --------------------------------------------------------------------------------------------- prepare
+def detect_configuration(raw_folder: str) -> str:
+    """2d for 2D images (radiographs), 3d_fullres for volumes."""
+    import SimpleITK as sitk
+    first = sorted(glob.glob(os.path.join(raw_folder, "imagesTr", "*")))
+    if not first:
+        raise PipelineError(f"{raw_folder}/imagesTr: no images")
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(first[0])
+    reader.ReadImageInformation()
+    return "2d" if reader.GetDimension() == 2 or 1 in reader.GetSize() else "3d_fullres"
+
+
+def choose_trainer(dataset_json: dict, requested: Optional[str]) -> str:
+    """The user's trainer, or the orientation-aware one when labels are lateralised (printed)."""
+    if requested:
+        return requested
+    try:
+        from nnunet_mtl.orientation import choose_trainer_for
+    except ImportError:
+        return "nnUNetTrainerMTL"
+    name, message = choose_trainer_for(dataset_json, base="nnUNetTrainerMTL")
+    if message:
+        print(message)
+    return name
+
+
+def prepare(base_dir: str, input_dir: str, dataset_id: int, dataset_name: Optional[str] = None,
+            planner: str = "resenc_m", configuration: Optional[str] = None, trainer: Optional[str] = None,
+            split_mode: Optional[str] = None, n_folds: int = 5, split_target: Optional[str] = None,
+            seed: int = 12345, num_processes: int = 2, overwrite: bool = False, shrink: Optional[dict] = None,
+            convert_kwargs: Optional[dict] = None) -> PipelineState:
+    """Convert the user's data, plan + preprocess with nnU-Net, write the split; returns the state."""
+    from nnunet_mtl.conversion.detect import convert
+    from split_tools.splits import make_splits, write_splits
+    paths = use_base_dir(base_dir)
+    name = dataset_name or _safe_name(os.path.basename(os.path.abspath(input_dir)))
+    raw_folder = convert(input_dir, paths["nnUNet_raw"], dataset_id, name, overwrite=overwrite,
+                         **(convert_kwargs or {}))
+    dataset_json = read_json(os.path.join(raw_folder, "dataset.json"))
+    configuration = configuration or detect_configuration(raw_folder)
+    plans_name = plans_identifier(planner)
+    pre_folder = os.path.join(paths["nnUNet_preprocessed"], os.path.basename(raw_folder))
+    if _preprocessed_complete(pre_folder, plans_name, configuration, dataset_json) and not overwrite:
+        print(f"{pre_folder}: already planned and preprocessed ({plans_name}, {configuration}); skipping")
+    else:
+        plan_and_preprocess(dataset_id, planner, (configuration,), num_processes=num_processes, shrink=shrink)
+    mode = split_mode or ("fixed" if dataset_json.get("mtl", {}).get("fixed_validation") else "stratified")
+    splits = make_splits(os.path.join(pre_folder, "dataset.json"), mode=mode, n_folds=n_folds, target=split_target,
+                         seed=seed)
+    write_splits(splits, pre_folder, overwrite=overwrite)
+    state = PipelineState(dataset_id, name, raw_folder, configuration, plans_name,
+                          choose_trainer(dataset_json, trainer), list(range(len(splits))))
+    save_state(base_dir, state)
+    return state
+
+
+def _safe_name(text: str) -> str:
+    cleaned = "".join(c if c.isalnum() else "_" for c in text).strip("_")
+    return cleaned or "MTL"
+
+
+def _preprocessed_complete(pre_folder: str, plans_name: str, configuration: str, dataset_json: dict) -> bool:
+    plans_path = os.path.join(pre_folder, plans_name + ".json")
+    if not os.path.isfile(plans_path):
+        return False
+    plans = read_json(plans_path)
+    conf = plans["configurations"].get(configuration)
+    if conf is None:
+        return False
+    data_dir = os.path.join(pre_folder, conf.get("data_identifier", ""))
+    n_done = len(glob.glob(os.path.join(data_dir, "*.pkl")))
+    return n_done >= int(dataset_json.get("numTraining", 0)) > 0
+
+
+# --------------------------------------------------------------------------------------------- train
+def model_folder(base_dir: str, state: PipelineState) -> str:
+    return os.path.join(base_dir, "nnUNet_results", state.dataset_folder_name,
+                        f"{state.trainer}__{state.plans}__{state.configuration}")
+
+
+def train(base_dir: str, folds: Optional[Sequence] = None, device: str = "cuda", num_gpus: int = 1,
+          overwrite: bool = False, **knobs) -> str:
+    """Train the given folds (default: all of the split). A finished fold is skipped; an interrupted
+    one resumes from its latest checkpoint. Knobs (epochs, lr, schedule...) go to the trainer."""
+    state = load_state(base_dir)
+    use_base_dir(base_dir)
+    folder = model_folder(base_dir, state)
+    for fold in (state.folds if folds is None else folds):
+        fold_dir = os.path.join(folder, f"fold_{fold}")
+        finished = os.path.isfile(os.path.join(fold_dir, "checkpoint_final.pth"))
+        validated = os.path.isfile(os.path.join(fold_dir, "validation", "mtl_summary.json"))
+        if finished and validated and not overwrite:
+            print(f"{fold_dir}: already trained and validated; skipping (--overwrite retrains)")
+            continue
+        resume = not overwrite and (finished or os.path.isfile(os.path.join(fold_dir, "checkpoint_latest.pth")))
+        _train_fold(state, fold, device, num_gpus, resume, knobs)
+    return folder
+
+
+def _train_fold(state: PipelineState, fold, device: str, num_gpus: int, resume: bool, knobs: dict) -> None:
+    env_value = encode_overrides(**knobs)
+    old = os.environ.get(ENV_VAR)
+    os.environ[ENV_VAR] = env_value
+    try:
+        if num_gpus > 1:  # nnU-Net's own DDP launcher, in a child process
+            cmd = [sys.executable, "-m", "nnunetv2.run.run_training", str(state.dataset_id), state.configuration,
+                   str(fold), "-tr", state.trainer, "-p", state.plans, "-num_gpus", str(num_gpus)]
+            if resume:
+                cmd.append("--c")
+            subprocess.run(cmd, check=True)
+            return
+        import torch
+        from nnunetv2.run.run_training import run_training
+        run_training(str(state.dataset_id), state.configuration, fold, state.trainer, state.plans,
+                     continue_training=resume, device=torch.device(device))
+    finally:
+        if old is None:
+            os.environ.pop(ENV_VAR, None)
+        else:
+            os.environ[ENV_VAR] = old
+
+
+# --------------------------------------------------------------------------------------------- infer
+def trained_folds(folder: str, checkpoint: str) -> List[int]:
+    return sorted(int(os.path.basename(d)[5:]) for d in glob.glob(os.path.join(folder, "fold_*"))
+                  if os.path.basename(d)[5:].isdigit() and os.path.isfile(os.path.join(d, checkpoint)))
+
+
+def infer(base_dir: str, test_input: Optional[str] = None, test_output: Optional[str] = None,
+          folds: Optional[Sequence] = None, checkpoint: str = "checkpoint_final.pth", device: str = "cuda",
+          overwrite: bool = False, explain: bool = False, **predict_kwargs) -> str:
+    """Masks + predictions.csv for a folder of test images (default: the dataset's imagesTs)."""
+    from nnunet_mtl.inference import load_predictor, predict_folder
+    state = load_state(base_dir)
+    use_base_dir(base_dir)
+    folder = model_folder(base_dir, state)
+    folds = list(folds) if folds else trained_folds(folder, checkpoint)
+    if not folds:
+        raise PipelineError(f"{folder}: no trained fold with {checkpoint}; run the training step first")
+    test_input = test_input or os.path.join(state.raw_folder, "imagesTs")
+    if not os.path.isdir(test_input):
+        raise PipelineError(f"{test_input}: test input folder not found (give --test_input)")
+    test_output = test_output or os.path.join(base_dir, "predictions")
+    aggregation = predict_kwargs.pop("aggregation", None)
+    if aggregation is None:
+        has_masks = read_json(os.path.join(folder, "dataset.json")).get("mtl", {}).get("has_masks", True)
+        aggregation = "foreground_weighted" if has_masks else "mean"
+    predictor = load_predictor(folder, folds, checkpoint, device,
+                               step_size=predict_kwargs.pop("step_size", 0.5),
+                               use_mirroring=predict_kwargs.pop("use_mirroring", True), aggregation=aggregation)
+    csv_path = predict_folder(predictor, test_input, test_output, overwrite=overwrite, **predict_kwargs)
+    print(f"{test_output}: masks and {os.path.basename(csv_path)} (folds {folds})")
+    if explain:
+        from nnunet_mtl.inference import converted_source
+        explain_folder(folder, converted_source(test_input, test_output), os.path.join(test_output, "explanations"),
+                       folds, checkpoint, device)
+    return csv_path
+
+
+def explain_folder(model_dir: str, source_folder: str, out_dir: str, folds, checkpoint: str, device: str) -> None:
+    """Grad-CAM maps and overlays for every case of an nnU-Net-format input folder, per classification
+    target, for the predicted class."""
+    from nnunetv2.utilities.utils import create_lists_from_splitted_dataset_folder
+    from nnunet_mtl.explain import explain_case
+    file_ending = read_json(os.path.join(model_dir, "dataset.json"))["file_ending"]
+    targets = [t["name"] for t in read_json(os.path.join(model_dir, "plans.json"))["mtl_targets"]
+               if t["kind"] == "classification"]
+    for files in create_lists_from_splitted_dataset_folder(source_folder, file_ending):
+        case_id = os.path.basename(files[0])[:-(len(file_ending) + 5)]
+        for target in targets:
+            explain_case(model_dir, files, os.path.join(out_dir, f"{case_id}_{target}"), target,
+                         folds=folds, checkpoint=checkpoint, device=device)
+
+
+# --------------------------------------------------------------------------------------------- evaluate
+def evaluate_validation(base_dir: str, fold: int, output_folder: Optional[str] = None, n_bootstrap: int = 1000) -> dict:
+    """Score one fold's whole-case validation (masks + heads) with nnunet_mtl.evaluate."""
+    from nnunet_mtl.evaluate import evaluate
+    from nnunet_mtl.targets import table_from_dataset_json
+    state = load_state(base_dir)
+    use_base_dir(base_dir)
+    val_dir = os.path.join(model_folder(base_dir, state), f"fold_{fold}", "validation")
+    csv_path = os.path.join(val_dir, "predictions.csv")
+    if not os.path.isfile(csv_path):
+        raise PipelineError(f"{val_dir}: no whole-case validation yet; train fold {fold} first")
+    dataset_json = read_json(os.path.join(state.raw_folder, "dataset.json"))
+    case_ids = [os.path.basename(p)[:-len(dataset_json["file_ending"])]
+                for p in glob.glob(os.path.join(val_dir, "*" + dataset_json["file_ending"]))]
+    output_folder = output_folder or os.path.join(base_dir, f"evaluation_fold{fold}")
+    gt_dir = os.path.join(output_folder, ".gt")
+    os.makedirs(gt_dir, exist_ok=True)
+    for cid in case_ids:  # the ground truth of exactly the validation cases
+        src = os.path.join(state.raw_folder, "labelsTr", cid + dataset_json["file_ending"])
+        dst = os.path.join(gt_dir, os.path.basename(src))
+        if not os.path.exists(dst):
+            shutil.copyfile(src, dst)
+    table = table_from_dataset_json(dataset_json)
+    has_masks = dataset_json.get("mtl", {}).get("has_masks", True)
+    regions = dataset_json.get("mtl", {}).get("regions", {})
+    return evaluate(gt_dir=gt_dir if has_masks else None, pred_dir=val_dir if has_masks else None,
+                    prediction_csv=csv_path, output_folder=output_folder, labels=table, regions=regions,
+                    n_bootstrap=n_bootstrap)
