@@ -24,8 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
     steps.add_argument("--prepare_only", action="store_true", help="convert, plan, preprocess and split, then stop")
     steps.add_argument("--train_only", action="store_true", help="train (needs a prepared base_dir)")
     steps.add_argument("--inference_only", action="store_true", help="predict with trained folds")
-    steps.add_argument("--demo", nargs="?", const="3d", choices=["2d", "3d"],
-                       help="make a small synthetic dataset (3d pancreas layout, or 2d radiographs) and run every step")
+    steps.add_argument("--demo", nargs="?", const="2d", choices=["2d", "3d"],
+                       help="make a small synthetic dataset (2d radiographs by default, or 3d pancreas layout) and run every step")
 
     data = p.add_argument_group("data")
     data.add_argument("--base_dir", default="nnunet_mtl_work",
