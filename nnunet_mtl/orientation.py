@@ -144,6 +144,20 @@ def label_value_pairs(dataset_json: Mapping, pairs: Sequence[Pair]) -> List[Tupl
     return out
 
 
+_SIDE_WORD = re.compile(rf"(^|{_SEP})(left|right)($|{_SEP})", re.IGNORECASE)
+
+
+def lateral_image_targets(dataset_json: Mapping) -> List[str]:
+    """Image-level targets whose name or class names say left/right (e.g. classes "left", "right"):
+    a label-swapping mirror would leave them unswapped, i.e. wrong on every flipped sample."""
+    out = []
+    for target in dataset_json.get(DATASET_JSON_KEY, {}).get("targets", []):
+        words = [str(target.get("name", ""))] + [str(c) for c in target.get("classes", [])]
+        if any(_SIDE_WORD.search(w) for w in words):
+            out.append(str(target.get("name")))
+    return out
+
+
 def choose_trainer_for(dataset_json: Mapping, base: str = "nnUNetTrainerMTL") -> Tuple[str, str]:
     """(trainer name, message) for the pipeline: the orientation-aware trainer when lateral pairs
     are declared or detected (detected ones should then be declared: the trainer acts on declared

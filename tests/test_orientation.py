@@ -11,7 +11,8 @@ from batchgeneratorsv2.transforms.utils.remove_label import RemoveLabelTransform
 
 from nnunet_mtl.conversion.nnunet_raw import write_raw_dataset
 from nnunet_mtl.orientation import (LateralPairError, choose_trainer_for, decide, detect_lateral_pairs,
-                                    lateral_pairs, lr_axis_from_direction, mirror_axes_without_lr)
+                                    lateral_image_targets, lateral_pairs, lr_axis_from_direction,
+                                    mirror_axes_without_lr)
 from nnunet_mtl.planning import plan_and_preprocess
 from nnunet_mtl.synthetic import pancreas_cases, radiograph_cases, radiograph_labels
 from nnunet_mtl.transforms.label_swap_mirror import LabelSwapMirrorTransform
@@ -98,6 +99,14 @@ def test_choose_trainer_for_declared_detected_and_plain_labels():
     name, message = choose_trainer_for(detected)
     assert name == "nnUNetTrainerMTLOrientationAware" and '"lateral_pairs"' in message
     assert choose_trainer_for(plain, base="nnUNetTrainerMTLMultiScale")[0] == "nnUNetTrainerMTLMultiScale"
+
+
+def test_lateral_image_targets_are_found_for_the_label_swap_guard():
+    targets = [{"name": "finding", "kind": "classification", "classes": ["absent", "present"]},
+               {"name": "side", "kind": "classification", "classes": ["none", "Left", "right"]},
+               {"name": "left_effusion", "kind": "classification", "classes": ["no", "yes"]},
+               {"name": "cleft", "kind": "regression"}]
+    assert lateral_image_targets({"mtl": {"targets": targets}}) == ["side", "left_effusion"]
 
 
 def test_undeclared_lateral_names_change_nothing_but_are_reported():

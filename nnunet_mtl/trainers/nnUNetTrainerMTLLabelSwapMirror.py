@@ -5,7 +5,7 @@ MirrorTransform; this trainer adds it back as a label-swapping mirror. Test-time
 still excludes that axis: nnU-Net's predictor flips logits back without swapping channels.
 Trade-offs (non-lateral anatomy, image-level lateral targets): docs/orientation.md.
 """
-from nnunet_mtl.orientation import label_value_pairs
+from nnunet_mtl.orientation import LateralPairError, label_value_pairs, lateral_image_targets
 from nnunet_mtl.trainers.nnUNetTrainerMTLOrientationAware import nnUNetTrainerMTLOrientationAware
 from nnunet_mtl.transforms.label_swap_mirror import LabelSwapMirrorTransform, insert_before_label_consumers
 
@@ -16,6 +16,10 @@ class nnUNetTrainerMTLLabelSwapMirror(nnUNetTrainerMTLOrientationAware):
         axis and pairs the orientation decision found; super() gets mirror axes without that axis."""
         pipeline = super().get_training_transforms(*args, **kwargs)
         if self.lateral is not None and self.lateral.active:
+            lateral_targets = lateral_image_targets(self.dataset_json)
+            if lateral_targets:
+                raise LateralPairError(f"dataset.json: image-level target(s) {lateral_targets} are lateral and would "
+                                       f"not be swapped with the image; use nnUNetTrainerMTLOrientationAware")
             pairs = label_value_pairs(self.dataset_json, self.lateral.pairs)
             insert_before_label_consumers(pipeline, LabelSwapMirrorTransform(self.lateral.lr_axis, pairs))
             self.print_to_log_file(f"Orientation: mirroring axis {self.lateral.lr_axis} with label swap {pairs}")
