@@ -90,9 +90,15 @@ class nnUNetPredictorMTL(nnUNetPredictor):
         self._tiles = []  # also resets when nnU-Net retries on the CPU after running out of GPU memory
         return super()._internal_predict_sliding_window_return_logits(data, slicers, do_on_device)
 
+    @property
+    def effective_aggregation(self) -> str:
+        """A model trained without masks has no meaningful foreground: plain mean then."""
+        has_masks = (self.dataset_json or {}).get("mtl", {}).get("has_masks", True)
+        return self.head_aggregation if has_masks else "mean"
+
     def predict_sliding_window_return_logits(self, input_image: torch.Tensor):
         logits = super().predict_sliding_window_return_logits(input_image)
-        self._fold_outputs.append(aggregate_tiles(self._tiles, self.head_aggregation))
+        self._fold_outputs.append(aggregate_tiles(self._tiles, self.effective_aggregation))
         return logits
 
     def predict_logits_from_preprocessed_data(self, data: torch.Tensor) -> torch.Tensor:

@@ -81,21 +81,28 @@ def make_radiograph(rng: np.random.Generator, size: Tuple[int, int], finding: bo
 
 
 def radiograph_cases(n: int, size: Tuple[int, int] = (64, 64), seed: int = 0, lateral: bool = False,
-                     with_regression: bool = False, prefix: str = "cxr") -> Tuple[List[RawCase], CaseTable]:
-    """n cases, classes balanced (alternating), deterministic for a seed."""
+                     extra_targets: bool = False, without_masks: bool = False, prefix: str = "cxr"
+                     ) -> Tuple[List[RawCase], CaseTable]:
+    """n cases, classes balanced (alternating), deterministic for a seed.
+
+    ``extra_targets`` adds a second classification target (cardiomegaly: heart radius above
+    the median of the range) and a regression target correlated with a visible feature
+    (heart_size, missing for every fifth case); ``without_masks`` drops the masks."""
     rng = np.random.default_rng(seed)
     cases, rows = [], {}
     for i in range(n):
         finding = bool(i % 2)
         img, mask, heart_size = make_radiograph(rng, size, finding, lateral)
         cid = f"{prefix}_{i:03d}"
-        cases.append(RawCase(cid, [img], spacing=(0.5, 0.5), mask=mask))
+        cases.append(RawCase(cid, [img], spacing=(0.5, 0.5), mask=None if without_masks else mask))
         rows[cid] = {"finding": FINDING_CLASSES[int(finding)]}
-        if with_regression:
-            rows[cid]["heart_size"] = heart_size
+        if extra_targets:
+            rows[cid]["cardiomegaly"] = "yes" if heart_size > 11.0 else "no"
+            rows[cid]["heart_size"] = None if i % 5 == 4 else heart_size
     targets = [Target("finding", CLASSIFICATION, classes=FINDING_CLASSES)]
-    if with_regression:
-        targets.append(Target("heart_size", REGRESSION, weight=0.5, allow_missing=True))
+    if extra_targets:
+        targets.append(Target("cardiomegaly", CLASSIFICATION, classes=("no", "yes"), weight=0.5))
+        targets.append(Target("heart_size", REGRESSION, weight=0.5, allow_missing=True, unit="% of image height"))
     return cases, CaseTable.from_mapping(TargetSpec(tuple(targets)), rows)
 
 
@@ -155,6 +162,8 @@ def write_synthetic_raw(raw_root: str, dataset_id: int, kind: str = "2d", n: int
         lateral = kwargs.pop("lateral", False)
         cases, table = radiograph_cases(n + n_test, seed=seed, lateral=lateral, **kwargs)
         labels, name, channels = radiograph_labels(lateral), "SynthCXR", {"0": "rescale_to_0_1"}
+        if kwargs.get("without_masks"):  # nnU-Net still needs a foreground label; the masks are empty
+            labels, name = {"background": 0, "foreground": 1}, "SynthCXRNoMasks"
     elif kind == "3d":
         cases, table = pancreas_cases(n + n_test, seed=seed, **kwargs)
         labels, name, channels = {"background": 0, "pancreas": 1, "lesion": 2}, "SynthPancreas", {"0": "CT"}

@@ -108,7 +108,9 @@ def _write_case(folder: str, images_sub: str, case: RawCase, with_mask: bool) ->
                     os.path.join(folder, images_sub, f"{case.case_id}_{ch:04d}{FILE_ENDING}"))
     if with_mask:
         shape = np.asarray(case.channels[0]).shape
-        mask = case.mask if case.mask is not None else np.zeros(shape, dtype=np.uint8)
+        # no mask: label the whole image 1, so nnU-Net's fingerprint (intensity statistics over
+        # foreground voxels) and patch sampling work; the trainer turns the seg loss off (has_masks)
+        mask = case.mask if case.mask is not None else np.ones(shape, dtype=np.uint8)
         write_image(array_to_image(np.asarray(mask, dtype=np.uint8), case.spacing, case.origin, case.direction),
                     os.path.join(folder, "labelsTr", f"{case.case_id}{FILE_ENDING}"))
 

@@ -34,8 +34,8 @@ from nnunet_mtl.overrides import read_overrides
 from nnunet_mtl.targets import PLANS_KEY, TargetSpec, table_from_dataset_json
 from nnunet_mtl.training import selection
 from nnunet_mtl.training.head_metrics import patch_head_metrics, patch_predictions
-from nnunet_mtl.training.step_helpers import (class_weights_for_split, gathered_mean, store_regression_stats,
-                                              to_device, zero_with_graph)
+from nnunet_mtl.training.step_helpers import (class_weights_for_split, gathered_mean, per_target_losses,
+                                              store_regression_stats, to_device, zero_with_graph)
 from nnunet_mtl.training.whole_case import validate_heads_on_whole_cases
 
 
@@ -113,11 +113,13 @@ class nnUNetTrainerMTL(nnUNetTrainer):
         with autocast(self.device.type, enabled=True) if self.device.type == 'cuda' else dummy_context():
             seg_out, head_out = self.network(data, with_heads=True)
             seg_loss = self.loss(seg_out, target) if w_seg > 0 else zero_with_graph(seg_out)
-            head_loss, _ = self.head_loss(head_out, head_targets, self.regression_stats)
+            head_loss, parts = self.head_loss(head_out, head_targets, self.regression_stats)
             loss = w_seg * seg_loss + w_head * head_loss
         self._backward_and_step(loss)
-        return {'loss': loss.detach().cpu().numpy(), 'seg_loss': seg_loss.detach().cpu().numpy(),
-                'head_loss': head_loss.detach().cpu().numpy()}
+        out = {'loss': loss.detach().cpu().numpy(), 'seg_loss': seg_loss.detach().cpu().numpy(),
+               'head_loss': head_loss.detach().cpu().numpy()}
+        out.update(per_target_losses(self.spec, parts))
+        return out
 
     def _backward_and_step(self, loss):
         if self.grad_scaler is not None:
@@ -134,7 +136,8 @@ class nnUNetTrainerMTL(nnUNetTrainer):
     def on_train_epoch_end(self, train_outputs):
         super().on_train_epoch_end(train_outputs)
         self._epoch_record = {"epoch": self.current_epoch}
-        for key in ("seg_loss", "head_loss"):
+        keys = ["seg_loss", "head_loss"] + [f"loss_{t.name}" for t in self.spec]
+        for key in keys:
             self._epoch_record[f"train_{key}"] = gathered_mean([o[key] for o in train_outputs], self.is_ddp)
         self._epoch_record["seg_weight"], self._epoch_record["head_weight"] = self.loss_weights()
 

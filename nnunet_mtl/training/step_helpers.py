@@ -31,8 +31,15 @@ def gather_list(values: list, is_ddp: bool) -> list:
 
 
 def gathered_mean(values: Sequence, is_ddp: bool) -> float:
+    """Mean over ranks, ignoring NaN (a target absent from a batch)."""
     vals = np.asarray(gather_list([float(v) for v in values], is_ddp), dtype=np.float64)
+    vals = vals[np.isfinite(vals)]
     return float(vals.mean()) if vals.size else float("nan")
+
+
+def per_target_losses(spec, parts: Dict[str, torch.Tensor]) -> Dict[str, np.ndarray]:
+    """Each target's loss this step (NaN when no sample of the batch had a label for it)."""
+    return {f"loss_{t.name}": np.asarray(float(parts[t.name]) if t.name in parts else np.nan) for t in spec}
 
 
 def class_weights_for_split(table: CaseTable, train_keys: Sequence[str], smoothing: float,

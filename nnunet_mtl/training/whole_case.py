@@ -46,6 +46,6 @@ def validate_heads_on_whole_cases(trainer, val_keys):
     prediction_table.write(os.path.join(folder, "predictions.csv"), os.path.join(folder, "predictions.json"),
                            trainer.spec, rows)
     summary = whole_case_summary(trainer.spec, rows, trainer.case_table)
-    summary["aggregation"] = predictor.head_aggregation
+    summary["aggregation"] = predictor.effective_aggregation
     atomic_write_json(os.path.join(folder, "mtl_summary.json"), summary)
     return summary
