@@ -159,18 +159,17 @@ def lateral_image_targets(dataset_json: Mapping) -> List[str]:
 
 
 def choose_trainer_for(dataset_json: Mapping, base: str = "nnUNetTrainerMTL") -> Tuple[str, str]:
-    """(trainer name, message) for the pipeline: the orientation-aware trainer when lateral pairs
-    are declared or detected (detected ones should then be declared: the trainer acts on declared
-    pairs unless its ``use_detected_lateral_pairs`` flag is set)."""
+    """(trainer name, message) for the pipeline: the orientation-aware trainer (which acts on declared
+    and on detected pairs) when lateral pairs are declared or detected."""
     declared = lateral_pairs(dataset_json)
     if declared:
         return ORIENTATION_AWARE_TRAINER, (f"lateralised labels ({_fmt(declared)}): training with "
                                            f"{ORIENTATION_AWARE_TRAINER}, which never mirrors the left-right axis")
     detected = detect_lateral_pairs(dataset_json.get("labels", {}))
     if detected:
-        return ORIENTATION_AWARE_TRAINER, (f"label names look lateralised ({_fmt(detected)}): choosing "
-                                           f"{ORIENTATION_AWARE_TRAINER}; it only stops left-right mirroring once "
-                                           f"the pairs are declared: {suggestion(detected)}")
+        return ORIENTATION_AWARE_TRAINER, (f"label names look lateralised ({_fmt(detected)}): training with "
+                                           f"{ORIENTATION_AWARE_TRAINER}, which never mirrors the left-right axis; "
+                                           f"to make it explicit for every trainer: {suggestion(detected)}")
     return base, f"no lateralised labels: training with {base}"
 
 

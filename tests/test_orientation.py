@@ -179,17 +179,25 @@ def test_label_swap_variant_maps_left_to_right_on_a_flipped_sample(lateral_2d):
     assert trainer.train_step(next(trainer.dataloader_train))["loss"] is not None
 
 
-def test_without_declaration_the_trainer_keeps_mirroring_and_logs_suggestion(lateral_2d):
+def test_without_declaration_the_base_trainer_keeps_mirroring_and_logs_suggestion(lateral_2d):
+    from nnunet_mtl.trainers.nnUNetTrainerMTL import nnUNetTrainerMTL
     from nnunet_mtl.trainers.nnUNetTrainerMTLOrientationAware import nnUNetTrainerMTLOrientationAware
     dj = lateral_2d.dataset_json
     del dj["mtl"]["lateral_pairs"]
-    trainer = _trainer_without_init(lateral_2d, nnUNetTrainerMTLOrientationAware, dj)
+    trainer = _trainer_without_init(lateral_2d, nnUNetTrainerMTL, dj)
     *_, mirror_axes = trainer.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
     assert mirror_axes == (0, 1) and trainer.inference_allowed_mirroring_axes == (0, 1)
     assert '"lateral_pairs"' in open(trainer.log_file).read()
-    trainer.use_detected_lateral_pairs = True
+    aware = _trainer_without_init(lateral_2d, nnUNetTrainerMTLOrientationAware, dj)  # acts on detected names
+    *_, mirror_axes = aware.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+    assert mirror_axes == (0,) and aware.inference_allowed_mirroring_axes == (0,)
+
+
+def test_declared_pairs_stop_lr_mirroring_in_the_base_trainer(lateral_2d):
+    from nnunet_mtl.trainers.nnUNetTrainerMTL import nnUNetTrainerMTL
+    trainer = _trainer_without_init(lateral_2d, nnUNetTrainerMTL)
     *_, mirror_axes = trainer.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
-    assert mirror_axes == (0,)
+    assert mirror_axes == (0,) and trainer.inference_allowed_mirroring_axes == (0,)
 
 
 def test_no_mirroring_variant(lateral_2d):

@@ -30,6 +30,7 @@ from nnunetv2.utilities.helpers import dummy_context
 from nnunet_mtl.data import CaseTargets
 from nnunet_mtl.losses import HeadLoss, HeadWeightSchedule
 from nnunet_mtl.network import MTLNetwork, unwrap
+from nnunet_mtl.orientation import decide, mirror_axes_without_lr
 from nnunet_mtl.overrides import read_overrides
 from nnunet_mtl.targets import PLANS_KEY, TargetSpec, table_from_dataset_json
 from nnunet_mtl.training import selection
@@ -42,6 +43,8 @@ from nnunet_mtl.training.whole_case import validate_heads_on_whole_cases
 class nnUNetTrainerMTL(nnUNetTrainer):
     head_stages = (-1,)
     head_dropout = 0.2
+    use_detected_lateral_pairs = False  # declared lateral pairs always count; detected names only if True
+    lateral = None                      # orientation.LateralDecision, set with the augmentation
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device('cuda')):
@@ -87,6 +90,25 @@ class nnUNetTrainerMTL(nnUNetTrainer):
     def loss_weights(self):
         """(seg weight, head weight) in force this epoch; heads only when the dataset has no masks."""
         return (0.0, 1.0) if not self.has_masks else self.schedule.weights(self.current_epoch)
+
+    def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):
+        """nnU-Net's augmentation, minus mirroring across the body's left-right axis when the dataset
+        declares lateralised label pairs (a mirror would turn a left lung into a right one)."""
+        rotation, dummy_2d, initial_patch_size, mirror_axes = \
+            super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+        self.lateral = decide(self.dataset_json, self.preprocessed_dataset_folder,
+                              self.plans_manager.transpose_forward, len(self.configuration_manager.patch_size),
+                              self.use_detected_lateral_pairs)
+        if self.lateral.active:
+            mirror_axes = mirror_axes_without_lr(mirror_axes, self.lateral.lr_axis)
+            self.inference_allowed_mirroring_axes = mirror_axes_without_lr(self.inference_allowed_mirroring_axes,
+                                                                           self.lateral.lr_axis)
+            self.print_to_log_file(f"Orientation: {self.lateral.message}. Not mirroring axis {self.lateral.lr_axis}; "
+                                   f"training mirror axes {mirror_axes}, inference mirror axes "
+                                   f"{self.inference_allowed_mirroring_axes}")
+        else:
+            self.print_to_log_file(f"Orientation: {self.lateral.message}; mirror axes unchanged {mirror_axes}")
+        return rotation, dummy_2d, initial_patch_size, mirror_axes
 
     # ------------------------------------------------------------------ training
     def on_train_start(self):
