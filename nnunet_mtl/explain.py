@@ -26,7 +26,6 @@ from acvl_utils.cropping_and_padding.bounding_boxes import insert_crop_into_imag
 from acvl_utils.cropping_and_padding.padding import pad_nd_image
 from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
 from nnunetv2.inference.sliding_window_prediction import compute_gaussian
-from pytorch_grad_cam import GradCAM, GradCAMPlusPlus, HiResCAM
 from torch import nn
 
 from nnunet_mtl.heads import resolve_stages
@@ -36,7 +35,14 @@ from nnunet_mtl.targets import Target, TargetSpec, TargetSpecError
 
 log = logging.getLogger(__name__)
 
-METHODS = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "hirescam": HiResCAM}
+METHODS = {"gradcam": "GradCAM", "gradcam++": "GradCAMPlusPlus", "hirescam": "HiResCAM"}  # pytorch_grad_cam
+
+
+def _cam_class(method: str):
+    """Imported on use: pytorch_grad_cam pulls in OpenCV (seconds), which callers that only
+    import this module (the pipeline) should not pay for."""
+    import pytorch_grad_cam
+    return getattr(pytorch_grad_cam, METHODS[check_method(method)])
 
 
 class ExplainError(ValueError):
@@ -85,26 +91,33 @@ def resolve_stage(network: nn.Module, target: str, stage: Optional[int] = None) 
 
 class TileCAM:
     """Raw (unscaled, ReLU'd) class activation map of one tile, upsampled to the tile's size.
-    Use as a context manager: the hooks live only while maps are computed."""
+    Use as a context manager: the hooks live only while maps are computed, and the weights are
+    frozen meanwhile (the gradient flows through the input instead), so no weight gradients are
+    computed or left behind on a network that may be shared."""
 
     def __init__(self, network: nn.Module, target: str, stage: int, method: str = "gradcam"):
         self.model = HeadLogits(network, target)
         self.layer = self.model.network.encoder.stages[stage]
-        self.cam = METHODS[check_method(method)](self.model, [self.layer])
+        self.cam = _cam_class(method)(self.model, [self.layer])
+        self._frozen = []
 
     def __enter__(self):
+        self._frozen = [p for p in self.model.parameters() if p.requires_grad]
+        for p in self._frozen:
+            p.requires_grad_(False)
         return self
 
     def __exit__(self, *exc):
+        for p in self._frozen:
+            p.requires_grad_(True)
         self.cam.activations_and_grads.release()
         return False
 
     def __call__(self, x: torch.Tensor, class_index: int) -> np.ndarray:
         hooks = self.cam.activations_and_grads
         with torch.inference_mode(False), torch.enable_grad():
-            x = x.detach().clone().float()  # a normal tensor even if the data came from inference mode
+            x = x.detach().clone().float().requires_grad_(True)  # a normal tensor even from inference mode
             outputs = hooks(x)
-            self.model.zero_grad(set_to_none=True)
             outputs[:, class_index].sum().backward()
             acts, grads = hooks.activations[0].numpy(), hooks.gradients[0].numpy()
         cam = np.maximum(self.cam.get_cam_image(x, self.layer, None, acts, grads, False), 0)  # (b, *spatial)
@@ -273,7 +286,6 @@ def explain_case(model_dir: str, image_files: Sequence[str], output_prefix: str,
     2D also ``_cam.png``, and ``.json`` (class, probabilities, stage, raw scale). The outline is
     ``mask_file`` if given, else the predicted segmentation's foreground. ``stage=None`` means the
     deepest stage the head reads. Pass a loaded ``predictor`` to explain many cases cheaply."""
-    from nnunet_mtl import explain_overlay
     method = check_method(method)
     image_files = [image_files] if isinstance(image_files, str) else list(image_files)
     if predictor is None:
@@ -281,49 +293,63 @@ def explain_case(model_dir: str, image_files: Sequence[str], output_prefix: str,
     where = str(model_dir)
     tgt = lookup_target(predictor.spec, target, where)
     stage_idx = resolve_stage(predictor.network, target, stage)
+    if class_name is not None:
+        resolve_class(tgt, class_name, None, where)  # fail before the expensive part
     if mask_file is not None and not os.path.isfile(mask_file):
         raise ExplainError(f"mask file {mask_file} does not exist")
     data, props = preprocess(predictor, image_files)
 
     logits = predictor.predict_logits_from_preprocessed_data(data)  # also fills last_case_outputs
-    outputs = predictor.last_case_outputs[target]
+    outputs = np.asarray(predictor.last_case_outputs[target], dtype=float)
     class_index = resolve_class(tgt, class_name, outputs, where)
-    label = tgt.classes[class_index] if tgt.is_classification else "value"
-    if mask_file is not None:
-        mask = predictor.plans_manager.image_reader_writer_class().read_seg(mask_file)[0][0]
-    else:
-        mask = convert_predicted_logits_to_segmentation_with_correct_shape(
-            logits.float(), predictor.plans_manager, predictor.configuration_manager, predictor.label_manager, props)
-
+    mask = _outline(predictor, logits, props, mask_file, image_files[0])
     mirror_axes = predictor.allowed_mirroring_axes if predictor.use_mirroring else None
     cam = map_to_original(ensemble_cam(predictor, data, target, class_index, stage_idx, method, mirror_axes),
                           predictor, props)
     raw_max = float(cam.max())
     cam = cam / raw_max if raw_max > 0 else cam
 
+    label = tgt.classes[class_index] if tgt.is_classification else "value"
     base = f"{output_prefix}_{_safe(target)}-{_safe(label)}_{method.replace('++', 'pp')}"
-    paths = {"cam_nifti": write_map_image(cam, props, base + "_cam.nii.gz")}
     image = predictor.plans_manager.image_reader_writer_class().read_images(image_files[:1])[0][0]
     title = f"{target}: {label} ({method}, stage {stage_idx})"
     if tgt.is_classification:
-        title += f", p={float(outputs[class_index]):.2f}"
-    is_2d = cam.shape[0] == 1
-    if is_2d:
-        paths["cam_png"] = explain_overlay.save_map_png(cam[0], base + "_cam.png")
-        paths["overlay_png"] = explain_overlay.overlay_2d(image[0], cam[0], mask[0], props["spacing"][1:],
-                                                          base + "_overlay.png", title)
-        slices = [0]
-    else:
-        slices = explain_overlay.strongest_slices(cam, top_k)
-        paths["overlay_png"] = explain_overlay.overlay_3d(image, cam, mask, props["spacing"], slices,
-                                                          base + "_overlay.png", title)
+        title += f", p={outputs[class_index]:.2f}"
+    paths = {"cam_nifti": write_map_image(cam, props, base + "_cam.nii.gz")}
+    paths.update(_write_pngs(image, cam, mask, props["spacing"], base, title, top_k))
     summary = {"images": image_files, "model": str(model_dir), "target": target, "class": label,
                "class_index": class_index, "method": method, "stage": stage_idx,
-               "folds": len(predictor.list_of_parameters), "raw_max": raw_max,
-               "outputs": np.asarray(outputs, dtype=float).tolist(), "slices_shown": [int(s) for s in slices],
-               "outline": "mask_file" if mask_file else "predicted segmentation"}
+               "folds": len(predictor.list_of_parameters), "raw_max": raw_max, "outputs": outputs.tolist(),
+               "slices_shown": paths.pop("slices"), "outline": "mask_file" if mask_file else "predicted segmentation"}
     if tgt.is_classification:
-        summary["probabilities"] = dict(zip(tgt.classes, np.asarray(outputs, dtype=float).tolist()))
+        summary["probabilities"] = dict(zip(tgt.classes, outputs.tolist()))
     atomic_write_json(base + ".json", summary)
     paths["json"] = base + ".json"
     return paths
+
+
+def _outline(predictor, logits, props: dict, mask_file: Optional[str], image_file: str) -> np.ndarray:
+    """The structure to outline, in the image's array geometry: the given mask, else nnU-Net's own
+    segmentation export of the logits just predicted."""
+    if mask_file is None:
+        return convert_predicted_logits_to_segmentation_with_correct_shape(
+            logits.float(), predictor.plans_manager, predictor.configuration_manager, predictor.label_manager, props)
+    mask = predictor.plans_manager.image_reader_writer_class().read_seg(mask_file)[0][0]
+    expected = tuple(props["shape_before_cropping"][i] for i in predictor.plans_manager.transpose_backward)
+    if mask.shape != expected:
+        raise ExplainError(f"mask file {mask_file} has shape {mask.shape}, the image {image_file} {expected}")
+    return mask
+
+
+def _write_pngs(image: np.ndarray, cam: np.ndarray, mask: np.ndarray, spacing, base: str, title: str,
+                top_k: int) -> dict:
+    """2D (one slice): map PNG + overlay; 3D: overlay of the top_k strongest slices."""
+    from nnunet_mtl import explain_overlay
+    if cam.shape[0] == 1:
+        return {"cam_png": explain_overlay.save_map_png(cam[0], base + "_cam.png"),
+                "overlay_png": explain_overlay.overlay_2d(image[0], cam[0], mask[0], spacing[1:],
+                                                          base + "_overlay.png", title),
+                "slices": [0]}
+    slices = explain_overlay.strongest_slices(cam, top_k)
+    return {"overlay_png": explain_overlay.overlay_3d(image, cam, mask, spacing, slices, base + "_overlay.png", title),
+            "slices": slices}

@@ -17,7 +17,7 @@ from PIL import Image
 from nnunet_mtl.io_utils import atomic_save_image
 
 CMAP = "jet"
-OUTLINE_COLOR = "lime"
+OUTLINE_COLORS = ("lime", "magenta", "cyan", "yellow", "orange", "white")  # label 1, 2, ... (cycled)
 
 
 def strongest_slices(cam: np.ndarray, k: int = 3) -> list:
@@ -34,21 +34,33 @@ def save_map_png(cam2d: np.ndarray, path: str) -> str:
     return path
 
 
-def _window(image2d: np.ndarray):
-    lo, hi = np.percentile(image2d, [1, 99])
+def _window(image: np.ndarray):
+    """Grey-value window from the 1st/99th percentile (of the whole volume in 3D: panels compare)."""
+    lo, hi = np.percentile(image, [1, 99])
     return (float(lo), float(hi if hi > lo else lo + 1))
 
 
-def _panel(ax, image2d, cam2d, mask2d: Optional[np.ndarray], aspect: float, title: str):
-    vmin, vmax = _window(image2d)
-    ax.imshow(image2d, cmap="gray", vmin=vmin, vmax=vmax, aspect=aspect, interpolation="nearest")
+def _panel(ax, image2d, cam2d, mask2d: Optional[np.ndarray], aspect: float, title: str, window):
+    ax.imshow(image2d, cmap="gray", vmin=window[0], vmax=window[1], aspect=aspect, interpolation="nearest")
     heat = colormaps[CMAP](np.clip(cam2d, 0, 1))
     heat[..., 3] = 0.6 * np.clip(cam2d, 0, 1)  # transparent where the map is weak
     ax.imshow(heat, aspect=aspect, interpolation="bilinear")
-    if mask2d is not None and np.any(mask2d > 0) and not np.all(mask2d > 0):
-        ax.contour((mask2d > 0).astype(float), levels=[0.5], colors=OUTLINE_COLOR, linewidths=1.0)
+    if mask2d is not None:
+        for label in [v for v in np.unique(mask2d) if v > 0]:
+            inside = (mask2d == label).astype(float)
+            if inside.any() and not inside.all():
+                ax.contour(inside, levels=[0.5], colors=OUTLINE_COLORS[(int(label) - 1) % len(OUTLINE_COLORS)],
+                           linewidths=1.0)
     ax.set_title(title, fontsize=8)
     ax.axis("off")
+
+
+def _colorbar(fig: Figure, axes) -> None:
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+    bar = fig.colorbar(ScalarMappable(Normalize(0, 1), CMAP), ax=axes, fraction=0.035, pad=0.02)
+    bar.ax.tick_params(labelsize=7)
+    bar.set_label("map (case max = 1)", fontsize=7)
 
 
 def _save(fig: Figure, path: str) -> str:
@@ -59,20 +71,24 @@ def _save(fig: Figure, path: str) -> str:
 
 def overlay_2d(image2d: np.ndarray, cam2d: np.ndarray, mask2d: Optional[np.ndarray], spacing_yx: Sequence[float],
                path: str, title: str = "") -> str:
-    """One panel: image, heat map, optional outline; pixel aspect from the spacing."""
-    fig = Figure(figsize=(4, 4))
-    _panel(fig.add_subplot(1, 1, 1), image2d, cam2d, mask2d, float(spacing_yx[0]) / float(spacing_yx[1]), title)
+    """One panel: image, heat map, optional outline per label; pixel aspect from the spacing."""
+    fig = Figure(figsize=(4.6, 4))
+    ax = fig.add_subplot(1, 1, 1)
+    _panel(ax, image2d, cam2d, mask2d, float(spacing_yx[0]) / float(spacing_yx[1]), title, _window(image2d))
+    _colorbar(fig, [ax])
     return _save(fig, path)
 
 
 def overlay_3d(image: np.ndarray, cam: np.ndarray, mask: Optional[np.ndarray], spacing_zyx: Sequence[float],
                slices: Sequence[int], path: str, title: str = "") -> str:
-    """One row of axial panels, the given slices, each with heat map and outline."""
-    fig = Figure(figsize=(3.2 * len(slices), 3.6))
+    """One row of axial panels, the given slices, each with heat map and one outline per label."""
+    fig = Figure(figsize=(3.2 * len(slices) + 0.6, 3.6))
     aspect = float(spacing_zyx[1]) / float(spacing_zyx[2])
-    for i, z in enumerate(slices):
-        _panel(fig.add_subplot(1, len(slices), i + 1), image[z], cam[z], None if mask is None else mask[z],
-               aspect, f"slice {z}")
+    window = _window(image)
+    axes = [fig.add_subplot(1, len(slices), i + 1) for i in range(len(slices))]
+    for ax, z in zip(axes, slices):
+        _panel(ax, image[z], cam[z], None if mask is None else mask[z], aspect, f"slice {z}", window)
+    _colorbar(fig, axes)
     if title:
         fig.suptitle(title, fontsize=9)
     return _save(fig, path)
