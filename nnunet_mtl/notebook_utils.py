@@ -1,0 +1,341 @@
+"""Display helpers for notebooks/nnunet_mtl_demo.ipynb.
+
+The notebook's cells stay a few lines long by calling these. Figures are drawn on a bare
+``matplotlib.figure.Figure`` and shown as PNG bytes, because nnunet_mtl's plotting modules switch
+matplotlib to the Agg backend on import, after which ``plt.show()`` would show nothing inline.
+Every function also works outside Jupyter (display falls back to printing).
+"""
+from __future__ import annotations
+
+import csv
+import glob
+import html
+import io
+import json
+import os
+import re
+import sys
+from typing import Dict, List, Mapping, Optional, Sequence
+
+import numpy as np
+
+BASE_DIR_ENV = "NNUNET_MTL_NOTEBOOK_BASE_DIR"
+BUDGET_ENV = "NNUNET_MTL_NOTEBOOK_BUDGET"
+
+# "demo" is pipeline.py --demo's budget (filled in lazily from pipeline.py so the two never drift),
+# "tiny" is what the notebook test uses: enough to exercise every step, not to learn anything.
+TINY_BUDGET = {
+    "n_cases": 10, "n_test": 2, "planner": "plain", "n_bootstrap": 20,
+    "shrink": dict(max_features=16, batch_size=2, n_stages=4),
+    "train": dict(num_epochs=2, num_iterations_per_epoch=3, num_val_iterations_per_epoch=1, warmup_epochs=1,
+                  ramp_epochs=1, initial_lr=3e-3),
+}
+
+
+# ------------------------------------------------------------------------------------------ set-up
+def in_colab() -> bool:
+    """True inside Google Colab (its runtime module is importable only there)."""
+    return "google.colab" in sys.modules or os.environ.get("COLAB_RELEASE_TAG") is not None
+
+
+def find_repo_root(start: Optional[str] = None) -> Optional[str]:
+    """The checkout holding pipeline.py and nnunet_mtl/, searching upwards (the notebook runs from notebooks/)."""
+    here = os.path.abspath(start or os.getcwd())
+    while True:
+        if os.path.isfile(os.path.join(here, "pipeline.py")) and os.path.isdir(os.path.join(here, "nnunet_mtl")):
+            return here
+        parent = os.path.dirname(here)
+        if parent == here:
+            return None
+        here = parent
+
+
+def budget(name: str) -> dict:
+    """Dataset size, plan shrink and training knobs for a named budget: 'tiny', 'demo' or 'full'.
+
+    'full' keeps nnU-Net's own plans and the trainer's defaults (what you want on real data with a GPU)."""
+    if name == "tiny":
+        return json.loads(json.dumps(TINY_BUDGET))
+    if name == "demo":
+        from pipeline import DEMO_BUDGET, DEMO_SHRINK
+        return {"n_cases": 30, "n_test": 6, "planner": "resenc_m", "n_bootstrap": 200,
+                "shrink": dict(DEMO_SHRINK["2d"]), "train": dict(DEMO_BUDGET)}
+    if name == "full":
+        return {"n_cases": 30, "n_test": 6, "planner": "resenc_m", "n_bootstrap": 1000, "shrink": None, "train": {}}
+    raise ValueError(f"unknown budget {name!r}: use 'tiny', 'demo' or 'full'")
+
+
+# ------------------------------------------------------------------------------------------ display
+def _plain_style():
+    """matplotlib's default look: nnU-Net's progress plot sets a global seaborn style with huge fonts."""
+    import matplotlib
+    return matplotlib.rc_context({k: v for k, v in matplotlib.rcParamsDefault.items()
+                                  if k not in ("backend", "interactive")})
+
+
+def _display(obj, fallback: str = "") -> None:
+    try:
+        from IPython.display import display
+    except ImportError:
+        print(fallback or obj)
+        return
+    display(obj)
+
+
+def show_figure(fig) -> None:
+    """Show a matplotlib Figure inline as a PNG, independent of the active backend."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    try:
+        from IPython.display import Image
+    except ImportError:
+        print(f"<figure, {len(buf.getvalue())} bytes of PNG>")
+        return
+    _display(Image(data=buf.getvalue(), format="png"))
+
+
+def show_png(path: Optional[str], width: Optional[int] = None) -> None:
+    """Show a PNG file written by the library (evaluation plots, Grad-CAM overlays)."""
+    if not path or not os.path.isfile(path):
+        print(f"(not found: {path})")
+        return
+    try:
+        from IPython.display import Image
+    except ImportError:
+        print(path)
+        return
+    _display(Image(filename=path, width=width))
+
+
+def show_pngs(folder: str, patterns: Sequence[str] = ("confusion_*.png", "roc_*.png", "dsc_distribution.png")) -> None:
+    """Show the evaluation folder's plots in a fixed order (confusion matrices, ROC curves, DSC)."""
+    shown = []
+    for pattern in patterns:
+        for path in sorted(glob.glob(os.path.join(folder, pattern))):
+            print(os.path.basename(path))
+            show_png(path)
+            shown.append(path)
+    if not shown:
+        print(f"(no plots in {folder})")
+
+
+def read_csv_rows(path: str) -> List[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def html_table(rows: Sequence[Mapping], max_rows: int = 50, digits: int = 3) -> str:
+    """A plain HTML table for when pandas is not installed."""
+    if not rows:
+        return "<p>(empty table)</p>"
+    cols = list(rows[0])
+
+    def cell(v):
+        try:
+            return f"{float(v):.{digits}f}" if re.fullmatch(r"-?\d+\.\d+(e-?\d+)?", str(v)) else html.escape(str(v))
+        except ValueError:
+            return html.escape(str(v))
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
+    body = "".join("<tr>" + "".join(f"<td>{cell(r.get(c, ''))}</td>" for c in cols) + "</tr>"
+                   for r in rows[:max_rows])
+    more = f"<p>... {len(rows) - max_rows} more rows</p>" if len(rows) > max_rows else ""
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{more}"
+
+
+def show_table(csv_path: str, max_rows: int = 50) -> None:
+    """Show a CSV (predictions.csv, per_case.csv) as a table: a pandas DataFrame when pandas is installed,
+    else an HTML table. Returns nothing, so a cell ending in it shows the table once."""
+    try:
+        import pandas as pd
+    except ImportError:
+        rows = read_csv_rows(csv_path)
+        try:
+            from IPython.display import HTML
+            _display(HTML(html_table(rows, max_rows)))
+        except ImportError:
+            print("\n".join(",".join(str(v) for v in r.values()) for r in rows[:max_rows]))
+        return
+    _display(pd.read_csv(csv_path).head(max_rows).round(3))
+
+
+def show_metrics(metrics: Mapping) -> None:
+    """The headline numbers of an evaluation (whole cases): accuracy / macro-F1 / AUC per target, mean DSC."""
+    lines = []
+    for name, m in metrics.get("classification", {}).items():
+        parts = [f"{k} {m[k]:.3f}" for k in ("accuracy", "macro_f1", "balanced_accuracy", "roc_auc")
+                 if isinstance(m.get(k), (int, float))]
+        lines.append(f"{name} (n={m.get('n', '?')}): " + ", ".join(parts))
+    for name, m in metrics.get("regression", {}).items():
+        parts = [f"{k} {m[k]:.3f}" for k in ("mae", "rmse", "pearson_r") if isinstance(m.get(k), (int, float))]
+        lines.append(f"{name}: " + ", ".join(parts))
+    for key, stats in metrics.get("segmentation", {}).get("summary", {}).items():
+        if isinstance(stats, dict) and isinstance(stats.get("mean"), (int, float)):
+            lines.append(f"DSC {key}: {stats['mean']:.3f}")
+    print("\n".join(lines) or "(no metrics)")
+
+
+# ------------------------------------------------------------------------------------------ images
+def _read(path: str) -> np.ndarray:
+    import SimpleITK as sitk
+    return sitk.GetArrayFromImage(sitk.ReadImage(path))
+
+
+def _slice(image: np.ndarray, mask: Optional[np.ndarray]) -> tuple:
+    """A 2D view: the image itself for 2D data, else the slice with the most foreground (or the middle one)."""
+    if image.ndim == 2:
+        return image, mask
+    if image.shape[0] == 1:
+        return image[0], None if mask is None else mask[0]
+    k = int(np.argmax((mask > 0).reshape(mask.shape[0], -1).sum(1))) if mask is not None and mask.any() \
+        else image.shape[0] // 2
+    return image[k], None if mask is None else mask[k]
+
+
+def case_files(image_dir: str, mask_dir: Optional[str], file_ending: str = ".nii.gz") -> Dict[str, tuple]:
+    """case_id -> (first channel image, mask or None) for an nnU-Net-style folder pair."""
+    out = {}
+    suffix = "_0000" + file_ending
+    for path in sorted(glob.glob(os.path.join(image_dir, "*" + suffix))):
+        cid = os.path.basename(path)[:-len(suffix)]
+        mask = os.path.join(mask_dir, cid + file_ending) if mask_dir else None
+        out[cid] = (path, mask if mask and os.path.isfile(mask) else None)
+    return out
+
+
+def show_cases(image_dir: str, mask_dir: Optional[str] = None, n: int = 4, file_ending: str = ".nii.gz",
+               captions: Optional[Mapping[str, str]] = None, case_ids: Optional[Sequence[str]] = None) -> None:
+    """Show ``n`` cases with their mask outlined/filled on top (ground truth from labelsTr, or predicted
+    masks from an output folder). ``captions`` adds a line per case (its label or predicted class)."""
+    files = case_files(image_dir, mask_dir, file_ending)
+    ids = [c for c in (case_ids or sorted(files)) if c in files][:n]
+    if not ids:
+        print(f"(no images *_0000{file_ending} in {image_dir})")
+        return
+    with _plain_style():
+        _draw_cases(files, ids, captions)
+
+
+def _draw_cases(files: Mapping[str, tuple], ids: Sequence[str], captions: Optional[Mapping[str, str]]) -> None:
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(3.2 * len(ids), 3.6))
+    axes = fig.subplots(1, len(ids), squeeze=False)[0]
+    for ax, cid in zip(axes, ids):
+        img_path, mask_path = files[cid]
+        image, mask = _slice(_read(img_path).astype(np.float32), _read(mask_path) if mask_path else None)
+        lo, hi = np.percentile(image, (0.5, 99.5))
+        ax.imshow(image, cmap="gray", vmin=lo, vmax=hi if hi > lo else lo + 1)
+        if mask is not None and mask.any():
+            ax.imshow(np.ma.masked_equal(mask, 0), cmap="tab10", alpha=0.4, vmin=0, vmax=9, interpolation="nearest")
+        title = cid + (f"\n{captions[cid]}" if captions and cid in captions else "")
+        ax.set_title(title, fontsize=9)
+        ax.axis("off")
+    fig.tight_layout()
+    show_figure(fig)
+
+
+def label_captions(dataset_json_path: str) -> Dict[str, str]:
+    """case_id -> 'target=value, ...' from a converted dataset.json's mtl block."""
+    with open(dataset_json_path) as f:
+        cases = json.load(f).get("mtl", {}).get("cases", {})
+    return {cid: ", ".join(f"{k}={v}" for k, v in values.items()) for cid, values in cases.items()}
+
+
+def prediction_captions(csv_path: str, digits: int = 2) -> Dict[str, str]:
+    """case_id -> 'target: class (p)' / 'target: value' from a predictions.csv."""
+    rows = read_csv_rows(csv_path)
+    out = {}
+    for r in rows:
+        names = [c for c in r if c != "case_id" and "_prob_" not in c]
+        parts = []
+        for t in names:
+            p = r.get(f"{t}_prob_{r[t]}")
+            parts.append(f"{t}: {r[t]} ({float(p):.{digits}f})" if p not in (None, "") else f"{t}: {r[t]}")
+        out[r["case_id"]] = ", ".join(parts)
+    return out
+
+
+# ------------------------------------------------------------------------------------------ training curve
+def load_progress(path: str) -> List[dict]:
+    """mtl_progress.json (a file or the fold folder holding it): one record per epoch."""
+    if os.path.isdir(path):
+        path = os.path.join(path, "mtl_progress.json")
+    with open(path) as f:
+        return json.load(f)
+
+
+def plot_training_curve(path: str, show: bool = True):
+    """Segmentation and head losses (top) and the phase weights w_seg / w_head (bottom) per epoch,
+    from a fold's mtl_progress.json: shows whether the heads trained in the segmentation-first phase.
+    Shows it (returns None), or with ``show=False`` returns the Figure."""
+    history = load_progress(path)
+    if not history:
+        print(f"(no epochs recorded in {path})")
+        return None
+    with _plain_style():
+        fig = _draw_curve(history)
+        if not show:
+            return fig
+        show_figure(fig)
+    return None
+
+
+def _draw_curve(history: Sequence[Mapping]):
+    from matplotlib.figure import Figure
+    epochs = [h["epoch"] for h in history]
+    fig = Figure(figsize=(8, 6))
+    ax_loss, ax_w = fig.subplots(2, 1, sharex=True)
+    series = [("train_seg_loss", "segmentation loss (train)", "tab:blue", "-"),
+              ("train_head_loss", "head loss (train)", "tab:red", "-"),
+              ("val_head_loss", "head loss (val patches)", "tab:red", "--")]
+    per_target = sorted({k for h in history for k in h if k.startswith("train_loss_")})
+    if len(per_target) > 1:  # with one target its loss is the head loss
+        series += [(k, k[len("train_loss_"):] + " loss (train)", None, ":") for k in per_target]
+    for key, label, color, style in series:
+        ys = [h.get(key) for h in history]
+        if any(isinstance(y, (int, float)) for y in ys):
+            ax_loss.plot(epochs, [np.nan if y is None else y for y in ys], style, color=color, marker=".", label=label)
+    ax_loss.set_ylabel("loss")
+    ax_loss.legend(fontsize=8)
+    ax_loss.set_title("losses per epoch")
+    ax_w.plot(epochs, [h.get("seg_weight") for h in history], "-", color="tab:blue", marker=".", label="w_seg")
+    ax_w.plot(epochs, [h.get("head_weight") for h in history], "-", color="tab:red", marker=".", label="w_head")
+    ax_w.set_ylim(0, 1)
+    ax_w.set_ylabel("loss weight")
+    ax_w.set_xlabel("epoch")
+    ax_w.legend(fontsize=8)
+    ax_w.set_title("phase weights (segmentation first, then a ramp to balance)")
+    fig.tight_layout()
+    return fig
+
+
+# ------------------------------------------------------------------------------------------ Grad-CAM
+def explain_available() -> bool:
+    """True when nnunet_mtl.explain (Grad-CAM) and its dependency import cleanly."""
+    try:
+        from nnunet_mtl.explain import explain_case  # noqa: F401
+    except Exception as e:  # missing module or missing pytorch_grad_cam
+        print(f"Grad-CAM not available here ({type(e).__name__}: {e})")
+        return False
+    return True
+
+
+def first_classification_target(model_dir: str) -> Optional[str]:
+    with open(os.path.join(model_dir, "plans.json")) as f:
+        targets = json.load(f).get("mtl_targets", [])
+    return next((t["name"] for t in targets if t["kind"] == "classification"), None)
+
+
+def explain_first_case(model_dir: str, image_dir: str, out_dir: str, device: str = "cpu",
+                       target: Optional[str] = None, folds=None, file_ending: str = ".nii.gz") -> Optional[str]:
+    """Grad-CAM for the first case of an nnU-Net-style image folder (predicted class); returns the overlay PNG."""
+    from nnunet_mtl.explain import explain_case
+    target = target or first_classification_target(model_dir)
+    files = sorted(glob.glob(os.path.join(image_dir, "*_0000" + file_ending)))
+    if target is None or not files:
+        print("(no classification target or no image to explain)")
+        return None
+    case_id = os.path.basename(files[0])[:-len("_0000" + file_ending)]
+    channels = sorted(glob.glob(os.path.join(image_dir, case_id + "_[0-9][0-9][0-9][0-9]" + file_ending)))
+    os.makedirs(out_dir, exist_ok=True)
+    paths = explain_case(model_dir, channels, os.path.join(out_dir, case_id), target, folds=folds, device=device)
+    return paths.get("overlay_png")
