@@ -69,6 +69,9 @@ class HeadLoss(nn.Module):
                 regression_stats: Optional[Mapping[str, Tuple[float, float]]] = None
                 ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
         total, weight_sum, parts = None, 0.0, {}
+        # heads without a labelled sample in this batch still join the graph with a zero term, so DDP
+        # sees a (zero) gradient for every parameter
+        unused = sum(o.float().sum() for o in outputs.values()) * 0.0
         for t in self.spec:
             out, y = outputs[t.name].float(), targets[t.name].to(outputs[t.name].device)
             if t.is_classification:
@@ -86,7 +89,6 @@ class HeadLoss(nn.Module):
             parts[t.name] = loss.detach()
             total = loss * t.weight if total is None else total + loss * t.weight
             weight_sum += t.weight
-        if total is None:  # no labelled sample in this batch: a zero that keeps the graph
-            total = sum(o.sum() * 0.0 for o in outputs.values())
-            return total, parts
-        return total / weight_sum, parts
+        if total is None:  # no labelled sample in this batch
+            return unused, parts
+        return total / weight_sum + unused, parts

@@ -16,9 +16,10 @@ def to_device(target, device):
 
 
 def zero_with_graph(seg_out) -> torch.Tensor:
-    """A zero loss attached to the segmentation output (used when the seg weight is 0)."""
-    first = seg_out[0] if isinstance(seg_out, (list, tuple)) else seg_out
-    return first.sum() * 0.0
+    """A zero loss attached to every segmentation output (used when the seg weight is 0), so DDP
+    sees a gradient (of zero) for every parameter instead of failing on unused ones."""
+    outs = seg_out if isinstance(seg_out, (list, tuple)) else [seg_out]
+    return sum(o.float().sum() for o in outs) * 0.0
 
 
 def gather_list(values: list, is_ddp: bool) -> list:
