@@ -12,7 +12,8 @@ CHANNEL_SUFFIX = re.compile(r"_\d{4}$")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="nnunet_mtl_explain", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-m", "--model", required=True, help="trained model folder (holds plans.json and fold_X)")
     p.add_argument("-i", "--input", nargs="+", required=True,
                    help="the case's image files, one per input channel, in channel order")
