@@ -12,6 +12,7 @@ Why this shape:
 """
 from __future__ import annotations
 
+import importlib.util
 import itertools
 import logging
 import os
@@ -34,6 +35,9 @@ from nnunet_mtl.network import unwrap
 from nnunet_mtl.targets import Target, TargetSpec, TargetSpecError
 
 log = logging.getLogger(__name__)
+
+if importlib.util.find_spec("pytorch_grad_cam") is None:  # fail at import, as callers probe by importing
+    raise ImportError("nnunet_mtl.explain needs the grad-cam package (pip install grad-cam)")
 
 METHODS = {"gradcam": "GradCAM", "gradcam++": "GradCAMPlusPlus", "hirescam": "HiResCAM"}  # pytorch_grad_cam
 
