@@ -213,23 +213,30 @@ def infer(base_dir: str, test_input: Optional[str] = None, test_output: Optional
     if explain:
         from nnunet_mtl.inference import converted_source
         explain_folder(folder, converted_source(test_input, test_output), os.path.join(test_output, "explanations"),
-                       folds, checkpoint, device)
+                       folds, checkpoint, device, prediction_folder=test_output)
     return csv_path
 
 
-def explain_folder(model_dir: str, source_folder: str, out_dir: str, folds, checkpoint: str, device: str) -> None:
+def explain_folder(model_dir: str, source_folder: str, out_dir: str, folds, checkpoint: str, device: str,
+                   prediction_folder: Optional[str] = None) -> List[str]:
     """Grad-CAM maps and overlays for every case of an nnU-Net-format input folder, per classification
-    target, for the predicted class."""
+    target, for the predicted class (outlined with the predicted mask when there is one)."""
     from nnunetv2.utilities.utils import create_lists_from_splitted_dataset_folder
-    from nnunet_mtl.explain import explain_case
+    from nnunet_mtl.explain import explain_case, load_predictor
     file_ending = read_json(os.path.join(model_dir, "dataset.json"))["file_ending"]
     targets = [t["name"] for t in read_json(os.path.join(model_dir, "plans.json"))["mtl_targets"]
                if t["kind"] == "classification"]
+    predictor = load_predictor(model_dir, folds, checkpoint, device)  # loaded once for all cases
+    written = []
     for files in create_lists_from_splitted_dataset_folder(source_folder, file_ending):
         case_id = os.path.basename(files[0])[:-(len(file_ending) + 5)]
+        mask = os.path.join(prediction_folder, case_id + file_ending) if prediction_folder else None
         for target in targets:
-            explain_case(model_dir, files, os.path.join(out_dir, f"{case_id}_{target}"), target,
-                         folds=folds, checkpoint=checkpoint, device=device)
+            paths = explain_case(model_dir, files, os.path.join(out_dir, case_id), target, folds=folds,
+                                 checkpoint=checkpoint, device=device, predictor=predictor,
+                                 mask_file=mask if mask and os.path.isfile(mask) else None)
+            written.extend(paths.values())
+    return written
 
 
 # --------------------------------------------------------------------------------------------- evaluate

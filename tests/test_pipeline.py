@@ -72,10 +72,12 @@ def test_train_only_then_inference_only(prepared, tmp_path):
     assert "skipping" in out.stdout
     test_in, test_out = str(base / "data" / "test_images"), str(tmp_path / "pred")
     pipeline("--base_dir", work, "--inference_only", "--test_input", test_in, "--test_output", test_out,
-             "--device", "cpu")
+             "--device", "cpu", "--explain")
     rows = list(csv.DictReader(open(os.path.join(test_out, "predictions.csv"))))
     assert sorted(r["case_id"] for r in rows) == sorted(f[:-4] for f in os.listdir(test_in))
     assert all(os.path.isfile(os.path.join(test_out, r["case_id"] + ".nii.gz")) for r in rows)
+    overlays = sorted(f for f in os.listdir(os.path.join(test_out, "explanations")) if f.endswith("_overlay.png"))
+    assert len(overlays) == len(rows) and all(o.startswith(tuple(r["case_id"] for r in rows)) for o in overlays)
 
 
 def test_clear_errors(tmp_path):
