@@ -39,7 +39,7 @@ class TinyDataset:
 def prepare_dataset(paths, dataset_id, kind, planner, n, n_test=0, **synthetic_kwargs) -> TinyDataset:
     raw = write_synthetic_raw(paths["nnUNet_raw"], dataset_id, kind, n=n, n_test=n_test, **synthetic_kwargs)
     configuration = "2d" if kind == "2d" else "3d_fullres"
-    plans = plan_and_preprocess(dataset_id, planner, (configuration,), shrink=TINY[kind])
+    plans = plan_and_preprocess(dataset_id, planner, (configuration,), shrink=TINY[kind], verify_integrity=False)
     name = os.path.basename(raw)
     return TinyDataset(dataset_id, name, configuration, plans, raw,
                        os.path.join(paths["nnUNet_preprocessed"], name), paths["nnUNet_results"])
