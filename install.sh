@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs nnunet_mtl and everything it needs on a fresh machine (Python 3.10+).
-# torch first: the pinned builds keep nnU-Net's trainer lookup working (see docs/install.md).
+# torch first: the pinned builds keep nnU-Net's trainer lookup working (README.md, Set-up).
 set -euo pipefail
 cd "$(dirname "$0")"
 PY=${PYTHON:-python3}
