@@ -89,3 +89,16 @@ def test_early_stopping_ends_training(dataset_2d):
     history = json.load(open(os.path.join(fold, "mtl_progress.json")))
     assert len(history) < 6, "with lr 0 the score cannot keep improving; patience 1 must stop early"
     assert os.path.isfile(os.path.join(fold, "checkpoint_final.pth"))
+
+
+def test_short_budget_variants_are_found_by_name_and_knobs_still_win(dataset_2d):
+    from nnunetv2.run.run_training import get_trainer_from_args
+    from tests.helpers import overrides
+    with overrides():
+        t = get_trainer_from_args(str(dataset_2d.id), "2d", 0, "nnUNetTrainerMTL_5epochs", dataset_2d.plans,
+                                  device=torch.device("cpu"))
+    assert t.num_epochs == 5 and type(t).__name__ == "nnUNetTrainerMTL_5epochs"
+    with overrides(num_epochs=3):
+        t = get_trainer_from_args(str(dataset_2d.id), "2d", 0, "nnUNetTrainerMTL_5epochs", dataset_2d.plans,
+                                  device=torch.device("cpu"))
+    assert t.num_epochs == 3

@@ -45,6 +45,7 @@ class nnUNetTrainerMTL(nnUNetTrainer):
     head_dropout = 0.2
     use_detected_lateral_pairs = False  # declared lateral pairs always count; detected names only if True
     lateral = None                      # orientation.LateralDecision, set with the augmentation
+    budget_epochs = None                # short-budget variants set this; the schedule shrinks with it
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device('cuda')):
@@ -64,7 +65,11 @@ class nnUNetTrainerMTL(nnUNetTrainer):
         self.class_weight_power = 1.0
         self.early_stopping_patience = 100
         self.selection_seg_weight = 0.5
-        for name, value in read_overrides().items():
+        if self.budget_epochs:
+            self.num_epochs = self.budget_epochs
+            self.warmup_epochs = min(self.warmup_epochs, max(1, self.budget_epochs // 5))
+            self.ramp_epochs = min(self.ramp_epochs, max(1, self.budget_epochs // 4))
+        for name, value in read_overrides().items():  # last, so explicit knobs always win
             setattr(self, name, value)
         self.case_targets = CaseTargets(self.case_table)
         self.head_loss = None
