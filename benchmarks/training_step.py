@@ -52,8 +52,13 @@ def measure(trainers: dict, batches, blocks: int, steps: int, warmup: int, sync,
     times = {n: [] for n in names}
     for b in range(blocks):
         for n in (names if b % 2 == 0 else names[::-1]):
-            times[n] += timed_steps(trainers[n], batches, steps, b * steps, sync, with_loader)
+            times[n].append(timed_steps(trainers[n], batches, steps, b * steps, sync, with_loader))
     return times
+
+
+def paired_ratio(t: dict) -> float:
+    """Median over blocks of ours/stock block medians: adjacent blocks share the machine's load."""
+    return statistics.median(statistics.median(o) / statistics.median(s) for s, o in zip(t["stock"], t["ours"]))
 
 
 def main():
@@ -105,18 +110,20 @@ def main():
     print(f"stock {args.stock} ({type(trainers['stock'].optimizer).__name__}), ours {args.ours} "
           f"({type(trainers['ours'].optimizer).__name__}); compile {'on' if args.compile else 'off'}; "
           f"warm-up {args.warmup}, {args.blocks} blocks x {args.steps} steps each, interleaved\n")
-    header = "| measurement | stock ms/step (median) | ours ms/step (median) | ours/stock median | ours/stock mean |"
+    header = ("| measurement | stock ms/step (median) | ours ms/step (median) | ours/stock (medians) | "
+              "ours/stock (means) | ours/stock (paired blocks) |")
     print(header)
     print("|" + "|".join("-" * len(c) for c in header.split("|")[1:-1]) + "|")
     rows = [("train_step only", steps)] + ([("next() + train_step", loader)] if loader else [])
     for label, t in rows:
-        ms = {n: 1000 * statistics.median(v) for n, v in t.items()}
-        mean = {n: 1000 * statistics.fmean(v) for n, v in t.items()}
+        flat = {n: [s for block in v for s in block] for n, v in t.items()}
+        ms = {n: 1000 * statistics.median(v) for n, v in flat.items()}
+        mean = {n: 1000 * statistics.fmean(v) for n, v in flat.items()}
         print(f"| {label} | {ms['stock']:.1f} | {ms['ours']:.1f} | {ms['ours'] / ms['stock']:.3f} | "
-              f"{mean['ours'] / mean['stock']:.3f} |")
+              f"{mean['ours'] / mean['stock']:.3f} | {paired_ratio(t):.3f} |")
     for label, t in rows:
         for n, v in t.items():
-            print(f"{label} {n}: " + " ".join(f"{1000 * s:.0f}" for s in v) + " ms")
+            print(f"{label} {n} (ms, per block): " + " | ".join(" ".join(f"{1000 * s:.0f}" for s in b) for b in v))
 
 
 if __name__ == "__main__":
