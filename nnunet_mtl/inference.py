@@ -98,7 +98,8 @@ def predict_folder(predictor: nnUNetPredictorMTL, input_dir: str, output_dir: st
         prepare_inputs(list_inputs(input_dir), source, clip_percentiles)
     if engine == "threads":
         predictor.predict_from_files_threaded(source, output_dir, save_probabilities, overwrite, num_parts, part_id,
-                                              export_threads=num_processes_export)
+                                              export_threads=num_processes_export,
+                                              preprocess_threads=num_processes_preprocessing)
         return os.path.join(output_dir, CSV_NAME)
     predictor.predict_from_files(source, output_dir, save_probabilities=save_probabilities, overwrite=overwrite,
                                  num_processes_preprocessing=num_processes_preprocessing,

@@ -71,19 +71,19 @@ class nnUNetPredictorMTL(nnUNetPredictor):
                     heads[name] = heads[name] + value
                 passes += 1
             seg /= passes
-        self._tiles.append((self._foreground_weight(seg),
-                            {k: (v / passes)[0].float().cpu().numpy() for k, v in heads.items()}))
+        # kept on the device: converting here would make the CPU wait for the GPU on every tile
+        self._tiles.append((self._foreground_weight(seg), {k: (v / passes)[0].float() for k, v in heads.items()}))
         return seg
 
-    def _foreground_weight(self, seg: torch.Tensor) -> float:
-        """Gaussian-weighted mean foreground probability of one tile's (mirror-averaged) logits."""
+    def _foreground_weight(self, seg: torch.Tensor) -> torch.Tensor:
+        """Gaussian-weighted mean foreground probability of one tile's (mirror-averaged) logits (0-d tensor)."""
         seg = seg[0].float()
         fg = torch.sigmoid(seg).amax(0) if self.label_manager.has_regions else 1.0 - torch.softmax(seg, 0)[0]
         if self.use_gaussian:
             g = compute_gaussian(tuple(self.configuration_manager.patch_size), sigma_scale=1. / 8,
                                  value_scaling_factor=10, device=fg.device).float()
-            return float((fg * g).sum() / g.sum())
-        return float(fg.mean())
+            return (fg * g).sum() / g.sum()
+        return fg.mean()
 
     # ------------------------------------------------------------------ per fold, per case
     def _internal_predict_sliding_window_return_logits(self, data, slicers, do_on_device: bool = True):
@@ -98,6 +98,7 @@ class nnUNetPredictorMTL(nnUNetPredictor):
 
     def predict_sliding_window_return_logits(self, input_image: torch.Tensor):
         logits = super().predict_sliding_window_return_logits(input_image)
+        self._tiles = _tiles_to_numpy(self._tiles)  # one transfer per case, after all tiles are queued
         self._fold_outputs.append(aggregate_tiles(self._tiles, self.effective_aggregation))
         return logits
 
@@ -145,7 +146,7 @@ class nnUNetPredictorMTL(nnUNetPredictor):
 
     def predict_from_files_threaded(self, source_folder: str, output_folder: str, save_probabilities: bool = False,
                                     overwrite: bool = True, num_parts: int = 1, part_id: int = 0,
-                                    export_threads: int = 2) -> str:
+                                    export_threads: int = 2, preprocess_threads: int = 2) -> str:
         """Like nnU-Net's predict_from_files (same file discovery, parts and overwrite rules), but
         in-process (see threaded_engine); returns the predictions CSV path."""
         from nnunet_mtl.threaded_engine import run_cases
@@ -154,7 +155,7 @@ class nnUNetPredictorMTL(nnUNetPredictor):
         if not inputs:
             return os.path.join(output_folder, CSV_NAME)
         self.case_outputs = {}
-        run_cases(self, inputs, ofiles, save_probabilities, export_threads)
+        run_cases(self, inputs, ofiles, save_probabilities, export_threads, preprocess_threads)
         return self.write_case_table(output_folder, self.case_outputs)
 
     def write_case_table(self, folder: str, outputs: Dict[str, Dict[str, np.ndarray]]) -> str:
@@ -186,6 +187,15 @@ def aggregate_tiles(tiles, rule: str) -> Dict[str, np.ndarray]:
     weights = weights / weights.sum()
     names = tiles[0][1].keys()
     return {n: np.sum([w * t[n] for w, (_, t) in zip(weights, tiles)], axis=0) for n in names}
+
+
+def _tiles_to_numpy(tiles) -> list:
+    if not tiles:
+        return []
+    weights = torch.stack([torch.as_tensor(w).float().reshape(()) for w, _ in tiles]).cpu().numpy()
+    names = tiles[0][1].keys()
+    stacked = {n: torch.stack([t[n] for _, t in tiles]).cpu().numpy() for n in names}
+    return [(float(weights[i]), {n: stacked[n][i] for n in names}) for i in range(len(tiles))]
 
 
 def average_outputs(per_fold: List[Dict[str, np.ndarray]]) -> Dict[str, np.ndarray]:

@@ -2,7 +2,7 @@
 
 nnU-Net's ``predict_from_files`` spawns preprocessing and export processes; each re-imports
 torch and nnU-Net (seconds per process on a small machine, ~12 s fixed cost per call on 2
-cores). Here preprocessing runs in a background thread (one case ahead), the sliding window
+cores). Here preprocessing runs in background threads (cases ahead), the sliding window
 in the caller's thread, and resampling/export in a thread pool: torch, numpy/scipy and
 SimpleITK release the GIL in their heavy loops, so the stages overlap without new processes.
 The same nnU-Net functions do the work (preprocessor.run_case, export_prediction_from_logits),
@@ -20,7 +20,7 @@ from nnunetv2.inference.export_prediction import export_prediction_from_logits
 
 
 def run_cases(predictor, input_lists: Sequence[List[str]], output_files: Sequence[str],
-              save_probabilities: bool = False, export_threads: int = 2, prefetch: int = 2) -> None:
+              save_probabilities: bool = False, export_threads: int = 2, preprocess_threads: int = 2) -> None:
     """Predict every case (list of channel files) into its truncated output file; heads are
     recorded by the predictor under each case id (the output file's name)."""
     preprocessor = predictor.configuration_manager.preprocessor_class(verbose=False)
@@ -32,13 +32,14 @@ def run_cases(predictor, input_lists: Sequence[List[str]], output_files: Sequenc
         return preprocessor.run_case(files, None, predictor.plans_manager, predictor.configuration_manager,
                                      predictor.dataset_json)
 
-    with ThreadPoolExecutor(1) as pre_pool, ThreadPoolExecutor(max(1, export_threads)) as export_pool:
+    preprocess_threads = max(1, preprocess_threads)
+    with ThreadPoolExecutor(preprocess_threads) as pre_pool, ThreadPoolExecutor(max(1, export_threads)) as export_pool:
         def queue_next():
             item = next(todo, None)
             if item is not None:
                 pending_pre.append((item[1], pre_pool.submit(preprocess, item[0])))
 
-        for _ in range(max(1, prefetch)):
+        for _ in range(preprocess_threads + 1):  # keep every preprocessing thread busy, one case ahead
             queue_next()
         while pending_pre:
             ofile, future = pending_pre.popleft()
