@@ -12,8 +12,8 @@ import argparse
 import os
 import sys
 
-DEMO_BUDGET = dict(num_epochs=12, num_iterations_per_epoch=12, num_val_iterations_per_epoch=3, warmup_epochs=3,
-                   ramp_epochs=4, initial_lr=3e-3)
+DEMO_BUDGET = dict(num_epochs=20, num_iterations_per_epoch=16, num_val_iterations_per_epoch=3, warmup_epochs=3,
+                   ramp_epochs=5, initial_lr=3e-3)
 DEMO_SHRINK = {"3d": dict(max_features=24, batch_size=2, n_stages=4, patch_size=(16, 32, 32)),
                "2d": dict(max_features=32, batch_size=4, n_stages=5)}
 
@@ -161,8 +161,10 @@ def run_demo(args, device: str) -> int:
             synthetic.write_radiograph_layout(input_dir, n=30, n_test=6, size=(64, 64))
     print(f"[demo] synthetic {kind} data in {input_dir}")
     dataset_id = 990 if kind == "3d" else 991
+    convert_kwargs = {"labels": synthetic.radiograph_labels(False)} if kind == "2d" else None
     workflow.prepare(args.base_dir, input_dir, dataset_id, f"Demo{kind.upper()}", args.planner, None, args.trainer,
-                     None, 5, None, args.seed, args.num_processes, args.overwrite, shrink=DEMO_SHRINK[kind])
+                     None, 5, None, args.seed, args.num_processes, args.overwrite, shrink=DEMO_SHRINK[kind],
+                     convert_kwargs=convert_kwargs)
     knobs = dict(DEMO_BUDGET)
     knobs.update({k: getattr(args, k) for k in TRAIN_KNOBS if getattr(args, k) is not None})
     workflow.train(args.base_dir, [0], device, 1, args.overwrite, **knobs)
@@ -180,10 +182,10 @@ def _print_headline(metrics: dict) -> None:
     for name, m in metrics.get("classification", {}).items():
         print(f"[demo] {name}: macro-F1 {m.get('macro_f1', float('nan')):.3f}, "
               f"accuracy {m.get('accuracy', float('nan')):.3f} (whole validation cases)")
-    seg = metrics.get("segmentation", {}).get("summary", {})
-    for key, stats in seg.items():
-        if isinstance(stats, dict) and "mean" in stats:
-            print(f"[demo] DSC {key}: {stats['mean']:.3f}")
+    seg = metrics.get("segmentation", {})
+    for group in ("labels", "regions"):
+        for entry in seg.get(group, {}).values():
+            print(f"[demo] DSC {entry.get('name', '?')}: {entry['dsc']['mean']:.3f} (whole validation cases)")
 
 
 if __name__ == "__main__":

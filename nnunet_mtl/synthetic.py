@@ -72,9 +72,9 @@ def make_radiograph(rng: np.random.Generator, size: Tuple[int, int], finding: bo
         yy, xx = np.ogrid[:h, :w]
         base_y = cy + lung_ry + h * 0.03
         cx = w * 0.31
-        band = (np.abs(yy - (base_y + ((xx - cx) / (w * 0.14)) ** 2 * h * 0.02)) < max(1.0, h * 0.018)) \
+        band = (np.abs(yy - (base_y + ((xx - cx) / (w * 0.14)) ** 2 * h * 0.02)) < max(1.0, h * 0.03)) \
             & (np.abs(xx - cx) < w * 0.12) & body & ~heart
-        img[band] -= 0.22
+        img[band] -= 0.3
     img += rng.normal(0, 0.05, size).astype(np.float32)
     img = np.clip(img, 0, 1) * 1000.0  # radiograph-like grey values
     return img.astype(np.float32), mask, float(heart_r * 100)

@@ -242,7 +242,7 @@ def explain_folder(model_dir: str, source_folder: str, out_dir: str, folds, chec
 # --------------------------------------------------------------------------------------------- evaluate
 def evaluate_validation(base_dir: str, fold: int, output_folder: Optional[str] = None, n_bootstrap: int = 1000) -> dict:
     """Score one fold's whole-case validation (masks + heads) with nnunet_mtl.evaluate."""
-    from nnunet_mtl.evaluate import evaluate
+    from nnunet_mtl.evaluate import evaluate, label_names_from_dataset_json
     from nnunet_mtl.targets import table_from_dataset_json
     state = load_state(base_dir)
     use_base_dir(base_dir)
@@ -266,4 +266,4 @@ def evaluate_validation(base_dir: str, fold: int, output_folder: Optional[str] =
     regions = dataset_json.get("mtl", {}).get("regions", {})
     return evaluate(gt_dir=gt_dir if has_masks else None, pred_dir=val_dir if has_masks else None,
                     prediction_csv=csv_path, output_folder=output_folder, labels=table, regions=regions,
-                    n_bootstrap=n_bootstrap)
+                    n_bootstrap=n_bootstrap, label_names=label_names_from_dataset_json(dataset_json))
