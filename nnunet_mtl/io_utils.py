@@ -3,7 +3,7 @@ import csv
 import json
 import os
 import tempfile
-from typing import Iterable, Mapping, Sequence
+from typing import Mapping, Sequence
 
 
 def atomic_write_text(path: str, text: str) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from typing import List, Optional, Sequence
+from typing import List, Sequence
 
 import torch
 from nnunetv2.inference.export_prediction import export_prediction_from_logits

@@ -8,17 +8,16 @@ it; nothing the user produced is deleted.
 from __future__ import annotations
 
 import glob
-import json
 import os
 import shutil
 import subprocess
 import sys
 from dataclasses import asdict, dataclass, field
-from typing import Dict, List, Optional, Sequence
+from typing import List, Optional, Sequence
 
 from nnunet_mtl.io_utils import atomic_write_json, read_json
 from nnunet_mtl.overrides import ENV_VAR, encode_overrides
-from nnunet_mtl.planning import plan_and_preprocess, plans_file, plans_identifier, use_base_dir
+from nnunet_mtl.planning import plan_and_preprocess, plans_identifier, use_base_dir
 
 STATE_FILE = "nnunet_mtl_pipeline.json"
 

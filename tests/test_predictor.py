@@ -14,7 +14,7 @@ import torch
 from nnunet_mtl import trainer_dir
 from nnunet_mtl.inference import load_predictor, predict_folder
 from nnunet_mtl.predictor import aggregate_tiles
-from tests.helpers import SHORT, overrides
+from tests.helpers import SHORT
 
 pytestmark = pytest.mark.timeout(600)
 

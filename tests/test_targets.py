@@ -1,8 +1,6 @@
-import json
-
 import pytest
 
-from nnunet_mtl.targets import (CaseTable, Target, TargetSpec, TargetSpecError, read_labels_csv,
+from nnunet_mtl.targets import (Target, TargetSpec, TargetSpecError, read_labels_csv,
                                 table_from_dataset_json)
 
 SPEC = TargetSpec((Target("prognosis", "classification", classes=("good", "poor")),

@@ -1,5 +1,5 @@
 """Small pieces the MTL trainer's steps need: device moves, DDP-aware means, class weights."""
-from typing import Dict, List, Sequence
+from typing import Dict, Sequence
 
 import numpy as np
 import torch
