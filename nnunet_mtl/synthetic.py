@@ -41,10 +41,14 @@ def radiograph_labels(lateral: bool) -> dict:
 
 
 def make_radiograph(rng: np.random.Generator, size: Tuple[int, int], finding: bool,
-                    lateral: bool = False) -> Tuple[np.ndarray, np.ndarray, float]:
+                    lateral: bool = False, symmetric: bool = False) -> Tuple[np.ndarray, np.ndarray, float]:
     """One image (float32, y/x), its mask, and a continuous 'heart size' measure for regression demos.
 
-    Patient left is image right (radiological convention); the heart sits patient-left."""
+    Patient left is image right (radiological convention); the heart sits patient-left.
+    ``symmetric`` removes every anatomical side cue: the heart is centred (x = w * 0.5), both
+    lungs have the same size and the free-air crescent (``finding``) lies under both lungs, so
+    only the position in the image tells left from right. The random draws are the same either
+    way; the default (False) gives exactly the images it always gave."""
     h, w = size
     img = np.zeros(size, np.float32)
     mask = np.zeros(size, np.uint8)
@@ -55,9 +59,11 @@ def make_radiograph(rng: np.random.Generator, size: Tuple[int, int], finding: bo
     lung_ry, lung_rx = h * (0.22 + jitter(0.02)), w * (0.12 + jitter(0.015))
     cy = h * (0.42 + jitter(0.03))
     right_lung = _ellipse(size, (cy, w * (0.31 + jitter(0.02))), (lung_ry, lung_rx))  # patient right = image left
-    left_lung = _ellipse(size, (cy, w * (0.69 + jitter(0.02))), (lung_ry * 0.93, lung_rx))
+    left_lung = _ellipse(size, (cy, w * (0.69 + jitter(0.02))), (lung_ry * (1.0 if symmetric else 0.93), lung_rx))
     heart_r = rng.uniform(0.08, 0.14)
-    heart = _ellipse(size, (h * (0.55 + jitter(0.02)), w * (0.58 + jitter(0.02))), (h * heart_r, w * heart_r * 1.1))
+    heart_cy, heart_dx = h * (0.55 + jitter(0.02)), jitter(0.02)
+    heart_cx = w * (0.5 if symmetric else 0.58 + heart_dx)
+    heart = _ellipse(size, (heart_cy, heart_cx), (h * heart_r, w * heart_r * 1.1))
     img[right_lung | left_lung] = 0.18
     img[heart] = 0.75
     if lateral:
@@ -71,9 +77,11 @@ def make_radiograph(rng: np.random.Generator, size: Tuple[int, int], finding: bo
         # thin crescent of free air just below the right hemidiaphragm
         yy, xx = np.ogrid[:h, :w]
         base_y = cy + lung_ry + h * 0.03
-        cx = w * 0.31
-        band = (np.abs(yy - (base_y + ((xx - cx) / (w * 0.14)) ** 2 * h * 0.02)) < max(1.0, h * 0.03)) \
-            & (np.abs(xx - cx) < w * 0.12) & body & ~heart
+        band = np.zeros(size, bool)
+        for cx in ((w * 0.31, w * 0.69) if symmetric else (w * 0.31,)):
+            band |= (np.abs(yy - (base_y + ((xx - cx) / (w * 0.14)) ** 2 * h * 0.02)) < max(1.0, h * 0.03)) \
+                & (np.abs(xx - cx) < w * 0.12)
+        band &= body & ~heart
         img[band] -= 0.3
     img += rng.normal(0, 0.05, size).astype(np.float32)
     img = np.clip(img, 0, 1) * 1000.0  # radiograph-like grey values
@@ -81,18 +89,19 @@ def make_radiograph(rng: np.random.Generator, size: Tuple[int, int], finding: bo
 
 
 def radiograph_cases(n: int, size: Tuple[int, int] = (64, 64), seed: int = 0, lateral: bool = False,
-                     extra_targets: bool = False, without_masks: bool = False, prefix: str = "cxr"
-                     ) -> Tuple[List[RawCase], CaseTable]:
+                     extra_targets: bool = False, without_masks: bool = False, prefix: str = "cxr",
+                     symmetric: bool = False) -> Tuple[List[RawCase], CaseTable]:
     """n cases, classes balanced (alternating), deterministic for a seed.
 
     ``extra_targets`` adds a second classification target (cardiomegaly: heart radius above
     the median of the range) and a regression target correlated with a visible feature
-    (heart_size, missing for every fifth case); ``without_masks`` drops the masks."""
+    (heart_size, missing for every fifth case); ``without_masks`` drops the masks; ``symmetric``
+    (see ``make_radiograph``) leaves no anatomical left/right cue."""
     rng = np.random.default_rng(seed)
     cases, rows = [], {}
     for i in range(n):
         finding = bool(i % 2)
-        img, mask, heart_size = make_radiograph(rng, size, finding, lateral)
+        img, mask, heart_size = make_radiograph(rng, size, finding, lateral, symmetric)
         cid = f"{prefix}_{i:03d}"
         cases.append(RawCase(cid, [img], spacing=(0.5, 0.5), mask=None if without_masks else mask))
         rows[cid] = {"finding": FINDING_CLASSES[int(finding)]}
