@@ -174,6 +174,17 @@ def choose_trainer_for(dataset_json: Mapping, base: str = "nnUNetTrainerMTL") ->
 
 
 # ------------------------------------------------------------------------------------- the LR axis
+LATERAL_MAX_ROTATION = 15. / 360 * 2. * np.pi
+
+
+def limit_rotation_for_lateral(rotation):
+    """Cap nnU-Net's rotation range at +-15 deg when it exceeds +-90 deg (square 2D patches and
+    dummy-2D 3D get +-180 deg): a flip along the other axis plus a ~180 deg turn is a left-right flip."""
+    if isinstance(rotation, (tuple, list)) and len(rotation) == 2 and max(abs(float(r)) for r in rotation) > np.pi / 2:
+        return (-LATERAL_MAX_ROTATION, LATERAL_MAX_ROTATION)
+    return rotation
+
+
 def mirror_axes_without_lr(mirror_axes: Optional[Sequence[int]], lr_axis: Optional[int]
                            ) -> Optional[Tuple[int, ...]]:
     """nnU-Net mirror axes minus the LR axis; None (nnU-Net's "no mirroring") when none remain."""

@@ -196,8 +196,10 @@ def test_without_declaration_the_base_trainer_keeps_mirroring_and_logs_suggestio
 def test_declared_pairs_stop_lr_mirroring_in_the_base_trainer(lateral_2d):
     from nnunet_mtl.trainers.nnUNetTrainerMTL import nnUNetTrainerMTL
     trainer = _trainer_without_init(lateral_2d, nnUNetTrainerMTL)
-    *_, mirror_axes = trainer.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+    rotation, *_, mirror_axes = trainer.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
     assert mirror_axes == (0,) and trainer.inference_allowed_mirroring_axes == (0,)
+    # a vertical flip plus a ~180 degree turn would be a left-right flip: rotation is capped at 15 degrees
+    assert max(abs(r) for r in rotation) <= np.radians(15) + 1e-9
 
 
 def test_no_mirroring_variant(lateral_2d):

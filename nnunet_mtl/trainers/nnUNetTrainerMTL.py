@@ -30,7 +30,7 @@ from nnunetv2.utilities.helpers import dummy_context
 from nnunet_mtl.data import CaseTargets
 from nnunet_mtl.losses import HeadLoss, HeadWeightSchedule
 from nnunet_mtl.network import MTLNetwork, unwrap
-from nnunet_mtl.orientation import decide, mirror_axes_without_lr
+from nnunet_mtl.orientation import decide, limit_rotation_for_lateral, mirror_axes_without_lr
 from nnunet_mtl.overrides import read_overrides
 from nnunet_mtl.targets import PLANS_KEY, TargetSpec, table_from_dataset_json
 from nnunet_mtl.training import selection
@@ -105,6 +105,7 @@ class nnUNetTrainerMTL(nnUNetTrainer):
                               self.plans_manager.transpose_forward, len(self.configuration_manager.patch_size),
                               self.use_detected_lateral_pairs)
         if self.lateral.active:
+            rotation = limit_rotation_for_lateral(rotation)
             mirror_axes = mirror_axes_without_lr(mirror_axes, self.lateral.lr_axis)
             self.inference_allowed_mirroring_axes = mirror_axes_without_lr(self.inference_allowed_mirroring_axes,
                                                                            self.lateral.lr_axis)
