@@ -59,9 +59,10 @@ def prepare_inputs(inputs: Sequence[str], work_dir: str, clip_percentiles=(0.5, 
         case_id = file_stem(path)
         if case_id is None:
             raise ValueError(f"{path}: not a supported image (NIfTI/NRRD/MHA, PNG/JPG, DICOM file or series folder)")
-        img, _ = read_image(path, clip_percentiles)
         target = os.path.join(work_dir, f"{case_id}_0000.nii.gz")
-        write_image(img, target)
+        if not (os.path.isfile(target) and os.path.getmtime(target) >= os.path.getmtime(path)):
+            img, _ = read_image(path, clip_percentiles)  # a re-run keeps conversions newer than their source
+            write_image(img, target)
         out[case_id] = target
     return out
 
@@ -100,11 +101,11 @@ def predict_folder(predictor: nnUNetPredictorMTL, input_dir: str, output_dir: st
         predictor.predict_from_files_threaded(source, output_dir, save_probabilities, overwrite, num_parts, part_id,
                                               export_threads=num_processes_export,
                                               preprocess_threads=num_processes_preprocessing)
-        return os.path.join(output_dir, CSV_NAME)
-    predictor.predict_from_files(source, output_dir, save_probabilities=save_probabilities, overwrite=overwrite,
-                                 num_processes_preprocessing=num_processes_preprocessing,
-                                 num_processes_segmentation_export=num_processes_export,
-                                 folder_with_segs_from_prev_stage=None, num_parts=num_parts, part_id=part_id)
+    else:
+        predictor.predict_from_files(source, output_dir, save_probabilities=save_probabilities, overwrite=overwrite,
+                                     num_processes_preprocessing=num_processes_preprocessing,
+                                     num_processes_segmentation_export=num_processes_export,
+                                     folder_with_segs_from_prev_stage=None, num_parts=num_parts, part_id=part_id)
     return os.path.join(output_dir, CSV_NAME)
 
 
