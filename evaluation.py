@@ -13,8 +13,8 @@ import argparse
 import json
 import sys
 
-from nnunet_mtl.evaluate import (EvaluationError, evaluate, format_summary, label_names_from_dataset_json,
-                                 load_labels, parse_regions, regions_from_dataset_json)
+from nnunet_mtl.dataset_spec import DatasetSpec
+from nnunet_mtl.evaluate import EvaluationError, evaluate, format_summary, load_labels, parse_regions
 from nnunet_mtl.io_utils import read_json
 from nnunet_mtl.targets import TargetSpecError
 
@@ -51,8 +51,9 @@ def run(args: argparse.Namespace) -> dict:
     regions = parse_regions(args.regions) if args.regions is not None else None
     label_names = {}
     if dataset_json is not None:
-        label_names = label_names_from_dataset_json(dataset_json)
-        regions = regions if regions is not None else regions_from_dataset_json(dataset_json)
+        description = DatasetSpec.from_dataset_json(dataset_json, source=args.dataset_json)
+        label_names = description.label_names
+        regions = regions if regions is not None else (dict(description.regions) or None)
     return evaluate(args.validation_data, args.prediction_folder, args.prediction_csv, args.output_folder,
                     labels=labels, regions=regions, targets=args.target, n_bootstrap=args.n_bootstrap,
                     seed=args.seed, threshold_tuning=args.threshold_tuning, apply_thresholds=args.apply_thresholds,

@@ -34,14 +34,15 @@ import SimpleITK as sitk
 from nnunet_mtl import metrics as M
 from nnunet_mtl import prediction_table
 from nnunet_mtl.io_utils import atomic_write_csv, atomic_write_json, read_json
+from nnunet_mtl.conversion.pancreas_layout import PANCREAS_REGIONS
+from nnunet_mtl.dataset_spec import DatasetSpec
 from nnunet_mtl.targets import (CLASSIFICATION, MISSING_TOKENS, REGRESSION, CaseTable, Target, TargetSpec, TargetSpecError,
-                                load_spec_file, read_labels_csv, table_from_dataset_json)
+                                load_spec_file, read_labels_csv)
 
 logger = logging.getLogger(__name__)
 
 MASK_ENDINGS = (".nii.gz", ".nii", ".png", ".mha", ".nrrd", ".tif", ".tiff", ".bmp")
 CHANNEL_SUFFIX = re.compile(r"_\d{4}$")
-PANCREAS_REGIONS = {"whole": (1, 2), "lesion": (2,)}
 RULES = {
     "dice_empty": "GT and prediction both empty -> DSC 1.0 (counted in the mean); only one empty -> 0.0",
     "surface_empty": "HD95 and surface Dice are NaN (null) when GT or prediction is empty and are left out "
@@ -131,16 +132,6 @@ def parse_regions(text: str) -> Dict[str, Tuple[int, ...]]:
     return regions
 
 
-def regions_from_dataset_json(dataset_json: Mapping) -> Optional[Dict[str, Tuple[int, ...]]]:
-    block = dataset_json.get("mtl", {}).get("regions")
-    return None if block is None else {str(k): tuple(int(v) for v in vals) for k, vals in block.items()}
-
-
-def label_names_from_dataset_json(dataset_json: Mapping) -> Dict[int, str]:
-    """Non-background integer labels of a dataset.json (nnU-Net region lists are skipped)."""
-    return {int(v): str(k) for k, v in dataset_json.get("labels", {}).items() if isinstance(v, int) and v != 0}
-
-
 def prediction_header_spec(csv_path: str) -> TargetSpec:
     """The spec a predictions CSV implies: ``T`` with ``T_prob_<class>`` columns is a classification
     (classes in column order, i.e. the model's order), a lone ``T`` is a regression."""
@@ -208,7 +199,7 @@ def load_labels(labels_csv: Optional[str] = None, dataset_json: Optional[Mapping
                 spec = _spec_for_labels_csv(labels_csv, header)
             return read_labels_csv(labels_csv, spec)
         if dataset_json is not None:
-            table = table_from_dataset_json(dataset_json)
+            table = DatasetSpec.from_dataset_json(dataset_json).table
             if spec is not None:
                 table = CaseTable.from_mapping(spec, table.to_json(), source="dataset.json")
             return table

@@ -19,6 +19,8 @@ from typing import Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
+from nnunet_mtl.dataset_spec import DatasetSpec, targets_from_plans
+
 BASE_DIR_ENV = "NNUNET_MTL_NOTEBOOK_BASE_DIR"
 BUDGET_ENV = "NNUNET_MTL_NOTEBOOK_BUDGET"
 
@@ -235,9 +237,8 @@ def _draw_cases(files: Mapping[str, tuple], ids: Sequence[str], captions: Option
 
 def label_captions(dataset_json_path: str) -> Dict[str, str]:
     """case_id -> 'target=value, ...' from a converted dataset.json's mtl block."""
-    with open(dataset_json_path) as f:
-        cases = json.load(f).get("mtl", {}).get("cases", {})
-    return {cid: ", ".join(f"{k}={v}" for k, v in values.items()) for cid, values in cases.items()}
+    table = DatasetSpec.from_file(dataset_json_path).table
+    return {cid: ", ".join(f"{k}={v}" for k, v in table.values[cid].items()) for cid in table.case_ids}
 
 
 def prediction_captions(csv_path: str, digits: int = 2) -> Dict[str, str]:
@@ -321,8 +322,8 @@ def explain_available() -> bool:
 
 def first_classification_target(model_dir: str) -> Optional[str]:
     with open(os.path.join(model_dir, "plans.json")) as f:
-        targets = json.load(f).get("mtl_targets", [])
-    return next((t["name"] for t in targets if t["kind"] == "classification"), None)
+        targets = targets_from_plans(json.load(f))
+    return next((t.name for t in targets if t.is_classification), None)
 
 
 def explain_first_case(model_dir: str, image_dir: str, out_dir: str, device: str = "cpu",

@@ -30,7 +30,8 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from nnunet_mtl.targets import DATASET_JSON_KEY
+from nnunet_mtl.dataset_spec import DATASET_JSON_KEY, DatasetSpec
+from nnunet_mtl.targets import TargetSpec
 
 logger = logging.getLogger(__name__)
 
@@ -83,17 +84,11 @@ def detect_lateral_pairs(labels: Mapping[str, object]) -> List[Pair]:
     return pairs
 
 
-def lateral_pairs(dataset_json: Mapping, source: str = "dataset.json") -> List[Pair]:
+def lateral_pairs(description: DatasetSpec, source: str = "dataset.json") -> List[Pair]:
     """The pairs the dataset declares (``mtl.lateral_pairs``), checked against its labels."""
-    declared = dataset_json.get(DATASET_JSON_KEY, {}).get(LATERAL_KEY, [])
-    labels = dataset_json.get("labels", {})
-    if not isinstance(declared, (list, tuple)):
-        raise LateralPairError(f"{source}: '{DATASET_JSON_KEY}.{LATERAL_KEY}' must be a list of [left, right] pairs")
+    labels = description.labels
     pairs, seen = [], set()
-    for entry in declared:
-        if not isinstance(entry, (list, tuple)) or len(entry) != 2:
-            raise LateralPairError(f"{source}: lateral pair {entry!r} must be [left_label, right_label]")
-        left, right = str(entry[0]), str(entry[1])
+    for left, right in description.lateral_pairs:
         for name in (left, right):
             if name not in labels:
                 raise LateralPairError(f"{source}: lateral pair names label {name!r}, which is not in its "
@@ -113,12 +108,12 @@ def suggestion(pairs: Sequence[Pair]) -> str:
     return f'add "{LATERAL_KEY}": [{body}] to the "{DATASET_JSON_KEY}" block of dataset.json'
 
 
-def pairs_in_force(dataset_json: Mapping, use_detected: bool = False) -> Tuple[List[Pair], str]:
+def pairs_in_force(description: DatasetSpec, use_detected: bool = False) -> Tuple[List[Pair], str]:
     """(pairs to act on, one-line message): declared pairs, else detected ones if ``use_detected``."""
-    declared = lateral_pairs(dataset_json)
+    declared = lateral_pairs(description)
     if declared:
         return declared, f"lateral label pairs declared in dataset.json: {_fmt(declared)}"
-    detected = detect_lateral_pairs(dataset_json.get("labels", {}))
+    detected = detect_lateral_pairs(description.labels)
     if not detected:
         return [], "no lateralised labels declared or detected"
     if use_detected:
@@ -131,9 +126,9 @@ def _fmt(pairs: Sequence[Pair]) -> str:
     return ", ".join(f"{l}<->{r}" for l, r in pairs)
 
 
-def label_value_pairs(dataset_json: Mapping, pairs: Sequence[Pair]) -> List[Tuple[int, int]]:
+def label_value_pairs(description: DatasetSpec, pairs: Sequence[Pair]) -> List[Tuple[int, int]]:
     """Names -> integer label values; region-based labels (lists) cannot be swapped voxel-wise."""
-    labels = dataset_json["labels"]
+    labels = description.labels
     out = []
     for left, right in pairs:
         values = [labels[left], labels[right]]
@@ -147,25 +142,25 @@ def label_value_pairs(dataset_json: Mapping, pairs: Sequence[Pair]) -> List[Tupl
 _SIDE_WORD = re.compile(rf"(^|{_SEP})(left|right)($|{_SEP})", re.IGNORECASE)
 
 
-def lateral_image_targets(dataset_json: Mapping) -> List[str]:
+def lateral_image_targets(targets: TargetSpec) -> List[str]:
     """Image-level targets whose name or class names say left/right (e.g. classes "left", "right"):
     a label-swapping mirror would leave them unswapped, i.e. wrong on every flipped sample."""
     out = []
-    for target in dataset_json.get(DATASET_JSON_KEY, {}).get("targets", []):
-        words = [str(target.get("name", ""))] + [str(c) for c in target.get("classes", [])]
+    for target in targets:
+        words = [target.name] + list(target.classes)
         if any(_SIDE_WORD.search(w) for w in words):
-            out.append(str(target.get("name")))
+            out.append(target.name)
     return out
 
 
-def choose_trainer_for(dataset_json: Mapping, base: str = "nnUNetTrainerMTL") -> Tuple[str, str]:
+def choose_trainer_for(description: DatasetSpec, base: str = "nnUNetTrainerMTL") -> Tuple[str, str]:
     """(trainer name, message) for the pipeline: the orientation-aware trainer (which acts on declared
     and on detected pairs) when lateral pairs are declared or detected."""
-    declared = lateral_pairs(dataset_json)
+    declared = lateral_pairs(description)
     if declared:
         return ORIENTATION_AWARE_TRAINER, (f"lateralised labels ({_fmt(declared)}): training with "
                                            f"{ORIENTATION_AWARE_TRAINER}, which never mirrors the left-right axis")
-    detected = detect_lateral_pairs(dataset_json.get("labels", {}))
+    detected = detect_lateral_pairs(description.labels)
     if detected:
         return ORIENTATION_AWARE_TRAINER, (f"label names look lateralised ({_fmt(detected)}): training with "
                                            f"{ORIENTATION_AWARE_TRAINER}, which never mirrors the left-right axis; "
@@ -276,10 +271,10 @@ class LateralDecision:
         return bool(self.pairs) and self.lr_axis is not None
 
 
-def decide(dataset_json: Mapping, preprocessed_folder: str, transpose_forward: Sequence[int], patch_dims: int,
+def decide(description: DatasetSpec, preprocessed_folder: str, transpose_forward: Sequence[int], patch_dims: int,
            use_detected: bool = False) -> LateralDecision:
     """The whole decision for a trainer, from what nnU-Net has on disk (no trainer needed)."""
-    pairs, msg = pairs_in_force(dataset_json, use_detected)
+    pairs, msg = pairs_in_force(description, use_detected)
     if not pairs:
         return LateralDecision((), None, msg)
     axis, axis_msg = lr_patch_axis(read_case_properties(preprocessed_folder), transpose_forward, patch_dims)

@@ -31,6 +31,7 @@ from nnunetv2.inference.sliding_window_prediction import compute_gaussian
 
 from nnunet_mtl import prediction_table
 from nnunet_mtl.network import unwrap
+from nnunet_mtl.dataset_spec import DatasetSpec, has_block, targets_from_plans
 from nnunet_mtl.targets import TargetSpec
 
 AGGREGATIONS = ("foreground_weighted", "mean")
@@ -51,7 +52,7 @@ class nnUNetPredictorMTL(nnUNetPredictor):
 
     @property
     def spec(self) -> TargetSpec:
-        return TargetSpec.from_plans(self.plans_manager.plans)
+        return targets_from_plans(self.plans_manager.plans)
 
     # ------------------------------------------------------------------ per tile
     @torch.inference_mode()
@@ -93,7 +94,8 @@ class nnUNetPredictorMTL(nnUNetPredictor):
     @property
     def effective_aggregation(self) -> str:
         """A model trained without masks has no meaningful foreground: plain mean then."""
-        has_masks = (self.dataset_json or {}).get("mtl", {}).get("has_masks", True)
+        dataset_json = self.dataset_json or {}
+        has_masks = DatasetSpec.from_dataset_json(dataset_json).has_masks if has_block(dataset_json) else True
         return self.head_aggregation if has_masks else "mean"
 
     def predict_sliding_window_return_logits(self, input_image: torch.Tensor):

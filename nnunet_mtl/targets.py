@@ -13,7 +13,8 @@ A dataset carries its targets in ``dataset.json`` under the key ``"mtl"``::
 
 The same information can come from a labels CSV (``case_id`` plus one column per
 target) and a spec; ``TargetSpec`` and ``CaseTable`` are the one place that parses,
-validates and serialises both, so every later step reads what an earlier one wrote.
+validates and serialises both. The whole ``mtl`` block (these two plus masks, regions,
+lateral pairs, splits) is read and written by ``nnunet_mtl.dataset_spec.DatasetSpec``.
 """
 from __future__ import annotations
 
@@ -21,14 +22,12 @@ import csv
 import json
 import math
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Union
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence
 
 CLASSIFICATION = "classification"
 REGRESSION = "regression"
 KINDS = (CLASSIFICATION, REGRESSION)
 MISSING_TOKENS = ("", "na", "nan", "none", "null", "?")
-DATASET_JSON_KEY = "mtl"
-PLANS_KEY = "mtl_targets"
 
 
 class TargetSpecError(ValueError):
@@ -160,12 +159,6 @@ class TargetSpec:
         return cls(tuple(Target.from_json(e) for e in entries))
 
     @classmethod
-    def from_plans(cls, plans: Mapping) -> "TargetSpec":
-        if PLANS_KEY not in plans:
-            raise TargetSpecError(f"plans have no '{PLANS_KEY}' entry: this model was not trained with nnunet_mtl")
-        return cls.from_json(plans[PLANS_KEY])
-
-    @classmethod
     def infer_from_columns(cls, rows: Sequence[Mapping[str, str]], columns: Sequence[str],
                            regression: Iterable[str] = ()) -> "TargetSpec":
         """Guess a spec from CSV columns: numeric-only columns with many values are regression
@@ -288,29 +281,3 @@ def load_spec_file(path: str) -> TargetSpec:
     except (OSError, json.JSONDecodeError) as e:
         raise TargetSpecError(f"{path}: cannot read target spec ({e})") from None
     return TargetSpec.from_json(data["targets"] if isinstance(data, dict) else data)
-
-
-def mtl_block(table: CaseTable, **extra) -> dict:
-    """The ``dataset.json`` block that carries the spec and the per-case values."""
-    block = {"targets": table.spec.to_json(), "cases": table.to_json()}
-    block.update({k: v for k, v in extra.items() if v is not None})
-    return block
-
-
-def table_from_dataset_json(dataset_json: Mapping, source: str = "dataset.json") -> CaseTable:
-    """Parse (and type-check) the ``mtl`` block of a dataset.json."""
-    if DATASET_JSON_KEY not in dataset_json:
-        raise TargetSpecError(f"{source}: no '{DATASET_JSON_KEY}' block with image-level targets; "
-                              f"convert the dataset with nnunet_mtl (or add the block) first")
-    block = dataset_json[DATASET_JSON_KEY]
-    spec = TargetSpec.from_json(block.get("targets", []))
-    return CaseTable.from_mapping(spec, block.get("cases", {}), source=source)
-
-
-def spec_from_any(source: Union[Mapping, TargetSpec]) -> TargetSpec:
-    """A spec from a plans dict, a dataset.json dict or a spec itself."""
-    if isinstance(source, TargetSpec):
-        return source
-    if PLANS_KEY in source:
-        return TargetSpec.from_plans(source)
-    return table_from_dataset_json(source).spec

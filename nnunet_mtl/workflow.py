@@ -15,6 +15,7 @@ import sys
 from dataclasses import asdict, dataclass, field
 from typing import List, Optional, Sequence
 
+from nnunet_mtl.dataset_spec import DatasetSpec, targets_from_plans
 from nnunet_mtl.io_utils import atomic_write_json, read_json
 from nnunet_mtl.overrides import ENV_VAR, encode_overrides
 from nnunet_mtl.planning import plan_and_preprocess, plans_identifier, use_base_dir
@@ -69,7 +70,7 @@ def detect_configuration(raw_folder: str) -> str:
     return "2d" if reader.GetDimension() == 2 or 1 in reader.GetSize() else "3d_fullres"
 
 
-def choose_trainer(dataset_json: dict, requested: Optional[str]) -> str:
+def choose_trainer(description: DatasetSpec, requested: Optional[str]) -> str:
     """The user's trainer, or the orientation-aware one when labels are lateralised (printed)."""
     if requested:
         return requested
@@ -77,7 +78,7 @@ def choose_trainer(dataset_json: dict, requested: Optional[str]) -> str:
         from nnunet_mtl.orientation import choose_trainer_for
     except ImportError:
         return "nnUNetTrainerMTL"
-    name, message = choose_trainer_for(dataset_json, base="nnUNetTrainerMTL")
+    name, message = choose_trainer_for(description, base="nnUNetTrainerMTL")
     if message:
         print(message)
     return name
@@ -96,6 +97,7 @@ def prepare(base_dir: str, input_dir: str, dataset_id: int, dataset_name: Option
     raw_folder = convert(input_dir, paths["nnUNet_raw"], dataset_id, name, overwrite=overwrite,
                          **(convert_kwargs or {}))
     dataset_json = read_json(os.path.join(raw_folder, "dataset.json"))
+    description = DatasetSpec.from_dataset_json(dataset_json, source=os.path.join(raw_folder, "dataset.json"))
     configuration = configuration or detect_configuration(raw_folder)
     plans_name = plans_identifier(planner)
     pre_folder = os.path.join(paths["nnUNet_preprocessed"], os.path.basename(raw_folder))
@@ -103,12 +105,12 @@ def prepare(base_dir: str, input_dir: str, dataset_id: int, dataset_name: Option
         print(f"{pre_folder}: already planned and preprocessed ({plans_name}, {configuration}); skipping")
     else:
         plan_and_preprocess(dataset_id, planner, (configuration,), num_processes=num_processes, shrink=shrink)
-    mode = split_mode or ("fixed" if dataset_json.get("mtl", {}).get("fixed_validation") else "stratified")
+    mode = split_mode or ("fixed" if description.fixed_validation else "stratified")
     splits = make_splits(os.path.join(pre_folder, "dataset.json"), mode=mode, n_folds=n_folds, target=split_target,
                          seed=seed)
     write_splits(splits, pre_folder, overwrite=overwrite)
     state = PipelineState(dataset_id, name, raw_folder, configuration, plans_name,
-                          choose_trainer(dataset_json, trainer), list(range(len(splits))))
+                          choose_trainer(description, trainer), list(range(len(splits))))
     save_state(base_dir, state)
     return state
 
@@ -202,7 +204,7 @@ def infer(base_dir: str, test_input: Optional[str] = None, test_output: Optional
     test_output = test_output or os.path.join(base_dir, "predictions")
     aggregation = predict_kwargs.pop("aggregation", None)
     if aggregation is None:
-        has_masks = read_json(os.path.join(folder, "dataset.json")).get("mtl", {}).get("has_masks", True)
+        has_masks = DatasetSpec.from_file(os.path.join(folder, "dataset.json")).has_masks
         aggregation = "foreground_weighted" if has_masks else "mean"
     predictor = load_predictor(folder, folds, checkpoint, device,
                                step_size=predict_kwargs.pop("step_size", 0.5),
@@ -223,8 +225,8 @@ def explain_folder(model_dir: str, source_folder: str, out_dir: str, folds, chec
     from nnunetv2.utilities.utils import create_lists_from_splitted_dataset_folder
     from nnunet_mtl.explain import explain_case, load_predictor
     file_ending = read_json(os.path.join(model_dir, "dataset.json"))["file_ending"]
-    targets = [t["name"] for t in read_json(os.path.join(model_dir, "plans.json"))["mtl_targets"]
-               if t["kind"] == "classification"]
+    targets = [t.name for t in targets_from_plans(read_json(os.path.join(model_dir, "plans.json")))
+               if t.is_classification]
     predictor = load_predictor(model_dir, folds, checkpoint, device)  # loaded once for all cases
     written = []
     for files in create_lists_from_splitted_dataset_folder(source_folder, file_ending):
@@ -241,8 +243,7 @@ def explain_folder(model_dir: str, source_folder: str, out_dir: str, folds, chec
 # --------------------------------------------------------------------------------------------- evaluate
 def evaluate_validation(base_dir: str, fold: int, output_folder: Optional[str] = None, n_bootstrap: int = 1000) -> dict:
     """Score one fold's whole-case validation (masks + heads) with nnunet_mtl.evaluate."""
-    from nnunet_mtl.evaluate import evaluate, label_names_from_dataset_json
-    from nnunet_mtl.targets import table_from_dataset_json
+    from nnunet_mtl.evaluate import evaluate
     state = load_state(base_dir)
     use_base_dir(base_dir)
     val_dir = os.path.join(model_folder(base_dir, state), f"fold_{fold}", "validation")
@@ -260,9 +261,9 @@ def evaluate_validation(base_dir: str, fold: int, output_folder: Optional[str] =
         dst = os.path.join(gt_dir, os.path.basename(src))
         if not os.path.exists(dst):
             shutil.copyfile(src, dst)
-    table = table_from_dataset_json(dataset_json)
-    has_masks = dataset_json.get("mtl", {}).get("has_masks", True)
-    regions = dataset_json.get("mtl", {}).get("regions", {})
+    description = DatasetSpec.from_dataset_json(dataset_json)
+    has_masks = description.has_masks
     return evaluate(gt_dir=gt_dir if has_masks else None, pred_dir=val_dir if has_masks else None,
-                    prediction_csv=csv_path, output_folder=output_folder, labels=table, regions=regions,
-                    n_bootstrap=n_bootstrap, label_names=label_names_from_dataset_json(dataset_json))
+                    prediction_csv=csv_path, output_folder=output_folder, labels=description.table,
+                    regions=dict(description.regions), n_bootstrap=n_bootstrap,
+                    label_names=dict(description.label_names))

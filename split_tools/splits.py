@@ -16,7 +16,8 @@ from typing import Dict, List, Mapping, Optional, Sequence
 import numpy as np
 
 from nnunet_mtl.io_utils import atomic_write_json, read_json
-from nnunet_mtl.targets import CaseTable, TargetSpecError, table_from_dataset_json
+from nnunet_mtl.dataset_spec import DatasetSpec
+from nnunet_mtl.targets import CaseTable, TargetSpecError
 
 log = logging.getLogger(__name__)
 
@@ -50,9 +51,9 @@ def load_dataset_json(path: str) -> dict:
         raise SplitError(f"{path}: cannot read dataset.json ({e})") from None
 
 
-def _table(dataset_json: Mapping, source: str) -> CaseTable:
+def _description(dataset_json: Mapping, source: str) -> DatasetSpec:
     try:
-        return table_from_dataset_json(dataset_json, source=source)
+        return DatasetSpec.from_dataset_json(dataset_json, source=source)
     except TargetSpecError as e:
         raise SplitError(str(e)) from None
 
@@ -75,8 +76,8 @@ def _strata(table: CaseTable, cases: Sequence[str], target: Optional[str]) -> Li
     return [str(table.value(c, target)) if table.value(c, target) is not None else MISSING for c in cases]
 
 
-def _patients(block: Mapping, cases: Sequence[str], source: str) -> List[str]:
-    patients = block.get("patients")
+def _patients(description: DatasetSpec, cases: Sequence[str], source: str) -> List[str]:
+    patients = description.patients
     if not patients:
         raise SplitError(f"{source}: grouped splits need a patient per case (mtl block 'patients'); "
                          f"convert with a patient column")
@@ -155,15 +156,15 @@ def make_splits(dataset_json_path: str, mode: str = "stratified", n_folds: int =
         raise SplitError(f"unknown split mode {mode!r} (use one of {list(MODES)})")
     dj = load_dataset_json(dataset_json_path)
     source = dataset_json_path
-    table = _table(dj, source)
-    block = dj["mtl"]
+    description = _description(dj, source)
+    table = description.table
     target = _pick_target(table, target, source)
     if mode == "stratified" and target is None:
         log.warning("%s: no classification target to stratify on; using random folds", source)
     cases = table.case_ids
     strata = _strata(table, cases, target)
-    groups = _patients(block, cases, source) if mode == "grouped" else None
-    fixed = set(_fixed_validation(block, cases, source)) if mode == "fixed" else set()
+    groups = _patients(description, cases, source) if mode == "grouped" else None
+    fixed = set(_fixed_validation(description, cases, source)) if mode == "fixed" else set()
     pool = [i for i, c in enumerate(cases) if c not in fixed]
     test = set(_hold_out(_take(cases, pool), _take(strata, pool), _take(groups, pool), test_fraction, seed))
     rest = [i for i in pool if cases[i] not in test]
@@ -182,8 +183,8 @@ def _take(seq: Optional[Sequence], idx: Sequence[int]) -> Optional[list]:
     return [seq[i] for i in idx] if seq is not None else None
 
 
-def _fixed_validation(block: Mapping, cases: Sequence[str], source: str) -> List[str]:
-    fixed = list(block.get("fixed_validation") or [])
+def _fixed_validation(description: DatasetSpec, cases: Sequence[str], source: str) -> List[str]:
+    fixed = list(description.fixed_validation)
     if not fixed:
         raise SplitError(f"{source}: no 'fixed_validation' cases in the mtl block "
                          f"(only layouts with a validation/ folder have them)")

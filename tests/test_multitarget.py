@@ -11,7 +11,7 @@ from nnunet_mtl.data import CaseTargets
 from nnunet_mtl.losses import HeadLoss
 from nnunet_mtl.network import MTLNetwork
 from nnunet_mtl.synthetic import radiograph_cases
-from nnunet_mtl.targets import table_from_dataset_json
+from nnunet_mtl.dataset_spec import DatasetSpec
 from tests.helpers import prepare_dataset, train
 from tests.test_losses_and_network import tiny_unet
 
@@ -63,7 +63,7 @@ def test_csv_and_evaluation_carry_every_target(maskless, tmp_path):
     val_csv = os.path.join(folder, "fold_0", "validation", "predictions.csv")
     rows = list(csv.DictReader(open(val_csv)))
     assert {"finding", "finding_prob_present", "cardiomegaly", "cardiomegaly_prob_yes", "heart_size"} <= set(rows[0])
-    table = table_from_dataset_json(ds.dataset_json)
+    table = DatasetSpec.from_dataset_json(ds.dataset_json).table
     train_sizes = [v for v in (table.value(c, "heart_size") for c in table.case_ids) if v is not None]
     for r in rows:  # regression written in original units, not standardised
         assert min(train_sizes) - 10 < float(r["heart_size"]) < max(train_sizes) + 10

@@ -9,12 +9,14 @@ import torch
 from batchgeneratorsv2.transforms.spatial.mirroring import MirrorTransform
 from batchgeneratorsv2.transforms.utils.remove_label import RemoveLabelTransform
 
+from nnunet_mtl.dataset_spec import DatasetSpec
 from nnunet_mtl.conversion.nnunet_raw import write_raw_dataset
 from nnunet_mtl.orientation import (LateralPairError, choose_trainer_for, decide, detect_lateral_pairs,
                                     lateral_image_targets, lateral_pairs, lr_axis_from_direction,
                                     mirror_axes_without_lr)
 from nnunet_mtl.planning import plan_and_preprocess
 from nnunet_mtl.synthetic import pancreas_cases, radiograph_cases, radiograph_labels
+from nnunet_mtl.targets import TargetSpec, TargetSpecError
 from nnunet_mtl.transforms.label_swap_mirror import LabelSwapMirrorTransform
 from tests.helpers import TINY, TinyDataset, make_trainer
 
@@ -80,21 +82,24 @@ def test_detection_finds_left_right_names_in_every_spelling():
     assert detect_lateral_pairs({"background": 0, "lung": 1, "heart": 2, "liver_lobe": 3}) == []
 
 
+def _described(labels, **block):
+    """A DatasetSpec as conversion writes it: one target, no cases, plus the given mtl keys."""
+    mtl = {"targets": [{"name": "finding", "kind": "classification", "classes": ["absent", "present"]}], **block}
+    return DatasetSpec.from_dataset_json({"labels": labels, "mtl": mtl})
+
+
 def test_declared_pairs_are_validated_against_labels():
-    dj = {"labels": radiograph_labels(True), "mtl": {"lateral_pairs": PAIRS}}
-    assert lateral_pairs(dj) == [("left_lung", "right_lung")]
-    dj["mtl"]["lateral_pairs"] = [["left_lung", "right_lungs"]]
+    assert lateral_pairs(_described(radiograph_labels(True), lateral_pairs=PAIRS)) == [("left_lung", "right_lung")]
     with pytest.raises(LateralPairError, match="'right_lungs'.*dataset.json|dataset.json.*'right_lungs'"):
-        lateral_pairs(dj)
-    dj["mtl"]["lateral_pairs"] = [["left_lung"]]
-    with pytest.raises(LateralPairError, match="must be"):
-        lateral_pairs(dj)
+        lateral_pairs(_described(radiograph_labels(True), lateral_pairs=[["left_lung", "right_lungs"]]))
+    with pytest.raises(TargetSpecError, match="must be"):
+        _described(radiograph_labels(True), lateral_pairs=[["left_lung"]])
 
 
 def test_choose_trainer_for_declared_detected_and_plain_labels():
-    declared = {"labels": radiograph_labels(True), "mtl": {"lateral_pairs": PAIRS}}
-    detected = {"labels": radiograph_labels(True), "mtl": {}}
-    plain = {"labels": radiograph_labels(False), "mtl": {}}
+    declared = _described(radiograph_labels(True), lateral_pairs=PAIRS)
+    detected = _described(radiograph_labels(True))
+    plain = _described(radiograph_labels(False))
     assert choose_trainer_for(declared)[0] == "nnUNetTrainerMTLOrientationAware"
     name, message = choose_trainer_for(detected)
     assert name == "nnUNetTrainerMTLOrientationAware" and '"lateral_pairs"' in message
@@ -106,11 +111,11 @@ def test_lateral_image_targets_are_found_for_the_label_swap_guard():
                {"name": "side", "kind": "classification", "classes": ["none", "Left", "right"]},
                {"name": "left_effusion", "kind": "classification", "classes": ["no", "yes"]},
                {"name": "cleft", "kind": "regression"}]
-    assert lateral_image_targets({"mtl": {"targets": targets}}) == ["side", "left_effusion"]
+    assert lateral_image_targets(TargetSpec.from_json(targets)) == ["side", "left_effusion"]
 
 
 def test_undeclared_lateral_names_change_nothing_but_are_reported():
-    decision = decide({"labels": radiograph_labels(True), "mtl": {}}, "/nonexistent", (0, 1, 2), 2)
+    decision = decide(_described(radiograph_labels(True)), "/nonexistent", (0, 1, 2), 2)
     assert not decision.active and "left_lung<->right_lung" in decision.message and "lateral_pairs" in decision.message
 
 

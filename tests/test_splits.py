@@ -9,7 +9,7 @@ from nnunet_mtl.conversion.detect import convert
 from nnunet_mtl.synthetic import write_pancreas_layout
 from split_tools.__main__ import main as cli_main
 from split_tools.splits import SplitError, fold_class_counts, make_splits, read_splits, write_splits
-from nnunet_mtl.targets import table_from_dataset_json
+from nnunet_mtl.dataset_spec import DatasetSpec
 
 CLASSES = ["common", "middle", "rare"]
 
@@ -44,7 +44,7 @@ def _check_partition(splits, all_cases):
 def test_stratified_keeps_class_proportions(tmp_path):
     dj = write_dataset_json(str(tmp_path / "d"))
     splits = make_splits(dj, "stratified", n_folds=3, seed=0)
-    table = table_from_dataset_json(json.load(open(dj)))
+    table = DatasetSpec.from_dataset_json(json.load(open(dj))).table
     _check_partition(splits, table.case_ids)
     overall = table.class_counts("kind")
     for row in fold_class_counts(splits, table, "kind"):

@@ -1,7 +1,7 @@
 import pytest
 
-from nnunet_mtl.targets import (Target, TargetSpec, TargetSpecError, read_labels_csv,
-                                table_from_dataset_json)
+from nnunet_mtl.dataset_spec import DatasetSpec
+from nnunet_mtl.targets import Target, TargetSpec, TargetSpecError, read_labels_csv
 
 SPEC = TargetSpec((Target("prognosis", "classification", classes=("good", "poor")),
                    Target("gcs", "regression", weight=0.3), Target("age", "regression", allow_missing=True)))
@@ -18,7 +18,7 @@ def test_several_targets_parse_and_roundtrip(tmp_path):
     assert table.value("a", "prognosis") == "good" and table.value("b", "gcs") == 7.0
     assert table.value("b", "age") is None
     table.validate(["a", "b"])
-    again = table_from_dataset_json({"mtl": {"targets": SPEC.to_json(), "cases": table.to_json()}})
+    again = DatasetSpec.from_dataset_json({"mtl": {"targets": SPEC.to_json(), "cases": table.to_json()}}).table
     assert again.values == table.values and again.spec == SPEC
 
 
@@ -55,4 +55,4 @@ def test_bad_specs_are_rejected():
     with pytest.raises(TargetSpecError):
         TargetSpec.from_json([{"name": "x", "kind": "ordinal"}])
     with pytest.raises(TargetSpecError, match="no 'mtl' block"):
-        table_from_dataset_json({"labels": {}})
+        DatasetSpec.from_dataset_json({"labels": {}})

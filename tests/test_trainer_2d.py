@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from nnunet_mtl.targets import table_from_dataset_json
+from nnunet_mtl.dataset_spec import DatasetSpec
 from tests.helpers import make_trainer, train
 
 
@@ -41,7 +41,7 @@ def test_head_receives_zero_gradient_only_when_its_weight_is_zero(dataset_2d):
 def test_class_weights_match_hand_count_of_training_split(dataset_2d):
     trainer = make_trainer(dataset_2d, fold=1, class_weight_smoothing=0.5)
     tr_keys, val_keys = trainer.do_split()
-    table = table_from_dataset_json(dataset_2d.dataset_json)
+    table = DatasetSpec.from_dataset_json(dataset_2d.dataset_json).table
     counts = [sum(1 for k in tr_keys if table.value(k, "finding") == c) for c in ("absent", "present")]
     raw = 1.0 / (np.array(counts) + 0.5)
     assert np.allclose(trainer.head_loss.cw_finding.numpy(), raw / raw.mean())

@@ -16,7 +16,8 @@ import numpy as np
 import SimpleITK as sitk
 
 from nnunet_mtl.io_utils import atomic_save_image, atomic_write_json
-from nnunet_mtl.targets import CaseTable, mtl_block
+from nnunet_mtl import dataset_spec
+from nnunet_mtl.targets import CaseTable
 
 FILE_ENDING = ".nii.gz"
 
@@ -74,6 +75,10 @@ def write_raw_dataset(raw_root: str, dataset_id: int, name: str, train_cases: Se
         raise ValueError(f"case {missing!r} has no mask while other cases have one")
     extra = dict(extra_mtl or {})
     extra.setdefault("has_masks", has_masks)
+    unknown = sorted(set(extra) - set(dataset_spec.DESCRIPTION_KEYS))
+    if unknown:
+        raise ValueError(f"{folder}: unknown dataset description key {unknown[0]!r} (known: {dataset_spec.DESCRIPTION_KEYS})")
+    spec = dataset_spec.build(table, source=f"description of {folder}", **extra)
     dataset_json = {
         "channel_names": channel_names,
         "labels": labels,
@@ -81,8 +86,8 @@ def write_raw_dataset(raw_root: str, dataset_id: int, name: str, train_cases: Se
         "file_ending": FILE_ENDING,
         "name": name,
         "description": description or "written by nnunet_mtl",
-        "mtl": mtl_block(table, **extra),
     }
+    spec.write_into(dataset_json)
     dj_path = os.path.join(folder, "dataset.json")
     if os.path.isfile(dj_path) and not overwrite:
         with open(dj_path) as f:

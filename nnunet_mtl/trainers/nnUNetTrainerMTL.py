@@ -32,7 +32,7 @@ from nnunet_mtl.losses import HeadLoss, HeadWeightSchedule
 from nnunet_mtl.network import MTLNetwork, unwrap
 from nnunet_mtl.orientation import decide, limit_rotation_for_lateral, mirror_axes_without_lr
 from nnunet_mtl.overrides import read_overrides
-from nnunet_mtl.targets import PLANS_KEY, TargetSpec, table_from_dataset_json
+from nnunet_mtl.dataset_spec import DatasetSpec, targets_from_plans, targets_to_plans
 from nnunet_mtl.training import selection
 from nnunet_mtl.training.head_metrics import patch_head_metrics, patch_predictions
 from nnunet_mtl.training.step_helpers import (class_weights_for_split, gathered_mean, per_target_losses,
@@ -50,10 +50,11 @@ class nnUNetTrainerMTL(nnUNetTrainer):
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device('cuda')):
         super().__init__(plans, configuration, fold, dataset_json, device)
-        self.case_table = table_from_dataset_json(dataset_json)
-        self.spec = self.case_table.spec
-        self.plans_manager.plans[PLANS_KEY] = self.spec.to_json()  # travels to plans.json -> predictor
-        self.has_masks = bool(dataset_json["mtl"].get("has_masks", True))
+        self.dataset_spec = DatasetSpec.from_dataset_json(dataset_json)
+        self.case_table = self.dataset_spec.table
+        self.spec = self.dataset_spec.targets
+        targets_to_plans(self.plans_manager.plans, self.spec)  # travels to plans.json -> predictor
+        self.has_masks = self.dataset_spec.has_masks
         # seed design defaults
         self.initial_lr = 1e-4
         self.weight_decay = 3e-5
@@ -82,7 +83,7 @@ class nnUNetTrainerMTL(nnUNetTrainer):
                                    num_output_channels: int, enable_deep_supervision: bool = True):
         unet = nnUNetTrainer.build_network_architecture(plans_manager, configuration_manager, num_input_channels,
                                                         num_output_channels, enable_deep_supervision)
-        return MTLNetwork(unet, TargetSpec.from_plans(plans_manager.plans), cls.head_stages, cls.head_dropout)
+        return MTLNetwork(unet, targets_from_plans(plans_manager.plans), cls.head_stages, cls.head_dropout)
 
     def configure_optimizers(self):
         optimizer = torch.optim.AdamW(self.network.parameters(), lr=self.initial_lr, weight_decay=self.weight_decay)
@@ -101,7 +102,7 @@ class nnUNetTrainerMTL(nnUNetTrainer):
         declares lateralised label pairs (a mirror would turn a left lung into a right one)."""
         rotation, dummy_2d, initial_patch_size, mirror_axes = \
             super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()
-        self.lateral = decide(self.dataset_json, self.preprocessed_dataset_folder,
+        self.lateral = decide(self.dataset_spec, self.preprocessed_dataset_folder,
                               self.plans_manager.transpose_forward, len(self.configuration_manager.patch_size),
                               self.use_detected_lateral_pairs)
         if self.lateral.active:

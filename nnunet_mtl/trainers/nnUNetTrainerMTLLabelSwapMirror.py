@@ -16,11 +16,11 @@ class nnUNetTrainerMTLLabelSwapMirror(nnUNetTrainerMTLOrientationAware):
         axis and pairs the orientation decision found; super() gets mirror axes without that axis."""
         pipeline = super().get_training_transforms(*args, **kwargs)
         if self.lateral is not None and self.lateral.active:
-            lateral_targets = lateral_image_targets(self.dataset_json)
+            lateral_targets = lateral_image_targets(self.spec)
             if lateral_targets:
                 raise LateralPairError(f"dataset.json: image-level target(s) {lateral_targets} are lateral and would "
                                        f"not be swapped with the image; use nnUNetTrainerMTLOrientationAware")
-            pairs = label_value_pairs(self.dataset_json, self.lateral.pairs)
+            pairs = label_value_pairs(self.dataset_spec, self.lateral.pairs)
             insert_before_label_consumers(pipeline, LabelSwapMirrorTransform(self.lateral.lr_axis, pairs))
             self.print_to_log_file(f"Orientation: mirroring axis {self.lateral.lr_axis} with label swap {pairs}")
         return pipeline
