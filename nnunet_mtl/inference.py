@@ -45,7 +45,7 @@ def _is_nnunet_input_folder(folder: str) -> bool:
 
 def prepare_inputs(inputs: Sequence[str], work_dir: str, clip_percentiles=(0.5, 98.5)) -> Dict[str, str]:
     """Files/folders -> {case_id: path of CASE_0000.nii.gz}; converts non-nnU-Net inputs into work_dir."""
-    from nnunet_mtl.conversion.generic_layout import file_stem, read_image
+    from nnunet_mtl.conversion.image_readers import file_stem, read_image
     from nnunet_mtl.conversion.nnunet_raw import write_image
     out = {}
     for path in inputs:

@@ -168,7 +168,7 @@ def test_rgb_png_becomes_grey(tmp_path):
     for cid in ("a", "b"):
         Image.fromarray(rgb).save(root / "images" / f"{cid}.png")
     _write_csv(root / "labels.csv", ["case_id", "y"], [["a", "0"], ["b", "1"]])
-    folder = convert(str(root), str(tmp_path / "raw"), 516, "Rgb", clip_percentiles=None)
+    folder = convert(str(root), str(tmp_path / "raw"), 516, "Rgb", clip_percentiles=None, grey=True)
     out = sitk.GetArrayFromImage(_read(os.path.join(folder, "imagesTr", "a_0000.nii.gz")))
     assert out.shape == (8, 8)
     assert np.allclose(out, 0.299 * 100 + 0.587 * 50 + 0.114 * 200, atol=1e-3)

@@ -59,11 +59,12 @@ class ConversionReport:
     rounded_voxels: Dict[str, int] = field(default_factory=dict)
     geometry_copied: Dict[str, str] = field(default_factory=dict)
     label_values: List[int] = field(default_factory=list)
+    notes: List[str] = field(default_factory=list)  # decisions taken once per dataset (colour, pairs)
     n_train: int = 0
     n_test: int = 0
 
     def summary(self) -> str:
-        lines = [f"converted {self.n_train} training and {self.n_test} test cases"]
+        lines = [f"converted {self.n_train} training and {self.n_test} test cases"] + list(self.notes)
         if self.rounded_voxels:
             total = sum(self.rounded_voxels.values())
             lines.append(f"rounded {total} non-integer mask voxels in {len(self.rounded_voxels)} case(s): "

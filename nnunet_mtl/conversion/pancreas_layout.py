@@ -11,9 +11,12 @@ import os
 import re
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from nnunet_mtl.conversion.generic_layout import (CHANNEL_RE, VOLUME_EXTS, CaseSource, ReadOptions, file_stem,
-                                                  write_cases)
+from nnunet_mtl.conversion.case_discovery import CHANNEL_RE
+from nnunet_mtl.conversion.cases import CaseSource, LayoutDefaults, write_cases
+from nnunet_mtl.conversion.image_readers import VolumeReader
+from nnunet_mtl.conversion.layout import InputLayout
 from nnunet_mtl.conversion.masks import ConversionError, ConversionResult
+from nnunet_mtl.conversion.options import ConversionOptions
 from nnunet_mtl.targets import CLASSIFICATION, CaseTable, Target, TargetSpec, TargetSpecError
 
 log = logging.getLogger(__name__)
@@ -39,11 +42,11 @@ def _volume_files(folder: str) -> Dict[str, str]:
     out = {}
     for name in sorted(os.listdir(folder)):
         path = os.path.join(folder, name)
-        if name.startswith(".") or not name.lower().endswith(VOLUME_EXTS):
+        if name.startswith(".") or not name.lower().endswith(VolumeReader.extensions):
             continue
         if os.path.isdir(path):
             raise ConversionError(f"{path}: unexpected folder inside {folder}")
-        out[file_stem(path)] = path
+        out[VolumeReader.stem(path)] = path
     return out
 
 
@@ -110,24 +113,46 @@ def find_cases(root: str, classes: Optional[Sequence[str]] = None):
     return labelled, test, list(classes)
 
 
-def convert_pancreas(root: str, raw_root: str, dataset_id: int, name: str, classes: Optional[Sequence[str]] = None,
-                     target_name: str = "subtype", labels: Optional[Dict[str, int]] = None,
-                     channel_names: Optional[Dict[str, str]] = None, options: ReadOptions = ReadOptions(),
-                     overwrite: bool = False) -> ConversionResult:
+def _target(options: ConversionOptions):
+    """Target name and class names (from a spec, when the user wants to fix them)."""
+    spec = options.targets()
+    if spec is None:
+        return "subtype", None
+    if len(spec) != 1 or not spec.targets[0].is_classification:
+        raise ConversionError(f"{options.spec_json or options.description.source}: the pancreas layout carries "
+                              f"exactly one classification target (the class folders); got {spec.names}")
+    return spec.targets[0].name, list(spec.targets[0].classes)
+
+
+class PancreasLayout(InputLayout):
     """Challenge layout -> nnU-Net raw dataset; validation/ cases are listed as ``fixed_validation``."""
-    labelled, test_files, classes = find_cases(root, classes)
-    try:
-        spec = TargetSpec((Target(target_name, CLASSIFICATION, classes=tuple(classes)),))
-    except TargetSpecError as e:
-        raise ConversionError(f"{root}: {e}") from None
-    table = CaseTable.from_mapping(spec, {cid: {target_name: v[0]} for cid, v in labelled.items()}, source=root)
-    train = [CaseSource(cid, v[2], v[3], options) for cid, v in sorted(labelled.items())]
-    test = [CaseSource(cid, p, None, options) for cid, p in sorted(test_files.items())]
-    n_ch = len(train[0].channel_paths)
-    extra = {"fixed_validation": sorted(c for c, v in labelled.items() if v[1] == "validation"),
-             "source_layout": "pancreas"}
-    if labels is None:  # the regions only make sense for the default pancreas/lesion labels
-        extra["regions"] = PANCREAS_REGIONS
-    return write_cases(train, test, table, raw_root, dataset_id, name,
-                       dict(labels or PANCREAS_LABELS), channel_names or {str(i): "CT" for i in range(n_ch)},
-                       extra, overwrite)
+    name = "pancreas"
+    expects = "train/<class>/ folders (pancreas layout)"
+
+    def recognises(self, input_dir: str) -> bool:
+        return is_pancreas_layout(input_dir)
+
+    def convert(self, input_dir, raw_root, dataset_id, name, options, overwrite=False) -> ConversionResult:
+        if options.labels_csv or options.masks_dir or options.patient_column:
+            raise ConversionError(f"{input_dir}: the pancreas layout takes classes from folders and masks from "
+                                  f"next to the images; labels_csv / masks_dir / patient_column do not apply")
+        target_name, classes = _target(options)
+        labelled, test_files, classes = find_cases(input_dir, classes)
+        try:
+            spec = TargetSpec((Target(target_name, CLASSIFICATION, classes=tuple(classes)),))
+        except TargetSpecError as e:
+            raise ConversionError(f"{input_dir}: {e}") from None
+        table = CaseTable.from_mapping(spec, {cid: {target_name: v[0]} for cid, v in labelled.items()},
+                                       source=input_dir)
+        read = options.read_options()
+        train = [CaseSource(cid, v[2], v[3], read) for cid, v in sorted(labelled.items())]
+        test = [CaseSource(cid, p, None, read) for cid, p in sorted(test_files.items())]
+        n_ch = len(train[0].channel_paths)
+        extra = {"fixed_validation": sorted(c for c, v in labelled.items() if v[1] == "validation"),
+                 "source_layout": self.name}
+        # the regions only make sense for the default pancreas/lesion labels
+        defaults = LayoutDefaults(labels=dict(PANCREAS_LABELS),
+                                  regions=PANCREAS_REGIONS if options.description.labels is None else {},
+                                  channel_names={str(i): "CT" for i in range(n_ch)})
+        return write_cases(train, test, table, raw_root, dataset_id, name, options.description, extra, overwrite,
+                           defaults)
