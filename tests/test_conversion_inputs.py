@@ -107,6 +107,16 @@ def test_empty_pair_list_turns_automatic_pairing_off(tmp_path):
     assert DatasetSpec.from_file(os.path.join(folder, "dataset.json")).lateral_pairs == ()
 
 
+def test_description_applies_to_the_pancreas_layout(tmp_path):
+    from nnunet_mtl.synthetic import write_pancreas_layout
+    root = write_pancreas_layout(str(tmp_path / "pancreas"), n_train=3, n_val=0, n_test=0, shape=(4, 8, 8))
+    folder = convert(root, str(tmp_path / "raw"), 705, "Pan", labels=["1=gland", "2=tumour"],
+                     regions={"organ": ["gland", "tumour"]}, channel_names=["venous"])
+    dj = _dataset_json(folder)
+    assert dj["labels"] == {"background": 0, "gland": 1, "tumour": 2} and dj["channel_names"] == {"0": "venous"}
+    assert dj["mtl"]["regions"] == {"organ": [1, 2]} and dj["mtl"]["source_layout"] == "pancreas"
+
+
 def test_registry_lists_every_layout_once():
     assert LAYOUT_NAMES == ("auto", "pancreas", "generic", "radiograph", "dicom_series")
     assert len({layout.name for layout in LAYOUTS}) == len(LAYOUTS)
@@ -138,6 +148,20 @@ def test_rgb_images_keep_three_channels(tmp_path, capsys):
     assert green[0, 0] == 150 and green[-1, 0] == 100
     assert np.all(_array(folder, "imagesTr/img_1_0002.nii.gz") == 200)
     assert capsys.readouterr().out.count("kept as three channels") == 1
+
+
+def test_grey_images_in_a_colour_dataset_are_repeated_and_grey_flag_gives_luma(tmp_path):
+    root = colour_layout(str(tmp_path / "rgb"))
+    Image.fromarray(np.full((16, 16), 77, np.uint8)).save(os.path.join(root, "images", "img_3.png"))
+    result = convert_with_report(root, str(tmp_path / "raw"), 716, "Rgb")
+    assert "3 colour image(s) kept as three channels" in result.report.summary()
+    assert "1 grey image(s) repeated" in result.report.summary()
+    assert all(np.all(_array(result.folder, f"imagesTr/img_3_000{c}.nii.gz") == 77) for c in range(3))
+    grey = convert_with_report(root, str(tmp_path / "raw"), 717, "Grey", grey=True, clip_percentiles=None)
+    assert _dataset_json(grey.folder)["channel_names"] == {"0": "rescale_to_0_1"}
+    assert "converted to one grey channel (luma" in grey.report.summary()
+    assert np.allclose(_array(grey.folder, "imagesTr/img_0_0000.nii.gz")[-1, 0],
+                       0.299 * 10 + 0.587 * 100 + 0.114 * 200, atol=1e-3)
 
 
 def test_colour_mask_is_one_clear_error(tmp_path):

@@ -22,6 +22,7 @@ from dataclasses import dataclass, fields, replace
 from typing import Dict, List, Mapping, Optional, Tuple
 
 from nnunet_mtl.conversion.masks import MAX_LABEL, ConversionError
+from nnunet_mtl.orientation import detect_lateral_pairs
 from nnunet_mtl.targets import TargetSpec, TargetSpecError
 
 KEYS = ("labels", "regions", "lateral_pairs", "channel_names", "targets")
@@ -74,7 +75,6 @@ class DatasetDescription:
                         raise ConversionError(f"{self.source}: lateral pair {list(pair)} names label {name!r}, "
                                               f"which is not declared (labels: {sorted(labels)})")
             return list(self.lateral_pairs), ""
-        from nnunet_mtl.orientation import detect_lateral_pairs
         detected = detect_lateral_pairs(labels)
         if not detected:
             return [], ""
