@@ -13,6 +13,7 @@ nnU-Net raw format or in the user-facing layouts the pipeline converts from.
 from __future__ import annotations
 
 import csv
+import json
 import os
 from typing import List, Optional, Sequence, Tuple
 
@@ -198,9 +199,13 @@ def write_pancreas_layout(root: str, n_train: int = 9, n_val: int = 3, n_test: i
     return root
 
 
+DESCRIPTION_FILE = "description.json"
+
+
 def write_radiograph_layout(root: str, n: int = 16, n_test: int = 4, size=(64, 64), seed: int = 0,
                             lateral: bool = False) -> str:
-    """Generic layout: images/*.png, masks/*.png, labels.csv (case_id, finding) and test_images/*.png."""
+    """Generic layout: images/*.png, masks/*.png, labels.csv (case_id, finding), test_images/*.png, and
+    ``description.json`` naming the mask values (pass it as ``--description``)."""
     from PIL import Image
     cases, table = radiograph_cases(n + n_test, size=size, seed=seed, lateral=lateral)
     for i, c in enumerate(cases):
@@ -216,4 +221,7 @@ def write_radiograph_layout(root: str, n: int = 16, n_test: int = 4, size=(64, 6
         w.writerow(["case_id", "finding"])
         for c in cases[:n]:
             w.writerow([c.case_id, table.values[c.case_id]["finding"]])
+    names = {str(v): k for k, v in radiograph_labels(lateral).items() if v}
+    with open(os.path.join(root, DESCRIPTION_FILE), "w") as f:
+        json.dump({"labels": names}, f, indent=2)
     return root

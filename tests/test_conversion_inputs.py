@@ -117,6 +117,15 @@ def test_description_applies_to_the_pancreas_layout(tmp_path):
     assert dj["mtl"]["regions"] == {"organ": [1, 2]} and dj["mtl"]["source_layout"] == "pancreas"
 
 
+def test_synthetic_layout_describes_its_labels(tmp_path):
+    from nnunet_mtl.synthetic import DESCRIPTION_FILE, write_radiograph_layout
+    root = write_radiograph_layout(str(tmp_path / "cxr"), n=4, n_test=0, size=(16, 16), lateral=True)
+    folder = convert(root, str(tmp_path / "raw"), 706, "Cxr", description=os.path.join(root, DESCRIPTION_FILE))
+    spec = DatasetSpec.from_file(os.path.join(folder, "dataset.json"))
+    assert spec.label_names == {1: "left_lung", 2: "right_lung", 3: "heart"}
+    assert spec.lateral_pairs == (("left_lung", "right_lung"),)
+
+
 def test_registry_lists_every_layout_once():
     assert LAYOUT_NAMES == ("auto", "pancreas", "generic", "radiograph", "dicom_series")
     assert len({layout.name for layout in LAYOUTS}) == len(LAYOUTS)

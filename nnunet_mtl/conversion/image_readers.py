@@ -94,7 +94,8 @@ class DicomSeriesReader(ImageReader):
 
     @classmethod
     def can_read(cls, path: str) -> bool:
-        return dicom_series.is_series_dir(path)
+        """Any folder: case discovery has already refused folders without a series (GDCM scans are slow)."""
+        return os.path.isdir(path)
 
     @classmethod
     def stem(cls, path: str) -> str:
