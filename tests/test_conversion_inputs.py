@@ -95,6 +95,12 @@ def test_description_errors_name_the_problem(tmp_path):
         convert(root, raw, 703, "Lungs", labels=NAMES, regions={"lungs": ["lung_l"]})
     with pytest.raises(ConversionError, match="lateral pair"):
         convert(root, raw, 703, "Lungs", labels=NAMES, lateral_pairs=[["left_lung", "heart"]])
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps([{"name": "finding", "kind": "classification", "classes": ["no", "yes"]}]))
+    both = tmp_path / "both.json"
+    both.write_text(json.dumps({"targets": json.loads(spec.read_text())}))
+    with pytest.raises(ConversionError, match="targets are given twice"):
+        convert(root, raw, 703, "Lungs", spec_json=str(spec), description=str(both))
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"label": {"1": "x"}}))
     with pytest.raises(ConversionError, match=r"bad.json: unknown key 'label'"):
@@ -129,6 +135,29 @@ def test_synthetic_layout_describes_its_labels(tmp_path):
 def test_registry_lists_every_layout_once():
     assert LAYOUT_NAMES == ("auto", "pancreas", "generic", "radiograph", "dicom_series")
     assert len({layout.name for layout in LAYOUTS}) == len(LAYOUTS)
+
+
+def test_a_new_layout_is_one_class_and_one_registry_entry(tmp_path, monkeypatch):
+    """The extension point: a layout that keeps its cases under cases/ is found by detection."""
+    from nnunet_mtl.conversion import registry
+    from nnunet_mtl.conversion.generic_layout import GenericLayout
+
+    class CasesFolderLayout(GenericLayout):
+        name = "cases_folder"
+        expects = "a cases/ folder"
+
+        def recognises(self, input_dir):
+            return os.path.isdir(os.path.join(input_dir, "cases"))
+
+        def convert(self, input_dir, *args, **kwargs):
+            os.rename(os.path.join(input_dir, "cases"), os.path.join(input_dir, "images"))
+            return super().convert(input_dir, *args, **kwargs)
+
+    monkeypatch.setattr(registry, "LAYOUTS", (CasesFolderLayout,) + registry.LAYOUTS)
+    root = colour_layout(str(tmp_path / "own"))
+    os.rename(os.path.join(root, "images"), os.path.join(root, "cases"))
+    assert registry.detect_layout(root).name == "cases_folder"
+    assert _dataset_json(convert(root, str(tmp_path / "raw"), 707, "Own", grey=True))["numTraining"] == 4
 
 
 # ------------------------------------------------------------------------------ colour + formats
