@@ -235,7 +235,8 @@ def write_cases(train: Sequence[CaseSource], test: Sequence[CaseSource], table: 
     cache = LastCase()
     for case in list(train) + list(test):
         case.cache = cache
-    labels = check_cases(train, test, report, dict(description.labels or defaults.labels or {}) or None)
+    given = description.labels or defaults.labels
+    labels = check_cases(train, test, report, dict(given) if given else None)
     n_channels = train[0].n_channels
     for case in list(train) + list(test):
         if case.n_channels != n_channels:

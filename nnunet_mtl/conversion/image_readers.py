@@ -21,7 +21,7 @@ from nnunet_mtl.conversion import dicom_file, dicom_series
 from nnunet_mtl.conversion.masks import DEFAULT_REL_TOL, GEOMETRY_KEYS, ConversionError, Geometry
 
 DEFAULT_CLIP = (0.5, 98.5)
-LUMA = np.array([0.299, 0.587, 0.114], np.float32)
+LUMA = dicom_file.LUMA  # ITU-R 601 luma weights for R, G, B
 COLOUR_CHANNEL_NAMES = ("R", "G", "B")
 
 
