@@ -49,10 +49,31 @@ def evaluate(gt_dir: Optional[str] = None, pred_dir: Optional[str] = None, predi
              apply_thresholds: Optional[str] = None, surface_metrics: bool = False, surface_tolerance: float = 1.0,
              num_processes: int = 1, label_names: Optional[Mapping[int, str]] = None,
              seg_labels: Sequence[int] = (), make_plots: bool = True) -> dict:
-    """Score everything the inputs allow and write the review folder; returns metrics.json's content.
+    """Score everything the inputs allow and write the review folder.
 
-    ``regions=None`` means the pancreas default (whole={1,2}, lesion={2}) for the challenge
-    subfolder layout and no regions otherwise; pass ``{}`` for none."""
+    Args:
+        gt_dir: ground-truth masks (flat or class subfolders); defines the case set when given.
+        pred_dir: predicted masks, same case ids as ``gt_dir``.
+        prediction_csv: the predictor's per-case table; needs ``labels``.
+        output_folder: the review folder (None: compute only).
+        labels: true image-level values (``ground_truth.load_labels``).
+        regions: name -> labels scored as one region; None means the pancreas default
+            (whole={1,2}, lesion={2}) for the challenge subfolder layout and none otherwise; ``{}`` for none.
+        targets: evaluate only these targets.
+        n_bootstrap, seed: bootstrap resamples for the 95% CIs (0: no CIs) and their seed.
+        threshold_tuning: 'youden' | 'f1': tune binary thresholds on this set (written to thresholds.json).
+        apply_thresholds: a thresholds.json whose thresholds replace the argmax decision.
+        surface_metrics, surface_tolerance: also HD95 and surface Dice (tolerance in spacing units).
+        num_processes: processes for the segmentation scores.
+        label_names, seg_labels: label value -> name, and labels scored even when absent everywhere.
+        make_plots: write the PNG plots.
+
+    Returns:
+        metrics.json's content (strict JSON: NaN -> None).
+
+    Raises:
+        EvaluationError: inputs that cannot be evaluated together; the message names the case.
+    """
     if pred_dir is None and prediction_csv is None:
         raise EvaluationError("nothing to evaluate: give a prediction folder and/or a predictions CSV")
     if pred_dir is not None and gt_dir is None:

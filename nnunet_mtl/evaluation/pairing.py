@@ -3,7 +3,7 @@ cases with a true value and their (true, predicted) values."""
 from __future__ import annotations
 
 import math
-from typing import Mapping, Optional, Sequence
+from typing import List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -28,7 +28,8 @@ def evaluated_spec(labels: CaseTable, prediction_csv: str, restrict: Optional[Se
     return TargetSpec(tuple(labels.spec[n] for n in names))
 
 
-def gather_target(target: Target, cases: Sequence[str], labels: CaseTable, preds: Mapping[str, dict]):
+def gather_target(target: Target, cases: Sequence[str], labels: CaseTable, preds: Mapping[str, dict]
+                  ) -> Tuple[List[str], np.ndarray, np.ndarray, Optional[np.ndarray]]:
     """(cases, y_true, y_pred, probs) for the cases with a GT value; raises on a missing required value.
 
     Classification values are class indices and ``probs`` is (cases, classes); regression has no probs."""
