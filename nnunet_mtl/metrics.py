@@ -1,6 +1,6 @@
 """Pure metric functions on whole cases: numpy in, floats/dicts out, no file access.
 
-Conventions (also written into ``metrics.json`` by ``nnunet_mtl.evaluate``):
+Conventions (also written into ``metrics.json`` by ``nnunet_mtl.evaluation``):
 
 * **Dice of empty masks.** GT and prediction both empty -> DSC = 1.0 (the case counts in
   the mean); exactly one of them empty -> 0.0.

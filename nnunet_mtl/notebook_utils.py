@@ -1,9 +1,9 @@
 """Display helpers for notebooks/nnunet_mtl_demo.ipynb.
 
 The notebook's cells stay a few lines long by calling these. Figures are drawn on a bare
-``matplotlib.figure.Figure`` and shown as PNG bytes, because nnunet_mtl's plotting modules switch
-matplotlib to the Agg backend on import, after which ``plt.show()`` would show nothing inline.
-Every function also works outside Jupyter (display falls back to printing).
+``matplotlib.figure.Figure`` (like nnunet_mtl's plotting modules, which never touch pyplot or the
+backend) and shown as PNG bytes, whatever backend is active. Every function also works outside
+Jupyter (display falls back to printing).
 """
 from __future__ import annotations
 
@@ -19,12 +19,14 @@ from typing import Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
+from nnunet_mtl import prediction_table
 from nnunet_mtl.dataset_spec import DatasetSpec, targets_from_plans
+from nnunet_mtl.file_names import CHANNEL_DIGITS, channel_file
 
 BASE_DIR_ENV = "NNUNET_MTL_NOTEBOOK_BASE_DIR"
 BUDGET_ENV = "NNUNET_MTL_NOTEBOOK_BUDGET"
 
-# "demo" is pipeline.py --demo's budget (filled in lazily from pipeline.py so the two never drift),
+# "demo" is pipeline.py --demo's budget (read from nnunet_mtl.demo, so the two never drift),
 # "tiny" is what the notebook test uses: enough to exercise every step, not to learn anything.
 TINY_BUDGET = {
     "n_cases": 10, "n_test": 2, "planner": "plain", "n_bootstrap": 20,
@@ -59,7 +61,7 @@ def budget(name: str) -> dict:
     if name == "tiny":
         return json.loads(json.dumps(TINY_BUDGET))
     if name == "demo":
-        from pipeline import DEMO_BUDGET, DEMO_SHRINK
+        from nnunet_mtl.demo import DEMO_BUDGET, DEMO_SHRINK
         return {"n_cases": 30, "n_test": 6, "planner": "resenc_m", "n_bootstrap": 200,
                 "shrink": dict(DEMO_SHRINK["2d"]), "train": dict(DEMO_BUDGET)}
     if name == "full":
@@ -144,36 +146,44 @@ def html_table(rows: Sequence[Mapping], max_rows: int = 50, digits: int = 3) -> 
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{more}"
 
 
+def _show_html_rows(rows: Sequence[Mapping], max_rows: int) -> None:
+    try:
+        from IPython.display import HTML
+    except ImportError:
+        print("\n".join(",".join(str(v) for v in r.values()) for r in rows[:max_rows]))
+        return
+    _display(HTML(html_table(rows, max_rows)))
+
+
 def show_table(csv_path: str, max_rows: int = 50) -> None:
     """Show a CSV (predictions.csv, per_case.csv) as a table: a pandas DataFrame when pandas is installed,
     else an HTML table. Returns nothing, so a cell ending in it shows the table once."""
     try:
         import pandas as pd
     except ImportError:
-        rows = read_csv_rows(csv_path)
-        try:
-            from IPython.display import HTML
-            _display(HTML(html_table(rows, max_rows)))
-        except ImportError:
-            print("\n".join(",".join(str(v) for v in r.values()) for r in rows[:max_rows]))
+        _show_html_rows(read_csv_rows(csv_path), max_rows)
         return
     _display(pd.read_csv(csv_path).head(max_rows).round(3))
 
 
+def show_rows(rows: Sequence[Mapping], max_rows: int = 50) -> None:
+    """Show a list of dicts as a table (a pandas DataFrame when pandas is installed, else HTML)."""
+    try:
+        import pandas as pd
+    except ImportError:
+        _show_html_rows(rows, max_rows)
+        return
+    _display(pd.DataFrame(list(rows)).head(max_rows).round(3))
+
+
 def show_metrics(metrics: Mapping) -> None:
-    """The headline numbers of an evaluation (whole cases): accuracy / macro-F1 / AUC per target, mean DSC."""
-    lines = []
-    for name, m in metrics.get("classification", {}).items():
-        parts = [f"{k} {m[k]:.3f}" for k in ("accuracy", "macro_f1", "balanced_accuracy", "roc_auc")
-                 if isinstance(m.get(k), (int, float))]
-        lines.append(f"{name} (n={m.get('n', '?')}): " + ", ".join(parts))
-    for name, m in metrics.get("regression", {}).items():
-        parts = [f"{k} {m[k]:.3f}" for k in ("mae", "rmse", "pearson_r") if isinstance(m.get(k), (int, float))]
-        lines.append(f"{name}: " + ", ".join(parts))
-    for key, stats in metrics.get("segmentation", {}).get("summary", {}).items():
-        if isinstance(stats, dict) and isinstance(stats.get("mean"), (int, float)):
-            lines.append(f"DSC {key}: {stats['mean']:.3f}")
-    print("\n".join(lines) or "(no metrics)")
+    """An evaluation's summary (whole cases): the same lines ``evaluation.py`` prints (scores with their
+    95% CIs), then the DSC table, one row per label and region."""
+    from nnunet_mtl.evaluation.summary import dice_rows, summary_lines
+    print("\n".join(summary_lines(metrics)))
+    rows = dice_rows(metrics)
+    if rows:
+        show_rows(rows)
 
 
 # ------------------------------------------------------------------------------------------ images
@@ -196,7 +206,7 @@ def _slice(image: np.ndarray, mask: Optional[np.ndarray]) -> tuple:
 def case_files(image_dir: str, mask_dir: Optional[str], file_ending: str = ".nii.gz") -> Dict[str, tuple]:
     """case_id -> (first channel image, mask or None) for an nnU-Net-style folder pair."""
     out = {}
-    suffix = "_0000" + file_ending
+    suffix = channel_file("", 0, file_ending)
     for path in sorted(glob.glob(os.path.join(image_dir, "*" + suffix))):
         cid = os.path.basename(path)[:-len(suffix)]
         mask = os.path.join(mask_dir, cid + file_ending) if mask_dir else None
@@ -211,7 +221,7 @@ def show_cases(image_dir: str, mask_dir: Optional[str] = None, n: int = 4, file_
     files = case_files(image_dir, mask_dir, file_ending)
     ids = [c for c in (case_ids or sorted(files)) if c in files][:n]
     if not ids:
-        print(f"(no images *_0000{file_ending} in {image_dir})")
+        print(f"(no images *{channel_file('', 0, file_ending)} in {image_dir})")
         return
     with _plain_style():
         _draw_cases(files, ids, captions)
@@ -244,14 +254,15 @@ def label_captions(dataset_json_path: str) -> Dict[str, str]:
 def prediction_captions(csv_path: str, digits: int = 2) -> Dict[str, str]:
     """case_id -> 'target: class (p)' / 'target: value' from a predictions.csv."""
     rows = read_csv_rows(csv_path)
+    spec = prediction_table.spec_from_header(list(rows[0]) if rows else [prediction_table.CASE_COLUMN], csv_path)
     out = {}
     for r in rows:
-        names = [c for c in r if c != "case_id" and "_prob_" not in c]
         parts = []
-        for t in names:
-            p = r.get(f"{t}_prob_{r[t]}")
-            parts.append(f"{t}: {r[t]} ({float(p):.{digits}f})" if p not in (None, "") else f"{t}: {r[t]}")
-        out[r["case_id"]] = ", ".join(parts)
+        for t in spec:
+            p = r.get(prediction_table.prob_column(t.name, r[t.name])) if t.is_classification else None
+            parts.append(f"{t.name}: {r[t.name]} ({float(p):.{digits}f})" if p not in (None, "")
+                         else f"{t.name}: {r[t.name]}")
+        out[r[prediction_table.CASE_COLUMN]] = ", ".join(parts)
     return out
 
 
@@ -331,12 +342,13 @@ def explain_first_case(model_dir: str, image_dir: str, out_dir: str, device: str
     """Grad-CAM for the first case of an nnU-Net-style image folder (predicted class); returns the overlay PNG."""
     from nnunet_mtl.explain import explain_case
     target = target or first_classification_target(model_dir)
-    files = sorted(glob.glob(os.path.join(image_dir, "*_0000" + file_ending)))
+    first = channel_file("", 0, file_ending)
+    files = sorted(glob.glob(os.path.join(image_dir, "*" + first)))
     if target is None or not files:
         print("(no classification target or no image to explain)")
         return None
-    case_id = os.path.basename(files[0])[:-len("_0000" + file_ending)]
-    channels = sorted(glob.glob(os.path.join(image_dir, case_id + "_[0-9][0-9][0-9][0-9]" + file_ending)))
+    case_id = os.path.basename(files[0])[:-len(first)]
+    channels = sorted(glob.glob(os.path.join(image_dir, case_id + "_" + "[0-9]" * CHANNEL_DIGITS + file_ending)))
     os.makedirs(out_dir, exist_ok=True)
     paths = explain_case(model_dir, channels, os.path.join(out_dir, case_id), target, folds=folds, device=device)
     return paths.get("overlay_png")

@@ -1,35 +1,31 @@
 """PNG figures for a paper or a clinical review: confusion matrix, ROC curves, DSC distribution.
 
-Matplotlib runs headless (Agg); every figure is written atomically and closed, so a long
-evaluation never leaks figures or leaves half a PNG behind.
+Figures are bare ``matplotlib.figure.Figure`` objects (no pyplot, no backend switch, no global
+state), so plotting works headless and leaves a notebook's inline backend alone; each PNG is
+written atomically, so a long evaluation never leaves half a PNG behind.
 """
 from __future__ import annotations
 
 from typing import Mapping, Optional, Sequence
 
-import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
+from sklearn.metrics import roc_curve
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from sklearn.metrics import roc_curve  # noqa: E402
-
-from nnunet_mtl.io_utils import atomic_save_image  # noqa: E402
+from nnunet_mtl.io_utils import atomic_save_image
 
 
-def _save(fig, path: str) -> None:
-    try:
-        fig.tight_layout()
-        atomic_save_image(lambda tmp: fig.savefig(tmp, format="png", dpi=120), path)
-    finally:
-        plt.close(fig)
+def _save(fig: Figure, path: str) -> None:
+    fig.tight_layout()
+    atomic_save_image(lambda tmp: fig.savefig(tmp, format="png", dpi=120), path)
 
 
 def plot_confusion(cm: np.ndarray, class_names: Sequence[str], path: str, title: str = "") -> None:
     """Counts in each cell, rows = ground truth, columns = prediction."""
     cm = np.asarray(cm)
     k = len(class_names)
-    fig, ax = plt.subplots(figsize=(1.2 * k + 2.5, 1.2 * k + 2))
+    fig = Figure(figsize=(1.2 * k + 2.5, 1.2 * k + 2))
+    ax = fig.subplots()
     ax.imshow(cm, cmap="Blues", vmin=0)
     ax.set_xticks(range(k), labels=class_names, rotation=45, ha="right")
     ax.set_yticks(range(k), labels=class_names)
@@ -49,7 +45,8 @@ def plot_roc(y_true: Sequence[int], probs: np.ndarray, class_names: Sequence[str
     """Binary: one curve for the positive (last) class; multi-class: one-vs-rest curve per class."""
     y_true, probs = np.asarray(y_true), np.asarray(probs, dtype=np.float64)
     k = len(class_names)
-    fig, ax = plt.subplots(figsize=(5, 5))
+    fig = Figure(figsize=(5, 5))
+    ax = fig.subplots()
     for c in ([k - 1] if k == 2 else range(k)):
         positives = y_true == c
         if positives.all() or not positives.any():
@@ -74,7 +71,8 @@ def plot_distribution(values: Mapping[str, Sequence[float]], path: str, ylabel: 
     names = list(values)
     data = [np.asarray(values[n], dtype=np.float64) for n in names]
     data = [d[np.isfinite(d)] for d in data]
-    fig, ax = plt.subplots(figsize=(max(4.0, 1.3 * len(names) + 2), 4))
+    fig = Figure(figsize=(max(4.0, 1.3 * len(names) + 2), 4))
+    ax = fig.subplots()
     ax.boxplot(data, showfliers=False)
     ax.set_xticks(range(1, len(names) + 1), labels=names)
     rng = np.random.default_rng(seed)

@@ -13,13 +13,39 @@ from typing import Dict, List, Mapping, Sequence
 import numpy as np
 
 from nnunet_mtl.io_utils import atomic_write_csv, atomic_write_json
-from nnunet_mtl.targets import TargetSpec, TargetSpecError
+from nnunet_mtl.targets import CLASSIFICATION, REGRESSION, Target, TargetSpec, TargetSpecError
 
 CASE_COLUMN = "case_id"
+_PROB = "_prob_"
 
 
 def prob_column(target: str, class_name: str) -> str:
-    return f"{target}_prob_{class_name}"
+    return f"{target}{_PROB}{class_name}"
+
+
+def spec_from_header(header: Sequence[str], source: str = "predictions table") -> TargetSpec:
+    """The spec a table header implies: ``T`` with ``T_prob_<class>`` columns is a classification
+    (classes in column order, i.e. the model's order), a lone ``T`` is a regression."""
+    if CASE_COLUMN not in header:
+        raise TargetSpecError(f"{source}: no '{CASE_COLUMN}' column")
+    names = [c for c in header if c != CASE_COLUMN]
+    prob_cols = {c for c in names for t in names if c.startswith(prob_column(t, ""))}
+    targets = []
+    try:
+        for t in (c for c in names if c not in prob_cols):
+            prefix = prob_column(t, "")
+            classes = tuple(c[len(prefix):] for c in names if c.startswith(prefix))
+            targets.append(Target(t, CLASSIFICATION, classes=classes) if classes else Target(t, REGRESSION))
+        return TargetSpec(tuple(targets))
+    except TargetSpecError as e:
+        raise TargetSpecError(f"{source}: {e}") from None
+
+
+def read_header_spec(csv_path: str) -> TargetSpec:
+    """``spec_from_header`` of a predictions CSV file."""
+    with open(csv_path, newline="") as f:
+        header = next(csv.reader(f), [])
+    return spec_from_header(header, csv_path)
 
 
 def columns(spec: TargetSpec) -> List[str]:

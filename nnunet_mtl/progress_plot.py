@@ -1,15 +1,17 @@
-"""mtl_progress.png: segmentation and head losses, the phase weights and head metrics per epoch."""
-import matplotlib
+"""mtl_progress.png: segmentation and head losses, the phase weights and head metrics per epoch.
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+Drawn on a bare ``matplotlib.figure.Figure`` (no pyplot, no backend switch), written atomically."""
+from matplotlib.figure import Figure
+
+from nnunet_mtl.io_utils import atomic_save_image
 
 
 def plot_history(history, path: str) -> None:
     if not history:
         return
     epochs = [h["epoch"] for h in history]
-    fig, axes = plt.subplots(3, 1, figsize=(8, 10), sharex=True)
+    fig = Figure(figsize=(8, 10))
+    axes = fig.subplots(3, 1, sharex=True)
     for key, style in (("train_seg_loss", "b-"), ("train_head_loss", "r-"), ("val_head_loss", "r--")):
         axes[0].plot(epochs, [h.get(key) for h in history], style, label=key)
     axes[0].set_ylabel("loss")
@@ -25,8 +27,4 @@ def plot_history(history, path: str) -> None:
     axes[2].set_ylabel("score (validation patches)")
     axes[2].legend(fontsize=7)
     fig.tight_layout()
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=80)
-    plt.close(fig)
-    import os
-    os.replace(tmp, path)
+    atomic_save_image(lambda tmp: fig.savefig(tmp, format="png", dpi=80), path)

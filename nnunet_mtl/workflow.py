@@ -242,8 +242,8 @@ def explain_folder(model_dir: str, source_folder: str, out_dir: str, folds, chec
 
 # --------------------------------------------------------------------------------------------- evaluate
 def evaluate_validation(base_dir: str, fold: int, output_folder: Optional[str] = None, n_bootstrap: int = 1000) -> dict:
-    """Score one fold's whole-case validation (masks + heads) with nnunet_mtl.evaluate."""
-    from nnunet_mtl.evaluate import evaluate
+    """Score one fold's whole-case validation (masks + heads) with nnunet_mtl.evaluation."""
+    from nnunet_mtl.evaluation.evaluate import evaluate
     state = load_state(base_dir)
     use_base_dir(base_dir)
     val_dir = os.path.join(model_folder(base_dir, state), f"fold_{fold}", "validation")

@@ -14,7 +14,11 @@ from scipy.stats import pearsonr
 from sklearn import metrics as skm
 
 from nnunet_mtl import metrics as M
-from nnunet_mtl.evaluate import EvaluationError, evaluate, find_masks, load_labels, parse_regions
+from nnunet_mtl.evaluation.discovery import find_masks
+from nnunet_mtl.evaluation.errors import EvaluationError
+from nnunet_mtl.evaluation.evaluate import evaluate
+from nnunet_mtl.evaluation.ground_truth import load_labels
+from nnunet_mtl.evaluation.segmentation import parse_regions
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLASSES = ("absent", "present")
@@ -352,7 +356,7 @@ def test_cli_end_to_end_and_error_exit(flat_set):
 def test_cli_main_with_dataset_json_regions_label_names_and_target(tmp_path, capsys):
     import shutil
 
-    import evaluation
+    from nnunet_mtl.cli import evaluate as evaluation
     from nnunet_mtl.synthetic import SUBTYPES, write_synthetic_raw
     folder = write_synthetic_raw(str(tmp_path / "raw"), 7, kind="3d", n=3, shape=(8, 16, 16))
     gt, pred = os.path.join(folder, "labelsTr"), tmp_path / "pred"
@@ -363,7 +367,7 @@ def test_cli_main_with_dataset_json_regions_label_names_and_target(tmp_path, cap
         probs = np.array([0.2, 0.3, 0.5])
         rows.append({"case_id": cid, "subtype": SUBTYPES[2], **{f"subtype_prob_{c}": p for c, p in zip(SUBTYPES, probs)}})
     write_csv(str(tmp_path / "p.csv"), rows)
-    res = evaluation.main(["--validation_data", gt, "--prediction_folder", str(pred), "--prediction_csv",
+    res = evaluation.run(["--validation_data", gt, "--prediction_folder", str(pred), "--prediction_csv",
                            str(tmp_path / "p.csv"), "--dataset_json", os.path.join(folder, "dataset.json"),
                            "--output_folder", str(tmp_path / "out"), "--target", "subtype", "--n_bootstrap", "20",
                            "--surface_metrics", "--num_processes", "2", "--no_plots"])
@@ -374,7 +378,7 @@ def test_cli_main_with_dataset_json_regions_label_names_and_target(tmp_path, cap
     assert res["classification"]["subtype"]["accuracy"] == pytest.approx(1 / 3)
     assert "DSC pancreas" in capsys.readouterr().out
     with pytest.raises(SystemExit) as e:
-        evaluation.main(["--prediction_csv", str(tmp_path / "p.csv"), "--dataset_json",
+        evaluation.run(["--prediction_csv", str(tmp_path / "p.csv"), "--dataset_json",
                          os.path.join(folder, "dataset.json"), "--output_folder", str(tmp_path / "o2"),
                          "--target", "age"])
     assert e.value.code == 2 and "'age'" in capsys.readouterr().err
@@ -399,3 +403,40 @@ def test_classification_only_without_masks(flat_set):
     labels = load_labels(labels_csv=str(flat_set / "labels.csv"), prediction_csv=str(flat_set / "pred.csv"))
     with pytest.raises(EvaluationError, match="'c3'"):
         evaluate(prediction_csv=str(flat_set / "pred.csv"), labels=labels, n_bootstrap=0)
+
+
+# --------------------------------------------------------------------------------- structure
+def test_plots_leave_pyplot_and_the_backend_alone(tmp_path):
+    """The plotting modules use matplotlib's Figure API: importing and plotting never loads pyplot
+    (which would pick or switch a global backend under a notebook's feet)."""
+    code = ("import sys, numpy as np\n"
+            "from nnunet_mtl import plots, progress_plot\n"
+            f"plots.plot_confusion(np.eye(2, dtype=int), ['a', 'b'], {str(tmp_path / 'c.png')!r})\n"
+            f"progress_plot.plot_history([{{'epoch': 0, 'train_seg_loss': 1.0}}], {str(tmp_path / 'p.png')!r})\n"
+            "assert 'matplotlib.pyplot' not in sys.modules, 'pyplot imported'\n")
+    env = {k: v for k, v in os.environ.items() if k != "MPLBACKEND"}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "c.png").stat().st_size > 0 and (tmp_path / "p.png").stat().st_size > 0
+
+
+def test_prob_column_format_is_spelled_only_in_prediction_table():
+    offenders = []
+    for folder in ("nnunet_mtl", "split_tools"):
+        for dirpath, _, files in os.walk(os.path.join(REPO, folder)):
+            for name in files:
+                path = os.path.join(dirpath, name)
+                if name.endswith(".py") and not path.endswith(os.path.join("nnunet_mtl", "prediction_table.py")):
+                    offenders += [f"{path}:{i}" for i, line in enumerate(open(path, encoding="utf-8"), 1)
+                                  if "_prob_" in line]
+    assert not offenders, offenders
+
+
+def test_prediction_header_spec_reads_kinds_and_class_order(tmp_path):
+    from nnunet_mtl import prediction_table
+    spec = prediction_table.spec_from_header(["case_id", "finding", "finding_prob_no", "finding_prob_yes", "age"])
+    assert [(t.name, t.kind, t.classes) for t in spec] == [("finding", "classification", ("no", "yes")),
+                                                           ("age", "regression", ())]
+    write_csv(str(tmp_path / "p.csv"), [{"finding": "no", "finding_prob_no": 1.0, "finding_prob_yes": 0.0}])
+    with pytest.raises(EvaluationError, match="case_id"):
+        load_labels(labels_csv=str(tmp_path / "p.csv"), prediction_csv=str(tmp_path / "p.csv"))

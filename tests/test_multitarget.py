@@ -70,7 +70,7 @@ def test_csv_and_evaluation_carry_every_target(maskless, tmp_path):
     summary = json.load(open(os.path.join(folder, "fold_0", "validation", "mtl_summary.json")))
     assert summary["aggregation"] == "mean"
     assert {"finding", "cardiomegaly"} <= set(summary["targets"])
-    from nnunet_mtl.evaluate import evaluate
+    from nnunet_mtl.evaluation.evaluate import evaluate
     metrics = evaluate(prediction_csv=val_csv, output_folder=str(tmp_path / "eval"), labels=table, n_bootstrap=50)
     text = json.dumps(metrics)
     for name in ("finding", "cardiomegaly", "heart_size"):

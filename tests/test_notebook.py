@@ -77,7 +77,17 @@ def test_notebook_runs_end_to_end_on_the_tiny_demo(tmp_path):
     table = _html(_cell(nb, "nbu.show_table(csv_path)"))
     assert "<table" in table and "case_id" in table and "finding_prob_present" in table, "predictions table"
     assert _pngs(_cell(nb, "prediction_captions")) == 1, "test cases with predicted masks"
-    assert _pngs(_cell(nb, "show_pngs")) >= 3, "confusion matrix, ROC curve, DSC distribution"
+    evaluated = _cell(nb, "show_metrics")
+    assert _pngs(evaluated) >= 3, "confusion matrix, ROC curve, DSC distribution"
+    dice_table = _html(evaluated)
+    assert "<table" in dice_table and "DSC mean" in dice_table, "the DSC table"
+    printed = "".join(o.get("text", "") for o in evaluated.outputs)
+    dataset_json = json.loads(next((tmp_path / "work").glob("nnUNet_raw/*/dataset.json")).read_text())
+    for name, value in dataset_json["labels"].items():
+        if value:
+            assert f">{name}<" in dice_table, f"a DSC row for {name}"
+            assert f"DSC {name}: mean" in printed, f"the summary's DSC line for {name}"
+    assert "finding (n=" in printed, "the evaluation summary"
     assert "case_id" in _html(_cell(nb, "per_case.csv"))
 
     work = tmp_path / "work"
@@ -125,9 +135,31 @@ def test_training_curve_shows_losses_and_phase_weights(tmp_path):
 
 def test_budgets():
     from nnunet_mtl import notebook_utils as nbu
-    from pipeline import DEMO_BUDGET
+    from nnunet_mtl.demo import DEMO_BUDGET
     assert nbu.budget("demo")["train"] == DEMO_BUDGET
     assert nbu.budget("full")["shrink"] is None and nbu.budget("full")["train"] == {}
     assert nbu.budget("tiny")["train"]["num_epochs"] == 2
     with pytest.raises(ValueError, match="unknown budget"):
         nbu.budget("huge")
+
+
+def test_show_metrics_prints_the_summary_and_a_dice_table(monkeypatch, capsys):
+    from nnunet_mtl import notebook_utils as nbu
+    shown = []
+    monkeypatch.setattr(nbu, "_display", lambda obj, fallback="": shown.append(obj))
+    monkeypatch.setitem(sys.modules, "pandas", None)
+    dsc = {"mean": 0.8125, "median": 0.8, "std": 0.1, "min": 0.7, "max": 0.9, "n": 4, "n_nan": 0}
+    nbu.show_metrics({"n_cases": 4, "segmentation": {"labels": {"1": {"name": "lung", "dsc": dsc}},
+                                                     "regions": {"whole": {"labels": [1, 2], "dsc": dsc}}},
+                      "classification": {"finding": {"macro_f1": 0.5, "accuracy": 0.75, "n": 4}}})
+    out = capsys.readouterr().out
+    assert "DSC lung: mean 0.812" in out and "finding (n=4): macro_f1 0.500, accuracy 0.750" in out
+    html = shown[0].data
+    assert "<th>DSC mean</th>" in html and "<td>lung</td>" in html and "<td>whole</td>" in html
+    assert "<td>0.812</td>" in html or "<td>0.813</td>" in html
+
+
+def test_notebook_helpers_use_the_library_not_the_command_lines():
+    source = open(os.path.join(ROOT, "nnunet_mtl", "notebook_utils.py"), encoding="utf-8").read()
+    for needle in ("import pipeline", "from pipeline", "nnunet_mtl.cli", "import evaluation", "from evaluation "):
+        assert needle not in source, needle

@@ -5,10 +5,9 @@
 """
 import argparse
 import os
-import re
 import sys
 
-CHANNEL_SUFFIX = re.compile(r"_\d{4}$")
+from nnunet_mtl.file_names import case_name
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,16 +30,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-device", "--device", default="cpu", choices=["cuda", "cpu", "mps"])
     p.add_argument("--disable_tta", action="store_true", help="no mirroring, for the prediction and the map")
     return p
-
-
-def case_name(path: str) -> str:
-    """CASE_0000.nii.gz -> CASE; other names lose their extension(s)."""
-    name = os.path.basename(path.rstrip(os.sep))
-    for ending in (".nii.gz", ".nrrd", ".mha", ".nii", ".png", ".tif", ".tiff", ".bmp", ".jpg", ".jpeg"):
-        if name.lower().endswith(ending):
-            name = name[: -len(ending)]
-            break
-    return CHANNEL_SUFFIX.sub("", name)
 
 
 def main(argv=None) -> int:

@@ -1,0 +1,188 @@
+"""nnunet_mtl pipeline: convert -> plan/preprocess -> split -> train -> infer, all at once or one step at a time.
+
+    python pipeline.py --demo                                   # synthetic data, every step, a few minutes on a CPU
+    python pipeline.py --base_dir W --input_dir DATA            # everything
+    python pipeline.py --base_dir W --input_dir DATA --prepare_only
+    python pipeline.py --base_dir W --train_only --fold 0
+    python pipeline.py --base_dir W --inference_only --test_input IN --test_output OUT [--explain]
+
+A thin command line over nnunet_mtl.workflow; see README.md for the input layouts. ``pipeline.py`` at the
+repository root and the console script ``nnunet_mtl_pipeline`` both run ``main`` here.
+"""
+import argparse
+import os
+import sys
+
+from nnunet_mtl.demo import DEMO_BUDGET, DEMO_SHRINK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    steps = p.add_argument_group("steps (default: all)")
+    steps.add_argument("--prepare_only", action="store_true", help="convert, plan, preprocess and split, then stop")
+    steps.add_argument("--train_only", action="store_true", help="train (needs a prepared base_dir)")
+    steps.add_argument("--inference_only", action="store_true", help="predict with trained folds")
+    steps.add_argument("--demo", nargs="?", const="2d", choices=["2d", "3d"],
+                       help="make a small synthetic dataset (2d radiographs by default, or 3d pancreas layout) and run every step")
+
+    data = p.add_argument_group("data")
+    data.add_argument("--base_dir", default="nnunet_mtl_work",
+                      help="nnUNet_raw/_preprocessed/_results and outputs go here (default ./nnunet_mtl_work)")
+    data.add_argument("--input_dir", help="the user's data (pancreas layout, or images/ masks/ labels.csv)")
+    data.add_argument("--layout", default="auto", choices=["auto", "pancreas", "generic", "radiograph", "dicom_series"])
+    data.add_argument("--labels_csv", help="case_id + one column per image-level target")
+    data.add_argument("--spec_json", help="target spec (names, kinds, classes, weights)")
+    data.add_argument("--masks_dir", help="masks folder for the generic layout")
+    data.add_argument("--test_dir", help="test images of the generic layout (go to imagesTs)")
+    data.add_argument("--patient_column", help="labels CSV column with patient ids (grouped splits)")
+    data.add_argument("--clip_percentiles", type=float, nargs=2, default=[0.5, 98.5],
+                      help="intensity percentiles for 2D radiographs (default 0.5 98.5)")
+    data.add_argument("--target_spacing", type=float, nargs="+", help="resample to this spacing (z y x / y x)")
+    data.add_argument("--dataset_id", type=int, default=501)
+    data.add_argument("--dataset_name", help="default: the input folder's name")
+
+    plan = p.add_argument_group("planning and split")
+    plan.add_argument("--planner", default="resenc_m", choices=["resenc_m", "resenc_l", "plain"])
+    plan.add_argument("--configuration", help="nnU-Net configuration (default: 2d for 2D images, else 3d_fullres)")
+    plan.add_argument("--split", dest="split_mode", choices=["stratified", "grouped", "fixed", "random"],
+                      help="default: fixed when the layout has a validation/ folder, else stratified")
+    plan.add_argument("--folds", type=int, default=5, help="number of folds for k-fold splits")
+    plan.add_argument("--split_target", help="classification target to stratify on (default: the first)")
+    plan.add_argument("--seed", type=int, default=12345)
+    plan.add_argument("--max_features", type=int, help="cap features per stage (small GPUs, CPU smoke runs)")
+    plan.add_argument("--batch_size", type=int, help="override the planned batch size")
+    plan.add_argument("--patch_size", type=int, nargs="+", help="override the planned patch size")
+    plan.add_argument("--n_stages", type=int, help="use only this many network stages")
+
+    tr = p.add_argument_group("training")
+    tr.add_argument("--trainer", help="default nnUNetTrainerMTL (orientation-aware when labels are left/right)")
+    tr.add_argument("--fold", type=int, nargs="+", help="fold(s) to train or predict with (default: all)")
+    tr.add_argument("--device", default=None, choices=["cuda", "cpu", "mps"], help="default: cuda if available")
+    tr.add_argument("--num_gpus", type=int, default=1, help="DDP training on this many GPUs (nnU-Net's launcher)")
+    tr.add_argument("--epochs", type=int, dest="num_epochs")
+    tr.add_argument("--iterations_per_epoch", type=int, dest="num_iterations_per_epoch")
+    tr.add_argument("--val_iterations_per_epoch", type=int, dest="num_val_iterations_per_epoch")
+    tr.add_argument("--lr", type=float, dest="initial_lr", help="initial learning rate (default 1e-4, AdamW)")
+    tr.add_argument("--warmup_epochs", type=int, help="segmentation-first epochs (default 20)")
+    tr.add_argument("--ramp_epochs", type=int, help="epochs of the linear ramp to balance (default 30)")
+    tr.add_argument("--head_weight_start", type=float, help="head loss weight in the first phase (default 0.1)")
+    tr.add_argument("--head_weight_end", type=float, help="head loss weight after the ramp (default 0.5)")
+    tr.add_argument("--class_weight_smoothing", type=float, help="s in w_c ~ 1/(n_c + s) (default 1)")
+    tr.add_argument("--patience", type=int, dest="early_stopping_patience", help="early stopping patience (epochs)")
+
+    inf = p.add_argument_group("inference")
+    inf.add_argument("--test_input", help="folder of test images (default: the dataset's imagesTs)")
+    inf.add_argument("--test_output", help="output folder (default: BASE_DIR/predictions)")
+    inf.add_argument("--checkpoint", default="checkpoint_final.pth")
+    inf.add_argument("--step_size", type=float, default=0.5)
+    inf.add_argument("--disable_tta", action="store_true", help="no test-time mirroring")
+    inf.add_argument("--aggregation", choices=["foreground_weighted", "mean"],
+                     help="tile -> case rule for the heads (default foreground_weighted; mean without masks)")
+    inf.add_argument("--explain", action="store_true", help="also write Grad-CAM maps and overlays")
+    inf.add_argument("--save_probabilities", action="store_true")
+
+    p.add_argument("--overwrite", action="store_true",
+                   help="redo finished steps (re-convert, re-plan, retrain, re-predict) instead of skipping them")
+    p.add_argument("--num_processes", type=int, default=2, help="processes for preprocessing")
+    return p
+
+
+TRAIN_KNOBS = ("num_epochs", "num_iterations_per_epoch", "num_val_iterations_per_epoch", "initial_lr",
+               "warmup_epochs", "ramp_epochs", "head_weight_start", "head_weight_end", "class_weight_smoothing",
+               "early_stopping_patience")
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    os.environ.setdefault("nnUNet_n_proc_DA", "0" if (os.cpu_count() or 1) <= 2 else str(min(12, os.cpu_count())))
+    os.environ.setdefault("nnUNet_def_n_proc", "2")
+    from nnunet_mtl import workflow
+    device = args.device or _default_device()
+    try:
+        if args.demo:
+            return run_demo(args, device)
+        run_all = not (args.prepare_only or args.train_only or args.inference_only)
+        if args.prepare_only or run_all:
+            if not args.input_dir:
+                raise workflow.PipelineError("--input_dir is required to prepare a dataset (or use --demo)")
+            workflow.prepare(args.base_dir, args.input_dir, args.dataset_id, args.dataset_name, args.planner,
+                             args.configuration, args.trainer, args.split_mode, args.folds, args.split_target,
+                             args.seed, args.num_processes, args.overwrite, shrink=_shrink(args),
+                             convert_kwargs=_convert_kwargs(args))
+        if args.train_only or run_all:
+            knobs = {k: getattr(args, k) for k in TRAIN_KNOBS if getattr(args, k) is not None}
+            workflow.train(args.base_dir, args.fold, device, args.num_gpus, args.overwrite, **knobs)
+        if args.inference_only or run_all:
+            workflow.infer(args.base_dir, args.test_input, args.test_output, args.fold, args.checkpoint, device,
+                           args.overwrite, args.explain, step_size=args.step_size, use_mirroring=not args.disable_tta,
+                           aggregation=args.aggregation, save_probabilities=args.save_probabilities)
+    except (workflow.PipelineError, ValueError, FileNotFoundError, FileExistsError) as e:
+        print(f"{parser.prog}: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _shrink(args):
+    """Plan overrides, or None to keep nnU-Net's plans untouched."""
+    given = {k: getattr(args, k) for k in ("max_features", "batch_size", "patch_size", "n_stages")
+             if getattr(args, k) is not None}
+    if not given:
+        return None
+    return given
+
+
+def _convert_kwargs(args) -> dict:
+    kw = dict(layout=args.layout, labels_csv=args.labels_csv, spec_json=args.spec_json, masks_dir=args.masks_dir,
+              test_dir=args.test_dir, patient_column=args.patient_column, clip_percentiles=tuple(args.clip_percentiles))
+    if args.target_spacing:
+        kw["target_spacing"] = tuple(args.target_spacing)
+    return kw
+
+
+def _default_device() -> str:
+    import torch
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def run_demo(args, device: str) -> int:
+    """Synthetic data in a user-facing layout, then every step with a short budget."""
+    import time
+
+    from nnunet_mtl import synthetic, workflow
+    start = time.time()
+    kind = args.demo
+    input_dir = os.path.join(args.base_dir, f"demo_input_{kind}")
+    if not os.path.isdir(input_dir):
+        if kind == "3d":
+            synthetic.write_pancreas_layout(input_dir, n_train=18, n_val=6, n_test=6, shape=(24, 40, 40))
+        else:
+            synthetic.write_radiograph_layout(input_dir, n=30, n_test=6, size=(64, 64))
+    print(f"[demo] synthetic {kind} data in {input_dir}")
+    dataset_id = 990 if kind == "3d" else 991
+    convert_kwargs = {"labels": synthetic.radiograph_labels(False)} if kind == "2d" else None
+    workflow.prepare(args.base_dir, input_dir, dataset_id, f"Demo{kind.upper()}", args.planner, None, args.trainer,
+                     None, 5, None, args.seed, args.num_processes, args.overwrite, shrink=DEMO_SHRINK[kind],
+                     convert_kwargs=convert_kwargs)
+    knobs = dict(DEMO_BUDGET)
+    knobs.update({k: getattr(args, k) for k in TRAIN_KNOBS if getattr(args, k) is not None})
+    workflow.train(args.base_dir, [0], device, 1, args.overwrite, **knobs)
+    csv_path = workflow.infer(args.base_dir, None, args.test_output, [0], device=device, overwrite=args.overwrite,
+                              explain=args.explain)
+    metrics = workflow.evaluate_validation(args.base_dir, 0, n_bootstrap=200)
+    print(f"[demo] test predictions: {csv_path}")
+    print(f"[demo] validation report: {os.path.join(args.base_dir, 'evaluation_fold0')}")
+    _print_headline(metrics)
+    print(f"[demo] finished in {time.time() - start:.0f} s")
+    return 0
+
+
+def _print_headline(metrics: dict) -> None:
+    from nnunet_mtl.evaluation.summary import summary_lines
+    print("[demo] whole validation cases:")
+    for line in summary_lines(metrics):
+        print(f"[demo]   {line}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,8 @@
+"""The demo's budget: what ``pipeline.py --demo`` trains and the notebook's ``demo`` budget, defined once.
+
+Enough to show every step on a CPU in minutes; the numbers say nothing about real data."""
+
+DEMO_BUDGET = dict(num_epochs=20, num_iterations_per_epoch=16, num_val_iterations_per_epoch=3, warmup_epochs=3,
+                   ramp_epochs=5, initial_lr=3e-3)
+DEMO_SHRINK = {"3d": dict(max_features=24, batch_size=2, n_stages=4, patch_size=(16, 32, 32)),
+               "2d": dict(max_features=32, batch_size=4, n_stages=5)}
