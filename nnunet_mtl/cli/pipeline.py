@@ -13,6 +13,8 @@ import argparse
 import os
 import sys
 
+from nnunet_mtl.conversion.description import add_description_arguments, description_from_args
+from nnunet_mtl.conversion.registry import LAYOUT_NAMES
 from nnunet_mtl.demo import DEMO_BUDGET, DEMO_SHRINK
 
 
@@ -29,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--base_dir", default="nnunet_mtl_work",
                       help="nnUNet_raw/_preprocessed/_results and outputs go here (default ./nnunet_mtl_work)")
     data.add_argument("--input_dir", help="the user's data (pancreas layout, or images/ masks/ labels.csv)")
-    data.add_argument("--layout", default="auto", choices=["auto", "pancreas", "generic", "radiograph", "dicom_series"])
+    data.add_argument("--layout", default="auto", choices=LAYOUT_NAMES, help="input layout (default: detected)")
     data.add_argument("--labels_csv", help="case_id + one column per image-level target")
     data.add_argument("--spec_json", help="target spec (names, kinds, classes, weights)")
     data.add_argument("--masks_dir", help="masks folder for the generic layout")
@@ -40,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--target_spacing", type=float, nargs="+", help="resample to this spacing (z y x / y x)")
     data.add_argument("--dataset_id", type=int, default=501)
     data.add_argument("--dataset_name", help="default: the input folder's name")
+    add_description_arguments(data)
 
     plan = p.add_argument_group("planning and split")
     plan.add_argument("--planner", default="resenc_m", choices=["resenc_m", "resenc_l", "plain"])
@@ -134,6 +137,7 @@ def _shrink(args):
 
 def _convert_kwargs(args) -> dict:
     kw = dict(layout=args.layout, labels_csv=args.labels_csv, spec_json=args.spec_json, masks_dir=args.masks_dir,
+              grey=args.grey, description=description_from_args(args),
               test_dir=args.test_dir, patient_column=args.patient_column, clip_percentiles=tuple(args.clip_percentiles))
     if args.target_spacing:
         kw["target_spacing"] = tuple(args.target_spacing)
