@@ -43,7 +43,7 @@ def spec_from_header(header: Sequence[str], source: str = "predictions table") -
 
 def read_header_spec(csv_path: str) -> TargetSpec:
     """``spec_from_header`` of a predictions CSV file."""
-    with open(csv_path, newline="") as f:
+    with open(csv_path, newline="", encoding="utf-8-sig") as f:
         header = next(csv.reader(f), [])
     return spec_from_header(header, csv_path)
 
@@ -81,7 +81,7 @@ def write(csv_path: str, json_path: str, spec: TargetSpec, rows: Sequence[Mappin
 def read(csv_path: str, spec: TargetSpec) -> Dict[str, dict]:
     """case_id -> {target: predicted value, 'probs': {target: np.ndarray}}; checks the columns, that
     every case has one row and that every probability (and regression value, empty = NaN) is a number."""
-    with open(csv_path, newline="") as f:
+    with open(csv_path, newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
         header = reader.fieldnames or []
         missing = [c for c in columns(spec) if c not in header]

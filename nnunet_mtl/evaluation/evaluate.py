@@ -14,7 +14,10 @@ Output folder (``report``): ``metrics.json``, ``per_case.csv``, ``classification
 PNG plots and, when tuned, ``thresholds.json``. The metric conventions (empty masks, positive
 class, AUC, bootstrap) are those of ``nnunet_mtl.metrics`` and are repeated in ``metrics.json``.
 With ``gt_dir`` the case set is the set of GT masks and every prediction source must match it
-exactly; without it, the predictions CSV defines the cases.
+exactly; without it, the predictions CSV defines the cases (labelled cases it lacks get a note).
+Predictions that cannot be right (``prediction_checks``: probabilities that are not a
+distribution, a label that is not the argmax, duplicate rows) are refused before anything is
+scored or written.
 """
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from nnunet_mtl.cli import evaluate as cli
-from nnunet_mtl.evaluation.discovery import find_masks
+from nnunet_mtl.evaluation.discovery import find_masks, find_predicted_masks
 from nnunet_mtl.evaluation.errors import EvaluationError
 from tests.test_evaluation import pred_row, write_csv, write_mask
 
@@ -91,7 +91,6 @@ def test_predictions_only_in_subfolders_are_not_read(png_inference):
     os.makedirs(d / "nested")
     os.rename(d / "OUT", d / "nested" / "OUT")
     with pytest.raises(EvaluationError, match=r"nested: no mask files .* directly in it"):
-        from nnunet_mtl.evaluation.discovery import find_predicted_masks
         find_predicted_masks(str(d / "nested"))
 
 

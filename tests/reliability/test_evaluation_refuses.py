@@ -163,3 +163,9 @@ def test_evaluation_py_exits_2_with_one_line_on_a_bad_table(folder):
     err = proc.stderr.strip().splitlines()
     assert len(err) == 1 and "'c3'" in err[0] and "sum to 1.8" in err[0] and "pred.csv" in err[0]
     assert not (folder / "out").exists()
+
+
+def test_a_spreadsheet_saved_csv_with_a_byte_order_mark_still_evaluates(folder):
+    text = (folder / "pred.csv").read_text()
+    (folder / "pred.csv").write_text("\ufeff" + text, encoding="utf-8")
+    assert cli.run(cli_args(folder))["classification"]["finding"]["accuracy"] == 0.5
