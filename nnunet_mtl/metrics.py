@@ -17,7 +17,10 @@ Conventions (also written into ``metrics.json`` by ``nnunet_mtl.evaluation``):
   unweighted mean of one-vs-rest AUCs. NaN (with a note) when a class is absent from GT.
 * **Bootstrap.** Cases are resampled with replacement; the CI is the percentile interval of
   the resampled statistic; resamples where the statistic is undefined (NaN) are dropped
-  and counted.
+  and counted (``n_valid``). Classification CIs resample *within each true class*
+  (stratified): every resample keeps each class's count, so none misses a class. Plain
+  resampling would score resamples without positives as perfect (20 cases, 3 positive, an
+  all-negative predictor: macro-F1 CI [0.41, 1.00] instead of the constant 0.46).
 """
 from __future__ import annotations
 
@@ -167,17 +170,21 @@ def regression_metrics(y: Sequence[float], yhat: Sequence[float]) -> dict:
 
 # --------------------------------------------------------------------------------- bootstrap
 def bootstrap_ci(fn: Callable[..., Union[float, Dict[str, float]]], arrays: Sequence[np.ndarray], n: int = 1000,
-                 seed: int = 0, alpha: float = 0.05) -> dict:
+                 seed: int = 0, alpha: float = 0.05, strata: Optional[Sequence] = None) -> dict:
     """Percentile CI of ``fn(*arrays)`` over ``n`` case resamples (same indices for every array).
 
     ``fn`` returns a float (-> one ``{"low", "high", "n_valid"}``) or a dict of floats (-> a dict
-    of those). NaN resamples are dropped and reported via ``n_valid``."""
+    of those). NaN resamples are dropped and reported via ``n_valid``. With ``strata`` (one label
+    per case, e.g. the true class) cases are resampled within each stratum, so every resample
+    keeps each stratum's size."""
     arrays = [np.asarray(a) for a in arrays]
     m = len(arrays[0])
+    groups = [np.arange(m)] if strata is None else [np.flatnonzero(np.asarray(strata) == g)
+                                                    for g in np.unique(np.asarray(strata))]
     rng = np.random.default_rng(seed)
     samples = []
     for _ in range(int(n)):
-        idx = rng.integers(0, m, size=m)
+        idx = np.concatenate([g[rng.integers(0, len(g), size=len(g))] for g in groups])
         samples.append(fn(*[a[idx] for a in arrays]))
     if not samples or not isinstance(samples[0], dict):
         return _percentiles([float(s) for s in samples], alpha)

@@ -43,7 +43,7 @@ def spec_from_header(header: Sequence[str], source: str = "predictions table") -
 
 def read_header_spec(csv_path: str) -> TargetSpec:
     """``spec_from_header`` of a predictions CSV file."""
-    with open(csv_path, newline="") as f:
+    with open(csv_path, newline="", encoding="utf-8-sig") as f:
         header = next(csv.reader(f), [])
     return spec_from_header(header, csv_path)
 
@@ -79,25 +79,42 @@ def write(csv_path: str, json_path: str, spec: TargetSpec, rows: Sequence[Mappin
 
 
 def read(csv_path: str, spec: TargetSpec) -> Dict[str, dict]:
-    """case_id -> {target: predicted value, 'probs': {target: np.ndarray}}; checks the columns."""
-    with open(csv_path, newline="") as f:
+    """case_id -> {target: predicted value, 'probs': {target: np.ndarray}}; checks the columns, that
+    every case has one row and that every probability (and regression value, empty = NaN) is a number."""
+    with open(csv_path, newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
         header = reader.fieldnames or []
         missing = [c for c in columns(spec) if c not in header]
         if missing:
             raise TargetSpecError(f"{csv_path}: missing column(s) {missing}")
-        out = {}
+        out, lines = {}, {}
         for r in reader:
-            cid = r[CASE_COLUMN]
+            cid = (r[CASE_COLUMN] or "").strip()
+            if not cid:
+                raise TargetSpecError(f"{csv_path}: line {reader.line_num}: empty {CASE_COLUMN}")
+            if cid in out:
+                raise TargetSpecError(f"{csv_path}: case {cid!r} has two rows (lines {lines[cid]} and "
+                                      f"{reader.line_num})")
+            lines[cid] = reader.line_num
             entry = {"probs": {}}
             for t in spec:
                 if t.is_classification:
                     if r[t.name] not in t.classes:
                         raise TargetSpecError(f"{csv_path}: case {cid!r}: unknown class {r[t.name]!r} for {t.name!r}")
                     entry[t.name] = r[t.name]
-                    entry["probs"][t.name] = np.array([float(r[prob_column(t.name, c)]) for c in t.classes])
+                    entry["probs"][t.name] = np.array([_number(csv_path, cid, r, prob_column(t.name, c))
+                                                       for c in t.classes])
                 else:
-                    v = float(r[t.name]) if r[t.name] not in ("", None) else math.nan
-                    entry[t.name] = v
+                    entry[t.name] = _number(csv_path, cid, r, t.name, empty=math.nan)
             out[cid] = entry
     return out
+
+
+def _number(csv_path: str, cid: str, row: Mapping[str, str], column: str, empty=None) -> float:
+    text = (row.get(column) or "").strip()
+    if not text and empty is not None:
+        return empty
+    try:
+        return float(text)
+    except ValueError:
+        raise TargetSpecError(f"{csv_path}: case {cid!r}: {column} is not a number ({text!r})") from None

@@ -1,6 +1,8 @@
 """Evaluate nnunet_mtl predictions on whole cases: DSC (+HD95/surface Dice), classification and
 regression metrics with bootstrap CIs, per-case table and plots. Thin CLI over
-``nnunet_mtl.evaluation``; an unusable input ends with one line on stderr and exit code 2.
+``nnunet_mtl.evaluation``; an unusable input (cases that differ between the sources, duplicate
+rows, probabilities that do not sum to 1, a label that is not the argmax, ...) ends with one line
+on stderr naming the file and the case, and exit code 2.
 
 Example::
 
@@ -29,7 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--validation_data", help="GT masks: flat folder or CLASS/CASE.nii.gz subfolders")
-    p.add_argument("--prediction_folder", help="predicted masks CASE.<ending>")
+    p.add_argument("--prediction_folder", help="predicted masks CASE.<ending> directly in it (hidden "
+                                                 "entries such as .converted_inputs and subfolders skipped)")
     p.add_argument("--prediction_csv", help="predictions table written by the predictor")
     p.add_argument("--output_folder", required=True)
     gt = p.add_mutually_exclusive_group()
@@ -39,7 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--regions", help="e.g. 'whole=1,2;lesion=2' ('' for none); default: dataset.json, "
                                      "else whole/lesion for the subfolder layout")
     p.add_argument("--target", action="append", help="evaluate only this target (repeatable)")
-    p.add_argument("--n_bootstrap", type=int, default=1000, help="bootstrap resamples (0: no CIs)")
+    p.add_argument("--n_bootstrap", type=int, default=1000, help="bootstrap resamples (0: no CIs); classification "
+                                                                  "resamples are stratified by true class")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threshold_tuning", choices=("youden", "f1"),
                    help="tune binary thresholds on this set; written to OUT/thresholds.json")

@@ -11,6 +11,8 @@ from nnunet_mtl.evaluation.errors import EvaluationError
 from nnunet_mtl.io_utils import read_json
 from nnunet_mtl.targets import Target
 
+CI_METHOD = "percentile bootstrap, cases resampled with replacement within each true class (stratified)"
+
 
 def _ci_fn(n_classes: int, with_auc: bool):
     def fn(yt, yp, pr):
@@ -23,13 +25,23 @@ def _ci_fn(n_classes: int, with_auc: bool):
 
 def classification_block(target: Target, y_true: np.ndarray, y_pred: np.ndarray, probs: np.ndarray,
                          n_bootstrap: int, seed: int) -> dict:
-    """Headline scores, AUC, confusion matrix, per-class report and (n_bootstrap > 0) 95% CIs."""
+    """Headline scores, AUC, confusion matrix, per-class report and (n_bootstrap > 0) 95% CIs.
+
+    The CIs resample cases within each true class (``CI_METHOD``): a resample that lost the
+    minority class would score an all-majority predictor as perfect."""
     out = M.classification_metrics(y_true, y_pred, probs, target.classes)
     if n_bootstrap > 0:
         with_auc = not out["roc_auc_note"]
         out["ci95"] = M.bootstrap_ci(_ci_fn(len(target.classes), with_auc), [y_true, y_pred, probs],
-                                     n_bootstrap, seed)
+                                     n_bootstrap, seed, strata=y_true)
+        out["ci95_method"] = CI_METHOD
     return out
+
+
+def partial_ci_notes(name: str, block: Mapping, n_bootstrap: int) -> List[str]:
+    """One note per CI that rests on fewer than ``n_bootstrap`` resamples (the others undefined)."""
+    return [f"{name}: {metric} 95% CI from {ci['n_valid']} of {n_bootstrap} resamples (the others undefined)"
+            for metric, ci in (block.get("ci95") or {}).items() if ci["n_valid"] < n_bootstrap]
 
 
 def load_thresholds(path: str) -> Dict[str, dict]:

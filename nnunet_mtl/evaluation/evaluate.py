@@ -5,7 +5,8 @@ patches. Inputs:
 
 * ``gt_dir``: masks ``CASE.<ending>`` in a flat folder (nnU-Net ``labelsTr`` style) or the
   pancreas challenge layout ``gt_dir/<class>/CASE.nii.gz`` (``discovery``).
-* ``pred_dir``: predicted masks with the same case ids (``.nii.gz``, 2D ``.nii.gz``, ``.png``, ...).
+* ``pred_dir``: predicted masks with the same case ids (``.nii.gz``, 2D ``.nii.gz``, ``.png``, ...),
+  directly in it; hidden entries (the predictor's ``.converted_inputs``) and subfolders are skipped.
 * ``prediction_csv``: the predictor's table (see ``nnunet_mtl.prediction_table``).
 * ``labels``: a ``CaseTable`` with the true image-level values (``ground_truth.load_labels``).
 
@@ -13,7 +14,10 @@ Output folder (``report``): ``metrics.json``, ``per_case.csv``, ``classification
 PNG plots and, when tuned, ``thresholds.json``. The metric conventions (empty masks, positive
 class, AUC, bootstrap) are those of ``nnunet_mtl.metrics`` and are repeated in ``metrics.json``.
 With ``gt_dir`` the case set is the set of GT masks and every prediction source must match it
-exactly; without it, the predictions CSV defines the cases.
+exactly; without it, the predictions CSV defines the cases (labelled cases it lacks get a note).
+Predictions that cannot be right (``prediction_checks``: probabilities that are not a
+distribution, a label that is not the argmax, duplicate rows) are refused before anything is
+scored or written.
 """
 from __future__ import annotations
 
@@ -22,9 +26,10 @@ from typing import Dict, List, Mapping, Optional, Sequence
 from nnunet_mtl import prediction_table
 from nnunet_mtl.conversion.pancreas_layout import PANCREAS_REGIONS
 from nnunet_mtl.evaluation import classification, regression, segmentation
-from nnunet_mtl.evaluation.discovery import check_same_cases, find_masks
+from nnunet_mtl.evaluation.discovery import check_same_cases, find_masks, find_predicted_masks
 from nnunet_mtl.evaluation.errors import EvaluationError
 from nnunet_mtl.evaluation.pairing import evaluated_spec, gather_target
+from nnunet_mtl.evaluation.prediction_checks import PROB_SUM_TOLERANCE, check_predictions
 from nnunet_mtl.evaluation.report import json_safe, write_report
 from nnunet_mtl.targets import CaseTable, TargetSpecError
 
@@ -36,7 +41,14 @@ RULES = {
     "macro_average": "over classes occurring in GT or predictions; balanced accuracy over classes in GT",
     "roc_auc": "binary: AUC of the positive-class probability; multi-class: one-vs-rest macro; "
                "null with a note when a class is absent from GT",
-    "ci": "95% percentile bootstrap, cases resampled with replacement; undefined resamples dropped (n_valid)",
+    "ci": "95% percentile bootstrap; each CI's n_valid counts the resamples where the score is defined "
+          "(the others are dropped, and a note says so)",
+    "ci_classification": classification.CI_METHOD + ": every resample keeps each class's count, so none "
+                         "misses a class",
+    "ci_regression": regression.CI_METHOD,
+    "predictions_checked": "classification rows need finite, non-negative probabilities summing to 1 "
+                           f"(within {PROB_SUM_TOLERANCE:g}) and the most probable class as label; one row per "
+                           "case; a regression value wherever the ground truth has one",
     "null": "null in this file means undefined (NaN)",
     "unit": "whole cases (one mask file / one CSV row each), never patches",
 }
@@ -91,7 +103,7 @@ def evaluate(gt_dir: Optional[str] = None, pred_dir: Optional[str] = None, predi
     seg_columns: List[str] = []
 
     if pred_dir is not None:
-        pred_paths, _ = find_masks(pred_dir)
+        pred_paths = find_predicted_masks(pred_dir)
         check_same_cases(gt_paths, pred_paths, f"the ground truth ({gt_dir})", f"the predictions ({pred_dir})")
         rows, found = segmentation.segmentation_rows(gt_paths, pred_paths, seg_labels, regions, surface_metrics,
                                                      surface_tolerance, num_processes)
@@ -126,14 +138,19 @@ def _score_targets(result: dict, per_case: Dict[str, dict], gt_dir: Optional[str
         raise EvaluationError(str(e)) from None
     if gt_dir:
         check_same_cases(gt_paths, preds, f"the ground truth ({gt_dir})", f"the predictions ({prediction_csv})")
+    check_predictions(preds, spec, prediction_csv)
     cases = sorted(preds)
+    unpredicted = sorted(set(labels.values) - set(preds))
+    if unpredicted and not gt_dir:
+        result["notes"].append(f"{len(unpredicted)} labelled case(s) have no row in {prediction_csv} and are not "
+                               f"scored (first: {unpredicted[0]!r})")
     for c in cases:
         per_case.setdefault(c, {"case_id": c})
     thresholds = classification.load_thresholds(apply_thresholds) if apply_thresholds else {}
     result["classification"], result["regression"] = {}, {}
     tuned, cls_data = {}, {}
     for i, t in enumerate(spec):
-        used, yt, yp, pr = gather_target(t, cases, labels, preds)
+        used, yt, yp, pr = gather_target(t, cases, labels, preds, prediction_csv)
         if not used:
             result["notes"].append(f"{t.name}: no case has a ground-truth value; skipped")
             continue
@@ -142,6 +159,7 @@ def _score_targets(result: dict, per_case: Dict[str, dict], gt_dir: Optional[str
                 t, yt, yp, pr, n_bootstrap, seed + i, thresholds.get(t.name), apply_thresholds, threshold_tuning)
             if block["roc_auc_note"]:
                 result["notes"].append(f"{t.name}: {block['roc_auc_note']}")
+            result["notes"].extend(classification.partial_ci_notes(t.name, block, n_bootstrap))
             if threshold_tuning and len(t.classes) == 2:
                 tuned[t.name] = tuned_entry
             result["classification"][t.name] = block

@@ -28,15 +28,17 @@ def evaluated_spec(labels: CaseTable, prediction_csv: str, restrict: Optional[Se
     return TargetSpec(tuple(labels.spec[n] for n in names))
 
 
-def gather_target(target: Target, cases: Sequence[str], labels: CaseTable, preds: Mapping[str, dict]
-                  ) -> Tuple[List[str], np.ndarray, np.ndarray, Optional[np.ndarray]]:
+def gather_target(target: Target, cases: Sequence[str], labels: CaseTable, preds: Mapping[str, dict],
+                  source: str = "the predictions") -> Tuple[List[str], np.ndarray, np.ndarray, Optional[np.ndarray]]:
     """(cases, y_true, y_pred, probs) for the cases with a GT value; raises on a missing required value.
 
-    Classification values are class indices and ``probs`` is (cases, classes); regression has no probs."""
+    Classification values are class indices and ``probs`` is (cases, classes); regression has no probs.
+    A regression prediction that is not a finite number where the truth exists is refused, not
+    dropped: leaving the case out would score the model on the cases it happened to answer."""
     used, yt, yp, pr = [], [], [], []
     for c in cases:
         if c not in labels.values:
-            raise EvaluationError(f"case {c!r}: no ground-truth label row")
+            raise EvaluationError(f"{source}: case {c!r} has no ground-truth label row")
         v = labels.values[c].get(target.name)
         if v is None:
             if target.allow_missing:
@@ -49,7 +51,8 @@ def gather_target(target: Target, cases: Sequence[str], labels: CaseTable, preds
             pr.append(preds[c]["probs"][target.name])
         else:
             if not math.isfinite(preds[c][target.name]):
-                raise EvaluationError(f"case {c!r}: no predicted value for target {target.name!r}")
+                raise EvaluationError(f"{source}: case {c!r}: predicted {target.name!r} is {preds[c][target.name]}, "
+                                      f"not a finite number, where the ground truth is {v}")
             yt.append(v)
             yp.append(preds[c][target.name])
     probs = np.asarray(pr, dtype=np.float64).reshape(len(used), -1) if target.is_classification else None

@@ -7,11 +7,14 @@ import numpy as np
 
 from nnunet_mtl import metrics as M
 
+CI_METHOD = "percentile bootstrap, cases resampled with replacement"
+
 
 def regression_block(y: np.ndarray, yhat: np.ndarray, n_bootstrap: int, seed: int) -> dict:
     out = M.regression_metrics(y, yhat)
     if n_bootstrap > 0 and len(y):
         out["ci95"] = {"mae": M.bootstrap_ci(lambda a, b: float(np.abs(a - b).mean()), [y, yhat], n_bootstrap, seed)}
+        out["ci95_method"] = CI_METHOD
     return out
 
 
