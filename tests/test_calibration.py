@@ -148,3 +148,29 @@ def test_combine_temperatures_is_a_geometric_mean():
     assert combine_temperatures([2.0, 0.5]) == pytest.approx(1.0)
     assert combine_temperatures([]) == 1.0
     assert math.isclose(combine_temperatures([4.0]), 4.0)
+
+
+def test_calibrate_fold_reads_the_validation_table_and_writes_the_file(tmp_path):
+    from nnunet_mtl import prediction_table
+    from nnunet_mtl.calibration.store import calibrate_fold
+    probs, y = synthetic(60, sharpen=3.0, seed=9)
+    rows = [make_row(SPEC, f"case_{i:03d}", {"subtype": p, "age": np.array([1.0])}) for i, p in enumerate(probs)]
+    fold = tmp_path / "fold_0"
+    prediction_table.write(str(fold / "validation" / "predictions.csv"), "", SPEC, rows)
+    labels = CaseTable(SPEC, {f"case_{i:03d}": {"subtype": "abc"[k], "age": 1.0} for i, k in enumerate(y)})
+    cal = calibrate_fold(str(fold), SPEC, labels)
+    assert FoldCalibration.load(str(fold)).fits["subtype"] == cal.fits["subtype"]
+    assert cal.fits["subtype"].temperature > 1.5
+    with pytest.raises(FileNotFoundError, match="validation"):
+        calibrate_fold(str(tmp_path / "fold_1"), SPEC, labels)
+
+
+def test_calibration_block_for_the_evaluation_folder(tmp_path):
+    from nnunet_mtl.calibration.evaluation import calibration_block
+    probs, y = synthetic(200, n_classes=2, sharpen=3.0, seed=10)
+    t = Target("pneumo", "classification", ("no", "yes"))
+    block = calibration_block(t, y, probs, str(tmp_path), temperature=3.0, fitted_on_these_cases=True, n_bootstrap=50)
+    assert (tmp_path / block["reliability_png"]).is_file() and block["reliability_png"] == "reliability_pneumo.png"
+    assert block["calibrated"]["ece"] < block["raw"]["ece"]
+    assert "ece_positive_class" in block["raw"]["ci95"] and "optimistic" in block["note"]
+    assert "calibrated" not in calibration_block(t, y, probs, None, n_bootstrap=0)

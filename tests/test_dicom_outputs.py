@@ -195,3 +195,41 @@ def test_non_dicom_inputs_are_recognised(tmp_path):
     assert dicom_source_files(str(tmp_path / "missing")) is None
     (tmp_path / "empty").mkdir()
     assert dicom_source_files(str(tmp_path / "empty")) is None
+
+
+def test_write_case_outputs_from_the_predictor_files(ct_case, tmp_path):
+    folder, image, mask, mask_image = ct_case
+    from nnunet_mtl.dicom_outputs.writer import write_case_outputs
+    mask_file = str(tmp_path / "case_007.nii.gz")
+    sitk.WriteImage(mask_image, mask_file)
+    probs = np.zeros((4,) + mask.shape, np.float32)  # nnU-Net's (c, z, y, x)
+    for v in (0, 1, 3):
+        probs[v] = mask == v
+    np.savez_compressed(tmp_path / "case_007.npz", probabilities=probs)
+    paths = write_case_outputs(folder, mask_file, LABELS, ROW, str(tmp_path / "dicom"), SPEC,
+                               probabilities_file=str(tmp_path / "case_007.npz"))
+    seg = hd.seg.segread(paths["seg"])
+    assert seg.SegmentationType == "FRACTIONAL"
+    frames = pydicom.dcmread(paths["seg"]).pixel_array
+    z_of = {ds.SOPInstanceUID: float(ds.ImagePositionPatient[2]) for ds in read_sources(dicom_source_files(folder))}
+    for i, frame in enumerate(seg.PerFrameFunctionalGroupsSequence):
+        k = int(round((z_of[_frame_source(frame)] - image.GetOrigin()[2]) / image.GetSpacing()[2]))
+        value = {1: 1, 2: 3}[int(frame.SegmentIdentificationSequence[0].ReferencedSegmentNumber)]
+        np.testing.assert_array_equal(frames[i] > 0, mask[k] == value)
+    png = tmp_path / "case.png"
+    png.write_bytes(b"\x89PNG\r\n\x1a\n")
+    assert write_case_outputs(str(png), mask_file, LABELS, ROW, str(tmp_path / "dicom"), SPEC) == {}
+
+
+def test_write_case_outputs_for_a_radiograph_mask_file(tmp_path):
+    from nnunet_mtl.dicom_outputs.writer import write_case_outputs
+    path = write_dx(str(tmp_path / "cxr.dcm"))
+    mask = np.zeros((1, 8, 6), np.uint8)  # the converted 2D case: one slice
+    mask[0, 1:3, 2:5] = 1
+    sitk.WriteImage(sitk.GetImageFromArray(mask), str(tmp_path / "cxr.nii.gz"))
+    paths = write_case_outputs(path, str(tmp_path / "cxr.nii.gz"), {"background": 0, "free_air": 1}, None,
+                               str(tmp_path / "dicom"))
+    np.testing.assert_array_equal(pydicom.dcmread(paths["seg"]).pixel_array, mask[0])
+    sitk.WriteImage(sitk.GetImageFromArray(mask[0].T.copy()), str(tmp_path / "bad.nii.gz"))
+    with pytest.raises(DicomOutputError, match="does not match"):
+        write_case_outputs(path, str(tmp_path / "bad.nii.gz"), {"background": 0, "free_air": 1}, None, str(tmp_path))

@@ -137,3 +137,15 @@ class EnsembleCalibration:
             out[t.name] = t.classes[int(np.argmax(probs))]
         out[CALIBRATED_COLUMN] = "yes"
         return out
+
+
+def calibrate_fold(fold_dir: str, spec: TargetSpec, labels: CaseTable, min_cases: int = MIN_CASES) -> FoldCalibration:
+    """Fit on ``fold_dir/validation/predictions.csv`` (the trainer's whole-case validation, raw
+    probabilities) and write ``fold_dir/calibration.json``; returns the fits."""
+    from nnunet_mtl import prediction_table
+    csv_path = os.path.join(fold_dir, "validation", "predictions.csv")
+    if not os.path.isfile(csv_path):
+        raise FileNotFoundError(f"{csv_path}: no whole-case validation predictions to calibrate on")
+    calibration = fit_fold(spec, prediction_table.read(csv_path, spec), labels, min_cases)
+    calibration.save(fold_dir)
+    return calibration

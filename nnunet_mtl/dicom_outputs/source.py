@@ -91,23 +91,34 @@ def mask_in_source_geometry(mask, datasets: Sequence[Dataset]) -> np.ndarray:
     return arr
 
 
-def _from_image(image, datasets: Sequence[Dataset]) -> np.ndarray:
-    import SimpleITK as sitk
-    arr = sitk.GetArrayFromImage(image)
+def source_slice_indices(image, datasets: Sequence[Dataset]) -> List[int]:
+    """For each source instance, the index along the image's slice axis (numpy axis 0) that lies on
+    it; raises when a source slice is not a slice of the image (other origin, spacing, orientation).
+    A radiograph (one instance, or a 2D image) maps to [0] after its grid is checked."""
     rows, cols = int(datasets[0].Rows), int(datasets[0].Columns)
+    size_yx = tuple(image.GetSize()[:2][::-1])
+    if size_yx != (rows, cols):
+        raise DicomOutputError(f"mask grid {size_yx} does not match the source's {rows}x{cols} pixels")
     if image.GetDimension() == 2 or len(datasets) == 1:
-        arr = arr.reshape(-1, *arr.shape[-2:]) if arr.ndim > 2 else arr[None]
-        return mask_in_source_geometry(arr, datasets)
-    if arr.shape[1:] != (rows, cols):
-        raise DicomOutputError(f"mask grid {arr.shape[1:]} does not match the source's {rows}x{cols} pixels")
-    frames = []
+        if image.GetDimension() == 3 and image.GetSize()[2] != 1:
+            raise DicomOutputError(f"a {image.GetSize()[2]}-slice mask for a single-frame source")
+        return [0]
+    n_slices = image.GetSize()[2]
+    spacing = np.array(image.GetSpacing())
+    out = []
     for ds in datasets:
         idx = np.array(image.TransformPhysicalPointToContinuousIndex([float(v) for v in ds.ImagePositionPatient]))
         k = int(round(idx[2]))
-        off = np.abs(idx - np.array([0.0, 0.0, k]))
-        spacing = np.array(image.GetSpacing())
-        if not (0 <= k < arr.shape[0]) or np.any(off * spacing > POSITION_TOLERANCE_MM + 1e-3 * spacing):
+        off = np.abs(idx - np.array([0.0, 0.0, k])) * spacing
+        if not (0 <= k < n_slices) or np.any(off > POSITION_TOLERANCE_MM + 1e-3 * spacing):
             raise DicomOutputError(f"source slice {ds.get('SOPInstanceUID')} at {list(ds.ImagePositionPatient)} "
                                    f"is not a slice of the mask (continuous index {idx.round(3).tolist()})")
-        frames.append(arr[k])
-    return np.stack(frames)
+        out.append(k)
+    return out
+
+
+def _from_image(image, datasets: Sequence[Dataset]) -> np.ndarray:
+    import SimpleITK as sitk
+    arr = sitk.GetArrayFromImage(image)
+    arr = arr[None] if arr.ndim == 2 else arr
+    return arr[source_slice_indices(image, datasets)]

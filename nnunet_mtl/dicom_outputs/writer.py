@@ -1,17 +1,22 @@
-"""``write_dicom_outputs``: the SEG and the SR of one case, written atomically next to each other."""
+"""``write_dicom_outputs``: the SEG and the SR of one case, written atomically next to each other;
+``write_case_outputs``: the same from the files the predictor has (case input, mask file, probabilities)."""
 from __future__ import annotations
 
+import logging
 import os
 from typing import Dict, Mapping, Optional, Sequence
 
 import numpy as np
 
 from nnunet_mtl.dicom_outputs.seg import build_seg
-from nnunet_mtl.dicom_outputs.source import mask_in_source_geometry, read_sources
+from nnunet_mtl.dicom_outputs.source import (dicom_source_files, mask_in_source_geometry, read_sources,
+                                             source_slice_indices)
 from nnunet_mtl.dicom_outputs.sr import build_sr
 from nnunet_mtl.io_utils import atomic_save_image
 from nnunet_mtl.prediction_table import CASE_COLUMN
 from nnunet_mtl.targets import TargetSpec
+
+log = logging.getLogger(__name__)
 
 
 def write_dicom_outputs(source_dicom_files: Sequence[str], mask, label_names: Mapping[str, object],
@@ -51,3 +56,36 @@ def write_dicom_outputs(source_dicom_files: Sequence[str], mask, label_names: Ma
 def _save(ds, path: str) -> str:
     atomic_save_image(lambda tmp: ds.save_as(tmp, enforce_file_format=True), path)
     return path
+
+
+def write_case_outputs(case_input: str, mask_file: Optional[str], label_names: Mapping[str, object],
+                       predictions_row: Optional[Mapping], out_dir: str, spec: Optional[TargetSpec] = None, *,
+                       probabilities_file: Optional[str] = None, calibrated: bool = False) -> Dict[str, str]:
+    """The predictor's entry point for one case; ``{}`` (and one log line) when the input is not DICOM.
+
+    Args:
+        case_input: what the user gave for the case: a DICOM file (radiograph) or a series folder.
+        mask_file: nnU-Net's predicted mask (NIfTI etc., read with SimpleITK; its geometry is the
+            converted image's), or None.
+        probabilities_file: nnU-Net's ``--save_probabilities`` ``.npz`` (``probabilities``: (c, z, y, x)
+            on the mask's grid) for a fractional SEG; None for a binary one.
+    """
+    files = dicom_source_files(case_input)
+    if files is None:
+        log.info("%s: not a DICOM input; no DICOM SEG/SR written", case_input)
+        return {}
+    mask = probs = None
+    if mask_file is not None:
+        import SimpleITK as sitk
+        image = sitk.ReadImage(mask_file)
+        datasets = read_sources(files)
+        order = source_slice_indices(image, datasets)
+        arr = sitk.GetArrayFromImage(image)
+        mask = (arr[None] if arr.ndim == 2 else arr)[order]
+        if probabilities_file is not None:
+            with np.load(probabilities_file) as npz:
+                p = np.asarray(npz["probabilities"], dtype=np.float32)
+            p = p[:, None] if p.ndim == 3 else p  # (c, y, x) -> (c, 1, y, x)
+            probs = np.moveaxis(p[:, order], 0, -1)
+    return write_dicom_outputs(files, mask, label_names, predictions_row, out_dir, spec, probabilities=probs,
+                               calibrated=calibrated)
