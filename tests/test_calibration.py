@@ -174,3 +174,14 @@ def test_calibration_block_for_the_evaluation_folder(tmp_path):
     assert block["calibrated"]["ece"] < block["raw"]["ece"]
     assert "ece_positive_class" in block["raw"]["ci95"] and "optimistic" in block["note"]
     assert "calibrated" not in calibration_block(t, y, probs, None, n_bootstrap=0)
+
+
+def test_a_raw_threshold_moves_onto_the_calibrated_scale_keeping_every_decision():
+    from nnunet_mtl.calibration.temperature import calibrate_threshold
+    p = np.linspace(0.01, 0.99, 99)
+    probs = np.stack([1 - p, p], 1)
+    for temperature in (0.5, 2.0, 3.0):
+        thr = calibrate_threshold(0.3, temperature)
+        calibrated = apply_temperature(probs, temperature)[:, 1]
+        assert ((calibrated >= thr) == (p >= 0.3)).all()
+    assert calibrate_threshold(0.5, 3.0) == pytest.approx(0.5)

@@ -138,7 +138,8 @@ def test_dx_radiograph_seg_and_sr(tmp_path):
     assert seg.Modality == "SEG" and seg.NumberOfFrames == 1 and (seg.Rows, seg.Columns) == (8, 6)
     assert seg.SegmentSequence[0].SegmentLabel == "free_air"
     assert _frame_source(seg.PerFrameFunctionalGroupsSequence[0]) == source.SOPInstanceUID
-    assert [float(v) for v in seg.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].PixelSpacing] == [0.15, 0.15]
+    measures = seg.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
+    assert [float(v) for v in measures.PixelSpacing] == [0.15, 0.15]
     np.testing.assert_array_equal(seg.pixel_array, mask)
     assert seg.StudyInstanceUID == source.StudyInstanceUID and seg.PatientID == source.PatientID
     sr = pydicom.dcmread(paths["sr"])
@@ -184,6 +185,11 @@ def test_inputs_that_do_not_fit_are_refused(ct_case, tmp_path):
         write_dicom_outputs(files, shifted, LABELS, None, str(tmp_path))
     with pytest.raises(DicomOutputError, match=r"mask values \[2\]"):
         write_dicom_outputs(files, np.full(mask.shape, 2, np.uint8), LABELS, None, str(tmp_path))
+    multi = pydicom.dcmread(files[0])
+    multi.NumberOfFrames = 2
+    multi.save_as(str(tmp_path / "multi.dcm"))
+    with pytest.raises(DicomOutputError, match="multi-frame"):
+        write_dicom_outputs([str(tmp_path / "multi.dcm")], mask, LABELS, None, str(tmp_path))
     with pytest.raises(DicomOutputError, match="region"):
         write_dicom_outputs(files, mask, {"background": 0, "whole": [1, 2]}, None, str(tmp_path))
 

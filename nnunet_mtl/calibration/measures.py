@@ -78,7 +78,8 @@ def stratified_bootstrap(fn: Callable[[np.ndarray, np.ndarray], float], probs, y
     rng = np.random.default_rng(seed)
     values = []
     for _ in range(int(n)):
-        idx = np.concatenate([rng.choice(g, size=g.size, replace=True) for g in groups]) if groups else np.array([], int)
+        idx = (np.concatenate([rng.choice(g, size=g.size, replace=True) for g in groups]) if groups
+               else np.array([], int))
         values.append(float(fn(p[idx], y[idx])))
     arr = np.asarray(values)
     arr = arr[np.isfinite(arr)]

@@ -118,6 +118,14 @@ def _unfitted(n: int, before: float, reason: str) -> TemperatureFit:
     return TemperatureFit(1.0, n, before, before, False, reason)
 
 
+def calibrate_threshold(threshold: float, temperature: float) -> float:
+    """A binary decision threshold on raw ``p(positive)`` moved onto the calibrated scale: the same
+    cases fall on each side, since temperature scaling is monotone (thresholds tuned on raw
+    validation probabilities keep their meaning after calibration)."""
+    t = min(max(float(threshold), 0.0), 1.0)
+    return float(apply_temperature(np.array([1.0 - t, t]), temperature)[1])
+
+
 def combine_temperatures(temperatures: Sequence[float]) -> float:
     """One temperature for a fold ensemble: the geometric mean (the mean of ``log T``), so T and
     1/T from two folds cancel; 1.0 for none."""
@@ -133,5 +141,5 @@ def fit_all(probs_by_target, y_by_target, min_cases: int = MIN_CASES) -> dict:
             for name in probs_by_target}
 
 
-__all__ = ["TemperatureFit", "apply_temperature", "combine_temperatures", "fit_all", "fit_temperature", "nll",
+__all__ = ["TemperatureFit", "apply_temperature", "calibrate_threshold", "combine_temperatures", "fit_all", "fit_temperature", "nll",
            "softmax"]

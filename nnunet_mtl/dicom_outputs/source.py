@@ -41,6 +41,10 @@ def read_sources(files: Sequence[str]) -> List[Dataset]:
     if not files:
         raise DicomOutputError("no source DICOM files given")
     datasets = [pydicom.dcmread(f) for f in files]
+    for f, ds in zip(files, datasets):
+        if int(ds.get("NumberOfFrames", 1) or 1) > 1:
+            raise DicomOutputError(f"{f}: multi-frame source ({ds.NumberOfFrames} frames) is not supported; "
+                                   f"DICOM outputs need a single-frame radiograph or a series of single-frame slices")
     if len(datasets) == 1:
         return datasets
     first = datasets[0]

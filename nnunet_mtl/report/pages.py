@@ -20,7 +20,7 @@ import numpy as np
 from nnunet_mtl.calibration.store import CALIBRATED_COLUMN
 from nnunet_mtl.io_utils import atomic_write_text
 from nnunet_mtl.prediction_table import CASE_COLUMN, prob_column
-from nnunet_mtl.report.figure import case_figure, slice_figure
+from nnunet_mtl.report.figure import as_volume, case_figure, slice_figure
 from nnunet_mtl.targets import Target, TargetSpec
 
 CASES_DIR = "cases"
@@ -158,7 +158,7 @@ def write_case_report(image_array: np.ndarray, mask_array: Optional[np.ndarray],
                          os.path.join(folder, f"{stem}.png"), title=case_id, cam_png=cam_png, spacing=spacing,
                          label_names=names)
     e = html.escape
-    n_slices = 1 if np.ndim(np.squeeze(image_array)) < 3 else np.shape(np.squeeze(image_array))[0]
+    n_slices = as_volume(image_array, "image").shape[0]
     where = f"slice {z + 1} of {n_slices} (most predicted foreground)" if n_slices > 1 else "the image"
     cls = "cal" if calibrated else "raw"
     body = [f'<nav><a href="../{INDEX}">&larr; all cases</a></nav>', f"<h1>{e(case_id)}</h1>",
@@ -227,7 +227,8 @@ def write_index(out_dir: str, rows: Sequence[Mapping], spec: TargetSpec, *, sort
         has_png = os.path.isfile(os.path.join(out_dir, CASES_DIR, f"{stem}_slice.png"))
         href = f"{CASES_DIR}/{quote(stem)}"
         name = f'<a href="{href}.html">{e(case_id)}</a>' if has_page else e(case_id)
-        thumb = (f'<a href="{href}.html"><img class="thumb" src="{href}_slice.png" alt="{e(case_id)}" loading="lazy"></a>'
+        thumb = (f'<a href="{href}.html"><img class="thumb" src="{href}_slice.png" alt="{e(case_id)}" '
+                 f'loading="lazy"></a>'
                  if has_page and has_png else "")
         cells = []
         for t in spec:
