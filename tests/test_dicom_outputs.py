@@ -113,6 +113,15 @@ def test_ct_series_seg_frames_sit_on_the_source_slices(ct_case, tmp_path):
         value = {1: 1, 2: 3}[segment]
         np.testing.assert_array_equal(frames[i], (mask[k] == value).astype(np.uint8))
 
+    volume = seg.get_volume()  # highdicom's own geometry: every voxel row lands on the mask's slice
+    assert volume.spatial_shape == mask.shape
+    for i in range(N_SLICES):
+        xyz = (volume.affine @ [i, 0, 0, 1])[:3]
+        k = int(round((xyz[2] - origin_z) / image.GetSpacing()[2]))
+        assert xyz == pytest.approx(image.TransformIndexToPhysicalPoint((0, 0, k)))
+        for channel, value in enumerate((1, 3)):
+            np.testing.assert_array_equal(volume.array[i, ..., channel], mask[k] == value)
+
     sr = pydicom.dcmread(paths["sr"])
     got = read_sr_predictions(sr)
     assert got["pneumoperitoneum"]["class"] == "yes"
@@ -239,3 +248,23 @@ def test_write_case_outputs_for_a_radiograph_mask_file(tmp_path):
     sitk.WriteImage(sitk.GetImageFromArray(mask[0].T.copy()), str(tmp_path / "bad.nii.gz"))
     with pytest.raises(DicomOutputError, match="does not match"):
         write_case_outputs(path, str(tmp_path / "bad.nii.gz"), {"background": 0, "free_air": 1}, None, str(tmp_path))
+
+
+def test_anonymised_sources_without_type2_attributes_still_work(tmp_path):
+    folder = write_ct_series(str(tmp_path / "anon"))
+    files = dicom_source_files(folder)
+    for f in files:
+        ds = pydicom.dcmread(f)
+        for kw in ("PatientName", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime", "StudyID",
+                   "AccessionNumber", "ReferringPhysicianName"):
+            delattr(ds, kw)
+        ds.save_as(f)
+    mask = np.zeros((N_SLICES, ROWS, COLS), np.uint8)
+    paths = write_dicom_outputs(files, mask, LABELS, ROW, str(tmp_path / "out"), SPEC)
+    assert hd.seg.segread(paths["seg"]).PatientName == "" and os.path.isfile(paths["sr"])
+    assert "PatientName" not in pydicom.dcmread(files[0])  # the sources are never modified
+    ds = pydicom.dcmread(files[0])
+    del ds.SeriesInstanceUID
+    ds.save_as(str(tmp_path / "no_series.dcm"))
+    with pytest.raises(DicomOutputError, match="no SeriesInstanceUID"):
+        write_dicom_outputs([str(tmp_path / "no_series.dcm")], mask[:1], LABELS, None, str(tmp_path))

@@ -17,6 +17,12 @@ from pydicom.dataset import Dataset
 from nnunet_mtl.conversion.dicom_file import is_dicom_file
 
 POSITION_TOLERANCE_MM = 1e-2
+# Type 2 patient/study attributes (present, may be empty) that anonymised exports often drop and
+# highdicom copies into derived objects; filled with empty values on the in-memory copy only.
+TYPE2_DEFAULTS = {"PatientName": "", "PatientID": "", "PatientBirthDate": "", "PatientSex": "",
+                  "StudyDate": "", "StudyTime": "", "ReferringPhysicianName": "", "StudyID": "",
+                  "AccessionNumber": ""}
+REQUIRED_UIDS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
 
 
 class DicomOutputError(ValueError):
@@ -42,6 +48,12 @@ def read_sources(files: Sequence[str]) -> List[Dataset]:
         raise DicomOutputError("no source DICOM files given")
     datasets = [pydicom.dcmread(f) for f in files]
     for f, ds in zip(files, datasets):
+        missing = [kw for kw in REQUIRED_UIDS if not ds.get(kw)]
+        if missing:
+            raise DicomOutputError(f"{f}: no {', '.join(missing)}; derived DICOM objects must reference it")
+        for kw, value in TYPE2_DEFAULTS.items():
+            if kw not in ds:
+                setattr(ds, kw, value)
         if int(ds.get("NumberOfFrames", 1) or 1) > 1:
             raise DicomOutputError(f"{f}: multi-frame source ({ds.NumberOfFrames} frames) is not supported; "
                                    f"DICOM outputs need a single-frame radiograph or a series of single-frame slices")
