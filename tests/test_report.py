@@ -148,3 +148,26 @@ def test_index_sorted_by_a_multiclass_target(tmp_path):
 
 def test_case_stem_is_a_safe_file_name():
     assert case_stem("a b/c<d>.e-f_g") == "a_b_c_d_.e-f_g"
+
+
+def test_folder_report_from_files(tmp_path):
+    import SimpleITK as sitk
+    from nnunet_mtl import prediction_table
+    from nnunet_mtl.report.folder import write_folder_report
+    image, mask = volume_case()
+    rows = [row("c1", 0.3), row("c2", 0.8), row("c3", 0.6)]
+    prediction_table.write(str(tmp_path / "predictions.csv"), "", SPEC, rows)
+    images, masks = {}, {}
+    for cid in ("c1", "c2"):
+        for kind, arr, store in (("img", image, images), ("seg", mask, masks)):
+            itk = sitk.GetImageFromArray(arr)
+            itk.SetSpacing((0.8, 0.8, 2.5))
+            store[cid] = str(tmp_path / f"{cid}_{kind}.nii.gz")
+            sitk.WriteImage(itk, store[cid])
+    index = write_folder_report(str(tmp_path / "report"), str(tmp_path / "predictions.csv"), SPEC, images,
+                                mask_files=masks, label_names={"background": 0, "a": 1, "b": 2})
+    p, source = parse(index)
+    assert_local_targets_exist(index, p.images + p.links)
+    order = [source.index(f">{c}<") for c in ("c2", "c3", "c1")]
+    assert order == sorted(order)
+    assert "cases/c3.html" not in p.links and len(p.images) == 2

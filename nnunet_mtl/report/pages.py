@@ -18,7 +18,7 @@ from urllib.parse import quote
 import numpy as np
 
 from nnunet_mtl.calibration.store import CALIBRATED_COLUMN
-from nnunet_mtl.io_utils import atomic_write_text
+from nnunet_mtl.io_utils import atomic_save_image, atomic_write_text
 from nnunet_mtl.prediction_table import CASE_COLUMN, prob_column
 from nnunet_mtl.report.figure import as_volume, case_figure, slice_figure
 from nnunet_mtl.targets import Target, TargetSpec
@@ -151,7 +151,7 @@ def write_case_report(image_array: np.ndarray, mask_array: Optional[np.ndarray],
     cam_name = None
     if cam_png is not None:
         cam_name = f"{stem}_gradcam.png"
-        shutil.copyfile(cam_png, os.path.join(folder, cam_name))
+        atomic_save_image(lambda tmp: shutil.copyfile(cam_png, tmp), os.path.join(folder, cam_name))
     slice_png, _ = slice_figure(image_array, mask_array, os.path.join(folder, f"{stem}_slice.png"), spacing=spacing,
                                 label_names=names)
     png, z = case_figure(image_array, mask_array, prediction_lines(predictions_row, spec, calibrated),
