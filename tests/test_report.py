@@ -103,7 +103,7 @@ def test_case_page_of_a_volume_with_gradcam(tmp_path):
     assert any("gradcam" in s for s in p.images) and "../index.html" in p.links
     text = " ".join(p.text)
     assert "case 01/a" in text and "0.930" in text and "calibrated (temperature scaling" in text
-    assert "slice 4 of 5" in text and "3 d" in text
+    assert "slice 3 of 0..4" in text and "3 d" in text
     with Image.open(rep.png) as im:
         assert im.format == "PNG" and im.width > im.height
 

@@ -69,7 +69,7 @@ def _prepare(image, mask, spacing):
 def _draw_slice(ax, vol, m, z, aspect, label_names) -> None:
     lo, hi = window(vol)
     ax.imshow(vol[z], cmap="gray", vmin=lo, vmax=hi, aspect=aspect, interpolation="nearest")
-    slice_text = f"slice {z + 1}/{vol.shape[0]}" if vol.shape[0] > 1 else "image"
+    slice_text = f"slice {z} (0..{vol.shape[0] - 1})" if vol.shape[0] > 1 else "image"
     ax.set_title(slice_text + (" + mask outline" if m is not None else ""), fontsize=8)
     if m is not None:
         handles = _outline(ax, m[z], label_names or {})

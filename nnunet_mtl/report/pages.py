@@ -159,7 +159,8 @@ def write_case_report(image_array: np.ndarray, mask_array: Optional[np.ndarray],
                          label_names=names)
     e = html.escape
     n_slices = as_volume(image_array, "image").shape[0]
-    where = f"slice {z + 1} of {n_slices} (most predicted foreground)" if n_slices > 1 else "the image"
+    where = (f"slice {z} of 0..{n_slices - 1}, numbered like the Grad-CAM panels (most predicted foreground)"
+             if n_slices > 1 else "the image")
     cls = "cal" if calibrated else "raw"
     body = [f'<nav><a href="../{INDEX}">&larr; all cases</a></nav>', f"<h1>{e(case_id)}</h1>",
             f'<p class="note">Probabilities: <span class="{cls}">{e(calibration_note(calibrated))}</span>.</p>',
