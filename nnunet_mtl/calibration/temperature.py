@@ -141,5 +141,5 @@ def fit_all(probs_by_target, y_by_target, min_cases: int = MIN_CASES) -> dict:
             for name in probs_by_target}
 
 
-__all__ = ["TemperatureFit", "apply_temperature", "calibrate_threshold", "combine_temperatures", "fit_all", "fit_temperature", "nll",
-           "softmax"]
+__all__ = ["TemperatureFit", "apply_temperature", "calibrate_threshold", "combine_temperatures", "fit_all",
+           "fit_temperature", "nll", "softmax"]
