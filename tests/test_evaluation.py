@@ -210,7 +210,11 @@ def test_evaluate_flat_folder_writes_everything(flat_set):
     with open(out / "classification_report.csv") as f:
         report = list(csv.DictReader(f))
     assert [r["class"] for r in report] == ["absent", "present", "macro avg"]
-    for name in ("confusion_finding.png", "roc_finding.png", "dsc_distribution.png"):
+    # calibration of the predicted probabilities: Brier by hand, ECE and its diagram
+    probs = np.stack([1 - p, p], 1)
+    assert cls["calibration"]["brier"] == pytest.approx(np.mean(np.sum((probs - np.eye(2)[y]) ** 2, 1)))
+    assert 0 <= cls["calibration"]["ece"] <= 1 and saved["classification"]["finding"]["calibration"]["n"] == 4
+    for name in ("confusion_finding.png", "roc_finding.png", "reliability_finding.png", "dsc_distribution.png"):
         path = out / name
         assert path.stat().st_size > 0
         with Image.open(path) as im:

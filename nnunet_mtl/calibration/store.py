@@ -127,7 +127,7 @@ class EnsembleCalibration:
         return out
 
     def apply_row(self, spec: TargetSpec, row: Mapping) -> dict:
-        """A ``predictions.csv`` row with calibrated ``T_prob_<class>`` columns, the class re-derived
+        """A ``predictions.csv`` row with calibrated probability columns, the class re-derived
         (argmax; temperature scaling never changes it) and ``probabilities_calibrated`` set."""
         out = dict(row)
         for t in spec.classification_targets:

@@ -25,6 +25,7 @@ from typing import Dict, List, Mapping, Optional, Sequence
 
 from nnunet_mtl import prediction_table
 from nnunet_mtl.conversion.pancreas_layout import PANCREAS_REGIONS
+from nnunet_mtl.calibration.evaluation import calibration_block
 from nnunet_mtl.evaluation import classification, regression, segmentation
 from nnunet_mtl.evaluation.discovery import check_same_cases, find_masks, find_predicted_masks
 from nnunet_mtl.evaluation.errors import EvaluationError
@@ -162,6 +163,7 @@ def _score_targets(result: dict, per_case: Dict[str, dict], gt_dir: Optional[str
             result["notes"].extend(classification.partial_ci_notes(t.name, block, n_bootstrap))
             if threshold_tuning and len(t.classes) == 2:
                 tuned[t.name] = tuned_entry
+            block["calibration"] = calibration_block(t, yt, pr, None, n_bootstrap=n_bootstrap, seed=seed + i)["raw"]
             result["classification"][t.name] = block
             cls_data[t.name] = (t, yt, yp, pr)
             for c, a, b in zip(used, yt, yp):

@@ -48,13 +48,15 @@ def write_report(out: str, result: dict, per_case: Mapping[str, dict], seg_colum
 
 def write_plots(out: str, result: dict, per_case: Mapping[str, dict], cls_data: Mapping[str, tuple],
                 seed: int) -> None:
-    """confusion_<target>.png, roc_<target>.png, dsc_distribution.png."""
+    """confusion_<target>.png, roc_<target>.png, reliability_<target>.png, dsc_distribution.png."""
     from nnunet_mtl import plots  # matplotlib only when plotting
+    from nnunet_mtl.calibration.reliability import reliability_diagram
     for name, (t, yt, yp, pr) in cls_data.items():
         block = result["classification"][name]
         plots.plot_confusion(np.asarray(block["confusion_matrix"]), t.classes,
                              os.path.join(out, f"confusion_{name}.png"), title=f"{name} (n={block['n']})")
         plots.plot_roc(yt, pr, t.classes, os.path.join(out, f"roc_{name}.png"), title=name, auc=block["roc_auc"])
+        reliability_diagram({"predicted": (pr, yt)}, os.path.join(out, f"reliability_{name}.png"), title=name)
     seg = result.get("segmentation")
     if seg:
         keys = list(seg["labels"]) + list(seg["regions"])
