@@ -36,7 +36,19 @@ def make_estimator(target: Target, y: np.ndarray, seed: int = 0, max_folds: int 
                          f"present, got counts {np.bincount(y).tolist()}")
     cv = StratifiedKFold(min(max_folds, smallest), shuffle=True, random_state=seed)
     return make_pipeline(StandardScaler(), LogisticRegressionCV(Cs=C_GRID, cv=cv, class_weight="balanced",
-                                                                scoring="neg_log_loss", max_iter=5000))
+                                                                scoring="neg_log_loss", max_iter=5000,
+                                                                **_plain_l2_kwargs(LogisticRegressionCV)))
+
+
+def _plain_l2_kwargs(cls) -> dict:
+    """scikit-learn >= 1.8 warns unless the L2-only penalty and the new fitted attributes are explicit;
+    older versions do not know these arguments."""
+    import inspect
+    params = inspect.signature(cls).parameters
+    out = {}
+    if "use_legacy_attributes" in params:
+        out.update(l1_ratios=(0.0,), use_legacy_attributes=False)
+    return out
 
 
 class LinearProbe:
