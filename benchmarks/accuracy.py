@@ -59,11 +59,15 @@ REFERENCE, DEFAULT_MTL = "stock", "mtl"
 
 DATASETS = {"hippocampus": 960, "synthetic3d": 961, "synthetic2d": 962}
 SIZES = {  # epochs x iterations per epoch, validation iterations, cases (None: all), test-time mirroring
-    "quick": dict(epochs=2, iterations=4, val_iterations=1, cases=30, mirroring=False),
-    "default": dict(epochs=10, iterations=20, val_iterations=2, cases=None, mirroring=False),
+    "quick": dict(epochs=1, iterations=4, val_iterations=1, cases=24, mirroring=False),
+    "default": dict(epochs=8, iterations=20, val_iterations=1, cases=None, mirroring=False),
     "full": dict(epochs=100, iterations=250, val_iterations=50, cases=None, mirroring=True),
 }
-SHRINK = {"3d": dict(max_features=32, batch_size=2, n_stages=4), "2d": dict(max_features=32, batch_size=4, n_stages=5)}
+# CPU sizes: nnU-Net's plain plans with features capped at 16 and batch 2, patch as planned (hippocampus:
+# 40x56x40, about one tile per case; a smaller --patch tiles the cases, which is what makes head aggregation
+# rules differ, at ~8x the prediction cost). --full keeps the plans as nnU-Net made them.
+SHRINK = {"3d": dict(max_features=16, batch_size=2, n_stages=4),
+          "2d": dict(max_features=32, batch_size=4, n_stages=5)}
 SYNTHETIC_CASES = {"synthetic2d": 60, "synthetic3d": 45}
 HIPPOCAMPUS_LABELS = {"background": 0, "anterior": 1, "posterior": 2}
 
@@ -104,7 +108,9 @@ def prepare(args, size: dict, base: str) -> dict:
     dataset_id = DATASETS[args.dataset]
     kind = "2d" if args.dataset == "synthetic2d" else "3d"
     configuration = "2d" if kind == "2d" else "3d_fullres"
-    shrink = None if args.full else SHRINK[kind]
+    shrink = None if args.full else dict(SHRINK[kind])
+    if args.patch:
+        shrink = {**(shrink or {}), "patch_size": tuple(args.patch)}
     settings = json.loads(json.dumps({"dataset": args.dataset, "data": os.path.abspath(args.data), "cases": size["cases"],
                                       "seed": args.seed, "shrink": shrink, "test_fraction": args.test_fraction}))
     marker = os.path.join(base, "accuracy_setup.json")
@@ -350,15 +356,19 @@ def fmt(x, digits=3) -> str:
     return "-" if x is None or (isinstance(x, float) and not np.isfinite(x)) else f"{x:.{digits}f}"
 
 
-def table_lines(rows: list, spec, struct_names) -> list:
-    head = ["arm", "trainer", "train s", "pred s"] + [f"Dice {s}" for s in struct_names] + ["Dice/stock min"]
+def table_lines(rows: list, spec, struct_names, runs: bool = True) -> list:
+    """A markdown table: one row per arm/baseline; ``runs=False`` leaves out times and Dice."""
+    head = ["arm"] + (["trainer", "train s", "pred s"] + [f"Dice {s}" for s in struct_names] + ["Dice/stock min"]
+                      if runs else [])
     for t in spec:
         head += ([f"{t.name} F1", f"{t.name} bal.acc", f"{t.name} AUC [95% CI]"] if t.is_classification
                  else [f"{t.name} MAE", f"{t.name} r [95% CI]"])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        cells = [r["arm"], r.get("trainer", "-"), fmt(r.get("train_s"), 0), fmt(r.get("predict_s"), 0)]
-        cells += [fmt(r.get("dice", {}).get(s)) for s in struct_names] + [fmt(r.get("dice_ratio_min"))]
+        cells = [r["arm"]]
+        if runs:
+            cells += [r.get("trainer", "-"), fmt(r.get("train_s"), 0), fmt(r.get("predict_s"), 0)]
+            cells += [fmt(r.get("dice", {}).get(s)) for s in struct_names] + [fmt(r.get("dice_ratio_min"))]
         for t in spec:
             h = r.get("heads", {}).get(t.name)
             if h is None:
@@ -369,7 +379,10 @@ def table_lines(rows: list, spec, struct_names) -> list:
                           fmt(h["roc_auc"]) + (f" [{fmt(ci['low'], 2)}, {fmt(ci['high'], 2)}]" if ci else "")]
             else:
                 ci = h["pearson_r_ci"]
-                cells += [fmt(h["mae"]), fmt(h["pearson_r"]) + f" [{fmt(ci['low'], 2)}, {fmt(ci['high'], 2)}]"]
+                r_text = fmt(h["pearson_r"])
+                if r_text != "-":
+                    r_text += f" [{fmt(ci['low'], 2)}, {fmt(ci['high'], 2)}]"
+                cells += [fmt(h["mae"]), r_text]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
@@ -423,6 +436,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--iterations", type=int, default=None, help="override the size's iterations per epoch")
     p.add_argument("--cases", type=int, default=None, help="use a stratified subset of this many cases")
     p.add_argument("--test_fraction", type=float, default=0.3)
+    p.add_argument("--patch", type=int, nargs="+", default=None, help="patch size for every arm (default: the "
+                                                                      "CPU size's, or nnU-Net's plan with --full)")
     p.add_argument("--arms", nargs="+", default=None, help=f"subset of {[a.name for a in ARMS]}")
     p.add_argument("--aggregation", nargs="+", default=["foreground_weighted", "mean"],
                    help="case aggregation rules for the default MTL arm's heads, NAME or NAME:key=value,... "
@@ -529,7 +544,7 @@ def main():
               f"{next(iter(results['aggregation'].values()))['tiles_per_case']:.1f}; with one tile per case every "
               f"rule gives the same result):")
         print("\n".join(table_lines([{"arm": f"{DEFAULT_MTL} [{rule}]", "heads": a["heads"]}
-                                     for rule, a in results["aggregation"].items()], spec, [])))
+                                     for rule, a in results["aggregation"].items()], spec, [], runs=False)))
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "accuracy.json"), "w") as f:
         json.dump(results, f, indent=1, default=float)
@@ -553,7 +568,7 @@ def run_probe(stock_folder: str, setup: dict, base: str, device: str, table, see
     print(f"[probe] {seconds:.0f} s: features of {stats['computed']} cases computed ({stats['forwards']} forwards), "
           f"{stats['cached']} from the cache; regularisation chosen by CV: "
           + ", ".join(f"{k} {v:.3g}" for k, v in probe.probe.chosen.items()), flush=True)
-    return {"arm": "probe", "trainer": "stock features + linear", "wall_s": seconds,
+    return {"arm": "probe", "trainer": "stock features + linear", "train_s": seconds, "wall_s": seconds,
             "heads": head_scores(outputs, table, setup["test"]), "probe_regularisation": probe.probe.chosen,
             "feature_stats": stats}
 
