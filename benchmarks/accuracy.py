@@ -33,7 +33,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import knobs_problem, machine_lines, set_runtime_env, train_in_process, trainer_problem  # noqa: E402
+from common import (knobs_problem, load_average, machine_lines, set_runtime_env, train_in_process,  # noqa: E402
+                    trainer_problem)
 
 
 @dataclass(frozen=True)
@@ -111,8 +112,9 @@ def prepare(args, size: dict, base: str) -> dict:
     shrink = None if args.full else dict(SHRINK[kind])
     if args.patch:
         shrink = {**(shrink or {}), "patch_size": tuple(args.patch)}
-    settings = json.loads(json.dumps({"dataset": args.dataset, "data": os.path.abspath(args.data), "cases": size["cases"],
-                                      "seed": args.seed, "shrink": shrink, "test_fraction": args.test_fraction}))
+    settings = {"dataset": args.dataset, "data": os.path.abspath(args.data), "cases": size["cases"], "seed": args.seed,
+                "shrink": shrink, "test_fraction": args.test_fraction}
+    settings = json.loads(json.dumps(settings))  # tuples -> lists, for comparison with the stored copy
     marker = os.path.join(base, "accuracy_setup.json")
     if os.path.isfile(marker):
         with open(marker) as f:
@@ -286,9 +288,17 @@ def heads_under_rule(folder: str, setup: dict, device: str, mirroring: bool, rul
     out, tiles = {}, []
     for src in preprocessed_cases(data_folder(setup), setup["test"]):
         data = src.load(predictor)
-        tiles.append(len(predictor._internal_get_sliding_window_slicers(data.shape[1:])))
+        tiles.append(n_tiles(data.shape[1:], predictor.configuration_manager.patch_size, predictor.tile_step_size))
         out[src.case_id] = predictor.predict_case_targets(torch.from_numpy(np.ascontiguousarray(data)))
     return {"heads": out, "tiles_per_case": float(np.mean(tiles))}
+
+
+def n_tiles(shape, patch, step: float) -> int:
+    """Sliding-window tiles of one case (a 2D patch over a 3D array runs slice by slice, as nnU-Net does)."""
+    from nnunetv2.inference.sliding_window_prediction import compute_steps_for_sliding_window
+    shape, patch = list(shape), list(patch)
+    slices = int(np.prod(shape[:len(shape) - len(patch)]))
+    return slices * int(np.prod([len(s) for s in compute_steps_for_sliding_window(shape[-len(patch):], patch, step)]))
 
 
 # ------------------------------------------------------------------------------------------- scoring
@@ -534,6 +544,7 @@ def main():
                                             "seconds": time.perf_counter() - start}
     results["rows"] = rows
     results["total_s"] = time.perf_counter() - t0
+    results["load_average_end"] = load_average()
 
     print()
     print(f"Held-out test cases: {len(setup['test'])} (whole cases), training cases: {len(setup['train'])}; "
@@ -548,7 +559,8 @@ def main():
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "accuracy.json"), "w") as f:
         json.dump(results, f, indent=1, default=float)
-    print(f"\nresults: {os.path.join(out_dir, 'accuracy.json')}")
+    print(f"\nload average at the end (1/5/15 min): {results['load_average_end']}")
+    print(f"results: {os.path.join(out_dir, 'accuracy.json')}")
     print("summary: " + " ".join(f"{k}={v}" for k, v in summary_pairs(results, spec)))
 
 

@@ -145,6 +145,8 @@ class EncoderFeatureExtractor:
                                 perform_everything_on_device=dev.type == "cuda", device=dev, verbose=False,
                                 verbose_preprocessing=False, allow_tqdm=False)
             p.initialize_from_trained_model_folder(self.model_folder, self.folds, self.checkpoint)
+            if hasattr(p.network, "_orig_mod"):  # nnUNet_compile: hooks belong on the plain module
+                p.network = p.network._orig_mod
             self._predictor = p
         return self._predictor
 
