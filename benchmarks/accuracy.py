@@ -506,7 +506,7 @@ def main():
             print(f"[{arm.name}] skipped: {problem}", flush=True)
             results["skipped"].append(arm.name)
             continue
-        print(f"[{arm.name}] training {arm.trainer} {arm.knobs or ''}: {arm.note}", flush=True)
+        print(f"[{arm.name}] {arm.trainer} {arm.knobs or ''}: {arm.note}", flush=True)
         trained = train_arm(arm, setup, base, budget, device, args.seed)
         folders[arm.name] = trained["folder"]
         pred = predict_arm(trained["folder"], setup, device, size["mirroring"], parse_rule(args.aggregation[0])[0])
