@@ -62,7 +62,9 @@ DATASETS = {"hippocampus": 960, "synthetic3d": 961, "synthetic2d": 962}
 SIZES = {  # epochs x iterations per epoch, validation iterations, cases (None: all), test-time mirroring
     "quick": dict(epochs=1, iterations=4, val_iterations=1, cases=24, mirroring=False),
     "default": dict(epochs=8, iterations=20, val_iterations=1, cases=None, mirroring=False),
-    "full": dict(epochs=100, iterations=250, val_iterations=50, cases=None, mirroring=True),
+    # GPU: ~5,000 steps per arm (nnU-Net's own default is 250,000); an estimate, not yet measured: a few minutes
+    # per arm on an H100; train the arms in separate calls with one --base_dir if a call has a time limit
+    "full": dict(epochs=50, iterations=100, val_iterations=10, cases=None, mirroring=True),
 }
 # CPU sizes: nnU-Net's plain plans with features capped at 16 and batch 2, patch as planned (hippocampus:
 # 40x56x40, about one tile per case; a smaller --patch tiles the cases, which is what makes head aggregation
@@ -371,7 +373,8 @@ def table_lines(rows: list, spec, struct_names, runs: bool = True) -> list:
     head = ["arm"] + (["trainer", "train s", "pred s"] + [f"Dice {s}" for s in struct_names] + ["Dice/stock min"]
                       if runs else [])
     for t in spec:
-        head += ([f"{t.name} F1", f"{t.name} bal.acc", f"{t.name} AUC [95% CI]"] if t.is_classification
+        auc = f"{t.name} AUC" + (" [95% CI]" if len(t.classes) == 2 else "")
+        head += ([f"{t.name} F1", f"{t.name} bal.acc", auc] if t.is_classification
                  else [f"{t.name} MAE", f"{t.name} r [95% CI]"])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
