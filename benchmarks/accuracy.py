@@ -218,6 +218,20 @@ def is_mtl_model(folder: str) -> bool:
         return "mtl_targets" in json.load(f)
 
 
+def mtl_predictor(folder: str, device: str, mirroring: bool, rule: str):
+    """Our predictor with one aggregation rule (``NAME`` or ``NAME:key=value,...``, see ``parse_rule``)."""
+    from nnunet_mtl.inference import load_predictor
+    from nnunet_mtl.predictor import nnUNetPredictorMTL
+    name, kwargs = parse_rule(rule)
+    direct = {k: v for k, v in kwargs.items() if k in inspect.signature(load_predictor).parameters}
+    predictor = load_predictor(folder, [0], "checkpoint_final.pth", device, use_mirroring=mirroring,
+                               aggregation=name, **direct)
+    for k, v in kwargs.items():  # parameters only the predictor's constructor knows: set as attributes
+        if k not in direct and k in inspect.signature(nnUNetPredictorMTL).parameters:
+            setattr(predictor, k, v)
+    return predictor
+
+
 def predict_arm(folder: str, setup: dict, device: str, mirroring: bool, aggregation: str) -> dict:
     """Whole test cases through nnU-Net's predictor (ours for multi-task models): masks in the original
     image space and, for multi-task models, the case's head outputs."""
@@ -225,9 +239,7 @@ def predict_arm(folder: str, setup: dict, device: str, mirroring: bool, aggregat
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
     start = time.perf_counter()
     if is_mtl_model(folder):
-        from nnunet_mtl.inference import load_predictor
-        predictor = load_predictor(folder, [0], "checkpoint_final.pth", device, use_mirroring=mirroring,
-                                   aggregation=aggregation)
+        predictor = mtl_predictor(folder, device, mirroring, aggregation)
     else:
         from nnunet_mtl.planning import add_trainer_path
         add_trainer_path()
@@ -272,26 +284,18 @@ def rule_problem(rule: str) -> str:
     return f"aggregation parameter(s) {unknown} unknown in this checkout" if unknown else ""
 
 
-def heads_under_rule(folder: str, setup: dict, device: str, mirroring: bool, rule: str) -> dict:
-    """Head outputs of the test cases under one aggregation rule (one more sliding window per case,
-    on the preprocessed cases, no export)."""
+def heads_under_rule(folder: str, setup: dict, device: str, mirroring: bool, rule: str, known=None) -> dict:
+    """Head outputs of the test cases under one aggregation rule: one more sliding window per case, on
+    the preprocessed cases, no export; ``known`` (outputs already predicted under this rule) skips it."""
     import torch
     from nnunet_mtl.frozen.extract import preprocessed_cases
-    from nnunet_mtl.inference import load_predictor
-    from nnunet_mtl.predictor import nnUNetPredictorMTL
-    name, kwargs = parse_rule(rule)
-    params = inspect.signature(load_predictor).parameters
-    direct = {k: v for k, v in kwargs.items() if k in params}
-    predictor = load_predictor(folder, [0], "checkpoint_final.pth", device, use_mirroring=mirroring,
-                               aggregation=name, **direct)
-    for k, v in kwargs.items():  # parameters only the predictor's constructor knows: set as attributes
-        if k not in direct and k in inspect.signature(nnUNetPredictorMTL).parameters:
-            setattr(predictor, k, v)
+    predictor = mtl_predictor(folder, device, mirroring, rule)
     out, tiles = {}, []
     for src in preprocessed_cases(data_folder(setup), setup["test"]):
         data = src.load(predictor)
         tiles.append(n_tiles(data.shape[1:], predictor.configuration_manager.patch_size, predictor.tile_step_size))
-        out[src.case_id] = predictor.predict_case_targets(torch.from_numpy(np.ascontiguousarray(data)))
+        out[src.case_id] = (known[src.case_id] if known is not None else
+                            predictor.predict_case_targets(torch.from_numpy(np.ascontiguousarray(data))))
     return {"heads": out, "tiles_per_case": float(np.mean(tiles))}
 
 
@@ -502,7 +506,10 @@ def main():
                "test": setup["test"], "rows": [], "skipped": [], "aggregation": {}}
     rows = [{"arm": "trivial", "trainer": "majority class / training mean",
              "heads": head_scores(trivial_outputs(table, setup["train"], setup["test"]), table, setup["test"])}]
-    folders = {}
+    problem = rule_problem(args.aggregation[0])
+    if problem:
+        raise SystemExit(f"--aggregation {args.aggregation[0]}: {problem} (the first rule is used for every arm)")
+    folders, main_heads = {}, {}
     for arm in wanted:
         problem = arm_problem(arm)
         if problem:
@@ -512,7 +519,9 @@ def main():
         print(f"[{arm.name}] {arm.trainer} {arm.knobs or ''}: {arm.note}", flush=True)
         trained = train_arm(arm, setup, base, budget, device, args.seed)
         folders[arm.name] = trained["folder"]
-        pred = predict_arm(trained["folder"], setup, device, size["mirroring"], parse_rule(args.aggregation[0])[0])
+        pred = predict_arm(trained["folder"], setup, device, size["mirroring"], args.aggregation[0])
+        if arm.name == DEFAULT_MTL:
+            main_heads = pred["heads"]
         row = {"arm": arm.name, "trainer": arm.trainer, "knobs": arm.knobs, "train_s": trained["train_s"],
                "predict_s": pred["predict_s"], "wall_s": trained["train_s"] + pred["predict_s"],
                "dice": dice_scores(pred["masks"], setup)}
@@ -541,7 +550,8 @@ def main():
                 print(f"[aggregation] {rule} skipped: {problem}", flush=True)
                 continue
             start = time.perf_counter()
-            agg = heads_under_rule(folders[DEFAULT_MTL], setup, device, size["mirroring"], rule)
+            agg = heads_under_rule(folders[DEFAULT_MTL], setup, device, size["mirroring"], rule,
+                                   known=main_heads if rule == args.aggregation[0] else None)
             results["aggregation"][rule] = {"heads": head_scores(agg["heads"], table, setup["test"]),
                                             "tiles_per_case": agg["tiles_per_case"],
                                             "seconds": time.perf_counter() - start}
