@@ -509,52 +509,15 @@ def main():
     problem = rule_problem(args.aggregation[0])
     if problem:
         raise SystemExit(f"--aggregation {args.aggregation[0]}: {problem} (the first rule is used for every arm)")
-    folders, main_heads = {}, {}
-    for arm in wanted:
-        problem = arm_problem(arm)
-        if problem:
-            print(f"[{arm.name}] skipped: {problem}", flush=True)
-            results["skipped"].append(arm.name)
-            continue
-        print(f"[{arm.name}] {arm.trainer} {arm.knobs or ''}: {arm.note}", flush=True)
-        trained = train_arm(arm, setup, base, budget, device, args.seed)
-        folders[arm.name] = trained["folder"]
-        pred = predict_arm(trained["folder"], setup, device, size["mirroring"], args.aggregation[0])
-        if arm.name == DEFAULT_MTL:
-            main_heads = pred["heads"]
-        row = {"arm": arm.name, "trainer": arm.trainer, "knobs": arm.knobs, "train_s": trained["train_s"],
-               "predict_s": pred["predict_s"], "wall_s": trained["train_s"] + pred["predict_s"],
-               "dice": dice_scores(pred["masks"], setup)}
-        if pred["heads"]:
-            row["heads"] = head_scores(pred["heads"], table, setup["test"])
-        rows.append(row)
-        print(f"[{arm.name}] train {row['train_s']:.0f} s, predict {row['predict_s']:.0f} s; Dice "
-              + ", ".join(f"{s} {v:.3f}" for s, v in row["dice"].items()), flush=True)
-
-    ref = next((r for r in rows if r["arm"] == REFERENCE), None)
-    for r in rows:
-        if ref is not None and "dice" in r:
-            r["dice_ratio"] = {s: r["dice"][s] / ref["dice"][s] if ref["dice"][s] > 0 else float("nan")
-                               for s in struct_names}
-            r["dice_ratio_min"] = float(min(r["dice_ratio"].values()))
-
+    folders, main_heads = run_arms(wanted, setup, base, budget, device, size["mirroring"], args, table, rows,
+                                   results["skipped"])
     if REFERENCE in folders and not args.no_probe:
         rows.insert(1, run_probe(folders[REFERENCE], setup, base, device, table, args.seed))
     elif not args.no_probe:
         print("[probe] skipped: needs the stock arm", flush=True)
-
     if DEFAULT_MTL in folders:
-        for rule in args.aggregation:
-            problem = rule_problem(rule)
-            if problem:
-                print(f"[aggregation] {rule} skipped: {problem}", flush=True)
-                continue
-            start = time.perf_counter()
-            agg = heads_under_rule(folders[DEFAULT_MTL], setup, device, size["mirroring"], rule,
-                                   known=main_heads if rule == args.aggregation[0] else None)
-            results["aggregation"][rule] = {"heads": head_scores(agg["heads"], table, setup["test"]),
-                                            "tiles_per_case": agg["tiles_per_case"],
-                                            "seconds": time.perf_counter() - start}
+        results["aggregation"] = compare_aggregation(folders[DEFAULT_MTL], setup, device, size["mirroring"],
+                                                     args.aggregation, main_heads, table)
     results["rows"] = rows
     results["total_s"] = time.perf_counter() - t0
     results["load_average_end"] = load_average()
@@ -575,6 +538,55 @@ def main():
     print(f"\nload average at the end (1/5/15 min): {results['load_average_end']}")
     print(f"results: {os.path.join(out_dir, 'accuracy.json')}")
     print("summary: " + " ".join(f"{k}={v}" for k, v in summary_pairs(results, spec)))
+
+
+def run_arms(wanted, setup, base, budget, device, mirroring, args, table, rows, skipped):
+    """Train (or reuse), predict and score each arm; appends to ``rows``/``skipped``; returns the model
+    folders by arm and the default MTL arm's head outputs (under the first aggregation rule)."""
+    folders, main_heads = {}, {}
+    for arm in wanted:
+        problem = arm_problem(arm)
+        if problem:
+            print(f"[{arm.name}] skipped: {problem}", flush=True)
+            skipped.append(arm.name)
+            continue
+        print(f"[{arm.name}] {arm.trainer} {arm.knobs or ''}: {arm.note}", flush=True)
+        trained = train_arm(arm, setup, base, budget, device, args.seed)
+        folders[arm.name] = trained["folder"]
+        pred = predict_arm(trained["folder"], setup, device, mirroring, args.aggregation[0])
+        if arm.name == DEFAULT_MTL:
+            main_heads = pred["heads"]
+        row = {"arm": arm.name, "trainer": arm.trainer, "knobs": arm.knobs, "train_s": trained["train_s"],
+               "predict_s": pred["predict_s"], "wall_s": trained["train_s"] + pred["predict_s"],
+               "dice": dice_scores(pred["masks"], setup)}
+        if pred["heads"]:
+            row["heads"] = head_scores(pred["heads"], table, setup["test"])
+        rows.append(row)
+        print(f"[{arm.name}] train {row['train_s']:.0f} s, predict {row['predict_s']:.0f} s; Dice "
+              + ", ".join(f"{s} {v:.3f}" for s, v in row["dice"].items()), flush=True)
+    ref = next((r for r in rows if r["arm"] == REFERENCE), None)
+    for r in rows:
+        if ref is not None and "dice" in r:
+            r["dice_ratio"] = {s: r["dice"][s] / ref["dice"][s] if ref["dice"][s] > 0 else float("nan")
+                               for s in r["dice"]}
+            finite = [v for v in r["dice_ratio"].values() if np.isfinite(v)]
+            r["dice_ratio_min"] = float(min(finite)) if finite else float("nan")
+    return folders, main_heads
+
+
+def compare_aggregation(folder, setup, device, mirroring, rules, main_heads, table) -> dict:
+    """The default MTL arm's head scores under each aggregation rule (unknown rules skipped, printed)."""
+    out = {}
+    for rule in rules:
+        problem = rule_problem(rule)
+        if problem:
+            print(f"[aggregation] {rule} skipped: {problem}", flush=True)
+            continue
+        start = time.perf_counter()
+        agg = heads_under_rule(folder, setup, device, mirroring, rule, known=main_heads if rule == rules[0] else None)
+        out[rule] = {"heads": head_scores(agg["heads"], table, setup["test"]), "tiles_per_case": agg["tiles_per_case"],
+                     "seconds": time.perf_counter() - start}
+    return out
 
 
 def run_probe(stock_folder: str, setup: dict, base: str, device: str, table, seed: int) -> dict:
