@@ -191,6 +191,72 @@ def describe(ds: BenchDataset) -> str:
             f"features {arch['features_per_stage']}, {conf['architecture']['network_class_name'].split('.')[-1]}")
 
 
+# ------------------------------------------------------------------ arms trained in-process (accuracy.py)
+def overrides_api():
+    """(ENV_VAR, encode_overrides) of the trainer-knob module: nnunet_mtl.knobs where it exists, else
+    nnunet_mtl.overrides (the module may be renamed; the benchmark runs against either)."""
+    try:
+        from nnunet_mtl import knobs as module
+    except ImportError:
+        from nnunet_mtl import overrides as module
+    return module.ENV_VAR, module.encode_overrides
+
+
+def trainer_problem(name: str) -> Optional[str]:
+    """None when nnU-Net finds trainer ``name`` (its own tree, then nnUNet_extTrainer), else why not."""
+    import contextlib
+    import io
+    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+    from nnunet_mtl.planning import add_trainer_path
+    add_trainer_path()
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):  # the lookup prints every folder it searches
+            recursive_find_trainer_class_by_name(name)
+    except (RuntimeError, AssertionError) as e:
+        return f"trainer {name} not found ({str(e).splitlines()[0][:80]})"
+    return None
+
+
+def knobs_problem(knobs: dict) -> Optional[str]:
+    """None when every knob is known to this checkout's trainers, else the error message."""
+    _, encode = overrides_api()
+    try:
+        encode(**knobs)
+    except ValueError as e:
+        return str(e)
+    return None
+
+
+def train_in_process(dataset_id: int, configuration: str, plans: str, trainer: str, fold: int, budget: dict,
+                     knobs: dict, device: str) -> float:
+    """Train one fold with nnU-Net's own trainer loop (``run_training`` without the final validation);
+    returns the seconds it took.
+
+    ``budget`` (num_epochs, num_iterations_per_epoch, num_val_iterations_per_epoch) is set as trainer
+    attributes after construction, as nnU-Net's ``nnUNetTrainer_Xepochs`` variants do, so the stock
+    trainer and ours get exactly the same number of steps; ``knobs`` (and the budget) also travel in
+    the overrides variable, which our trainers read in ``__init__`` (the schedule depends on them)."""
+    import time
+    import torch
+    from nnunetv2.run.run_training import get_trainer_from_args, maybe_load_checkpoint
+    env_var, encode = overrides_api()
+    old = os.environ.get(env_var)
+    os.environ[env_var] = encode(**budget, **knobs)
+    start = time.perf_counter()
+    try:
+        t = get_trainer_from_args(str(dataset_id), configuration, fold, trainer, plans, device=torch.device(device))
+        for name, value in budget.items():
+            setattr(t, name, value)
+        maybe_load_checkpoint(t, False, False, None)
+        t.run_training()
+    finally:
+        if old is None:
+            os.environ.pop(env_var, None)
+        else:
+            os.environ[env_var] = old
+    return time.perf_counter() - start
+
+
 def main():
     """Prepare a base dir once (dataset, plans, a briefly trained model), so the timed scripts
     that follow spend their minutes on timing only."""

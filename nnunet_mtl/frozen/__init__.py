@@ -1,0 +1,8 @@
+"""Heads on a frozen nnU-Net: pooled encoder features of any trained model, and linear probes on them.
+
+* ``pooling``: per-stage feature pools accumulated over every network forward of one case.
+* ``cache``: the model's identity (checkpoint path, size, mtime) and the on-disk feature cache.
+* ``extract``: the model's own sliding window, with hooks on ``network.encoder``; case sources
+  (preprocessed cases or raw images).
+* ``probe``: logistic regression / ridge fitted on cached features (``FrozenEncoderProbe``).
+"""
