@@ -10,11 +10,14 @@ from __future__ import annotations
 import os
 import re
 import time
-from typing import Dict, List, Optional, Sequence
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence
 
 import torch
 
 from nnunet_mtl.predictor import CSV_NAME, nnUNetPredictorMTL
+
+if TYPE_CHECKING:
+    from nnunet_mtl.conversion.inference_inputs import ModelInputs, PreparedInputs
 
 NNUNET_NAME = re.compile(r"^(.+)_(\d{4})\.nii\.gz$")
 
@@ -46,15 +49,15 @@ def _is_nnunet_input_folder(folder: str) -> bool:
     return bool(images) and all(NNUNET_NAME.match(f) and os.path.isfile(os.path.join(folder, f)) for f in images)
 
 
-def model_inputs(predictor: nnUNetPredictorMTL):
+def model_inputs(predictor: nnUNetPredictorMTL) -> "ModelInputs":
     """The channels and image dimensionality a loaded predictor's model takes (``ModelInputs``)."""
     from nnunet_mtl.conversion.inference_inputs import ModelInputs
     return ModelInputs.from_plans(predictor.dataset_json, predictor.configuration_manager.patch_size,
                                   predictor.plans_manager.plans.get("original_median_shape_after_transp"))
 
 
-def prepare_inputs(inputs: Sequence[str], work_dir: str, clip_percentiles=(0.5, 98.5), model=None,
-                   force: bool = False) -> Dict[str, str]:
+def prepare_inputs(inputs: Sequence[str], work_dir: str, clip_percentiles=(0.5, 98.5),
+                   model: Optional["ModelInputs"] = None, force: bool = False) -> Dict[str, str]:
     """Files/folders -> {case_id: path of CASE_0000.nii.gz}; converts non-nnU-Net inputs into work_dir.
 
     ``model`` (``model_inputs(predictor)``) checks channel count and dimensionality and writes colour
@@ -67,8 +70,8 @@ def prepare_inputs(inputs: Sequence[str], work_dir: str, clip_percentiles=(0.5, 
     return {cid: files[0] for cid, files in prepared.cases.items()}
 
 
-def prepare_folder(input_dir: str, output_dir: str, model=None, clip_percentiles=(0.5, 98.5),
-                   force: bool = False):
+def prepare_folder(input_dir: str, output_dir: str, model: Optional["ModelInputs"] = None,
+                   clip_percentiles=(0.5, 98.5), force: bool = False) -> "PreparedInputs":
     """Check a test folder against the model and bring it into nnU-Net's format (``PreparedInputs``:
     the folder nnU-Net reads, per case its files and sources, what was converted, reused, removed).
     An empty folder, duplicate case names, unsupported files, a channel or dimensionality mismatch

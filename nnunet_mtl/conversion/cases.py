@@ -24,6 +24,7 @@ from nnunet_mtl.conversion.masks import (ConversionError, ConversionReport, Conv
                                          round_labels, target_grid)
 from nnunet_mtl.conversion.nnunet_raw import write_raw_dataset
 from nnunet_mtl.conversion.pixel_checks import (apply_value_map, binary_255_map, check_consecutive, check_finite,
+                                                check_stored_finite,
                                                 is_constant, summarise_map)
 from nnunet_mtl.conversion.options import ConversionOptions
 from nnunet_mtl.targets import CaseTable, TargetSpecError
@@ -135,6 +136,7 @@ class CaseSource:
 
     def _check_pixels(self, path: str, report: ConversionReport) -> None:
         """NaN/inf pixels are refused, a constant image is reported (both with the file named)."""
+        check_stored_finite(path, f"image of case {self.case_id!r}")
         images, _ = read_channels(path, self.options)
         arrays = [sitk.GetArrayViewFromImage(img) for img in images]
         for a in arrays:

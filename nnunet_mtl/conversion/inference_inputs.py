@@ -34,7 +34,7 @@ from nnunet_mtl.conversion.image_readers import (COLOUR_CHANNEL_NAMES, DEFAULT_C
                                                  reader_for)
 from nnunet_mtl.conversion.masks import ConversionError
 from nnunet_mtl.conversion.nnunet_raw import write_image
-from nnunet_mtl.conversion.pixel_checks import check_finite, is_constant
+from nnunet_mtl.conversion.pixel_checks import check_finite, check_stored_finite, is_constant
 from nnunet_mtl.io_utils import atomic_save_image, atomic_write_json, read_json
 
 log = logging.getLogger(__name__)
@@ -161,10 +161,10 @@ def image_facts(path: str) -> Tuple[int, int, tuple]:
 
 def channels_per_file(case_id: str, paths: Sequence[str], model: Optional[ModelInputs]) -> List[int]:
     """How many channels each file of the case gives the model; refuses a case the model cannot take."""
-    facts = [image_facts(p) for p in paths]
-    kind = reader_for(paths[0]).kind
     if model is None:  # no model to check against: one (grey) channel per file, as before
         return [1] * len(paths)
+    facts = [image_facts(p) for p in paths]
+    kind = reader_for(paths[0]).kind
     dims, _, size = facts[0]
     if dims != model.image_dims:
         shown = f" (size {list(size)})" if size else ""
@@ -258,6 +258,7 @@ def _convert_case(case_id: str, paths: Sequence[str], per_file: Sequence[int], f
     """Write the case's channel files into ``folder``; returns their names."""
     names: List[str] = []
     for path, n in zip(paths, per_file):
+        check_stored_finite(path)
         if NNUNET_NAME.match(os.path.basename(path)):  # already nnU-Net's format: an exact copy
             name = f"{case_id}_{len(names):04d}.nii.gz"
             atomic_save_image(lambda tmp, src=path: shutil.copyfile(src, tmp), os.path.join(folder, name))
@@ -315,6 +316,9 @@ def prepare_cases(paths: Sequence[str], folder: str, model: Optional[ModelInputs
             other = next(cid for cid in sorted(cases) if cid not in in_place)
             raise ConversionError(f"{cases[other][0]}: cannot convert into {folder}, which holds the user's own "
                                   f"nnU-Net inputs")
+        for files in cases.values():
+            for path in files:
+                check_stored_finite(path)
         result.cases = {cid: list(files) for cid, files in cases.items()}
         result.sources = {cid: list(files) for cid, files in cases.items()}
         return result

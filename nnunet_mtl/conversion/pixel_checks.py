@@ -29,6 +29,21 @@ def check_finite(arr: np.ndarray, path: str, what: str = "image") -> None:
                               f"fix or mask them before conversion")
 
 
+def check_stored_finite(path: str, what: str = "image") -> None:
+    """NaN/inf stored in a float NIfTI file: SimpleITK (and so nnU-Net) reads them as 0, silently, so
+    the check reads the stored values with nibabel. Other formats keep NaN and are checked by ``check_finite``."""
+    if not path.lower().endswith((".nii", ".nii.gz")):
+        return
+    import nibabel
+    try:
+        img = nibabel.load(path)
+    except Exception:  # unreadable files are reported by the SimpleITK readers with their own line
+        return
+    if np.dtype(img.get_data_dtype()).kind not in "fc":
+        return
+    check_finite(np.asanyarray(img.dataobj), path, what)
+
+
 def is_constant(arrays: Iterable[np.ndarray]) -> bool:
     """True when every pixel of every channel has one value (a blank or saturated image)."""
     lo, hi = np.inf, -np.inf

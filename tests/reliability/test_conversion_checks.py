@@ -119,6 +119,17 @@ def test_nan_image_is_refused_naming_the_file(tmp_path):
     assert snapshot(folder) == before
 
 
+def test_nan_in_a_nifti_image_is_refused(tmp_path):
+    """SimpleITK reads NaN and inf stored in NIfTI as 0; the check reads the stored values."""
+    rng = np.random.default_rng(1)
+    images = {f"v{i}": rng.normal(size=(4, 6, 6)) for i in range(3)}
+    images["v0"][1, 1, 1] = np.nan
+    root = volume_layout(str(tmp_path / "in"), images, ext=".nii.gz")
+    with pytest.raises(ConversionError, match=r"v0\.nii\.gz: image of case 'v0' has 1 NaN or infinite"):
+        convert(root, str(tmp_path / "raw"), 808, "NaN")
+    assert not os.path.exists(tmp_path / "raw" / "Dataset808_NaN")
+
+
 def test_constant_image_is_converted_with_a_warning_naming_it(tmp_path, caplog):
     rng = np.random.default_rng(1)
     images = {f"v{i}": rng.normal(size=(4, 6, 6)) for i in range(3)}

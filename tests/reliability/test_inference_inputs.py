@@ -179,6 +179,15 @@ def test_nan_test_image_is_refused_naming_it(tmp_path):
         prepare_folder(str(tmp_path / "in"), str(tmp_path / "out"), CT_3D)
 
 
+def test_nan_in_a_nifti_test_image_is_refused(tmp_path):
+    (tmp_path / "in").mkdir()
+    arr = np.ones((4, 6, 6), np.float32)
+    arr[0, 0, 0] = np.inf
+    sitk.WriteImage(sitk.GetImageFromArray(arr), str(tmp_path / "in" / "bad_0000.nii.gz"))
+    with pytest.raises(ConversionError, match=r"bad_0000\.nii\.gz: image has 1 NaN or infinite"):
+        prepare_folder(str(tmp_path / "in"), str(tmp_path / "out"), CT_3D)
+
+
 # ------------------------------------------------------------------------------------- provenance
 def _two_pngs(tmp_path):
     (tmp_path / "in").mkdir()
