@@ -74,7 +74,9 @@ class Target:
             return self.classes.index(text)
         if isinstance(value, (int,)) and 0 <= value < len(self.classes):
             return int(value)
-        raise TargetSpecError(f"target {self.name!r}: unknown class {text!r} (known: {list(self.classes)})")
+        near = [c for c in self.classes if spelling_key(c) == spelling_key(text)]
+        hint = f"; it differs only by case or spaces from {near[0]!r}" if near else ""
+        raise TargetSpecError(f"target {self.name!r}: unknown class {text!r} (known: {list(self.classes)}){hint}")
 
     def parse_value(self, value):
         """Raw cell (str/number/None) -> canonical value: class name, float, or None when missing."""

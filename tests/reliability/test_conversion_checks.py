@@ -106,6 +106,15 @@ def test_class_spellings_differing_by_spaces_are_refused(tmp_path):
         read_labels_csv(p)
 
 
+def test_class_spelled_differently_from_the_declared_one_is_named(tmp_path):
+    from nnunet_mtl.targets import Target, TargetSpec, TargetSpecError, read_labels_csv
+    spec = TargetSpec((Target("finding", "classification", classes=("absent", "present")),))
+    p = write_labels(str(tmp_path / "l.csv"), [["a", "present"], ["b", "Present"]])
+    with pytest.raises(TargetSpecError, match=r"case 'b'.*unknown class 'Present'.*differs only by case or spaces "
+                                              r"from 'present'"):
+        read_labels_csv(p, spec)
+
+
 # ------------------------------------------------------------------------------------- NaN and constant images
 def test_nan_image_is_refused_naming_the_file(tmp_path):
     folder, before = _good_dataset(tmp_path)
