@@ -11,18 +11,16 @@ predicted, with one line naming the file when it fails:
   1-channel model, a 3D volume into a model trained on 2D images are refused);
 - converted pixels are finite.
 
-Converted copies live in a work folder that belongs to this module, with ``conversions.json``:
-per case the source paths, their size, mtime and SHA-256 and the settings used (clip
-percentiles, channels per file). A re-run reconverts exactly the cases whose source or settings
+Converted copies live in a work folder that belongs to this module, with ``conversions.json``
+(``provenance``): per case the source paths, their size, mtime and SHA-256 and the settings used
+(clip percentiles, channels per file). A re-run reconverts exactly the cases whose source or settings
 changed (a replaced file is caught by its content even when its mtime is older), removes the
 conversions whose source is gone, and ``force`` reconverts everything.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
-import re
 import shutil
 from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
@@ -35,13 +33,11 @@ from nnunet_mtl.conversion.image_readers import (COLOUR_CHANNEL_NAMES, DEFAULT_C
 from nnunet_mtl.conversion.masks import ConversionError
 from nnunet_mtl.conversion.nnunet_raw import write_image
 from nnunet_mtl.conversion.pixel_checks import check_finite, check_stored_finite, is_constant
-from nnunet_mtl.io_utils import atomic_save_image, atomic_write_json, read_json
+from nnunet_mtl.conversion.provenance import (NNUNET_NAME, load_manifest, new_record, prune, up_to_date,
+                                              write_manifest)
+from nnunet_mtl.io_utils import atomic_save_image
 
 log = logging.getLogger(__name__)
-
-NNUNET_NAME = re.compile(r"^(.+)_(\d{4})\.nii\.gz$")
-MANIFEST = "conversions.json"
-MANIFEST_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -190,68 +186,6 @@ def channels_per_file(case_id: str, paths: Sequence[str], model: Optional[ModelI
     return per_file
 
 
-# ------------------------------------------------------------------------------------- provenance
-def _stat(path: str) -> List[int]:
-    """[size, mtime_ns]; for a DICOM-series folder summed / latest over its files."""
-    if os.path.isdir(path):
-        sizes, times = [0], [0]
-        for dirpath, _, names in os.walk(path):
-            for n in names:
-                st = os.stat(os.path.join(dirpath, n))
-                sizes.append(st.st_size)
-                times.append(st.st_mtime_ns)
-        return [sum(sizes), max(times)]
-    st = os.stat(path)
-    return [st.st_size, st.st_mtime_ns]
-
-
-def content_hash(path: str) -> str:
-    """SHA-256 of a file, or of a folder's relative names and contents."""
-    h = hashlib.sha256()
-    files = [path]
-    if os.path.isdir(path):
-        files = sorted(os.path.join(d, n) for d, _, names in os.walk(path) for n in names)
-    for f in files:
-        if f != path:
-            h.update(os.path.relpath(f, path).encode() + b"\0")
-        with open(f, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
-    return h.hexdigest()
-
-
-def load_manifest(folder: str) -> Dict[str, dict]:
-    """{case id: record} from ``folder/conversions.json``; empty (so everything reconverts) if unreadable."""
-    path = os.path.join(folder, MANIFEST)
-    if not os.path.isfile(path):
-        return {}
-    try:
-        data = read_json(path)
-    except (OSError, ValueError):
-        log.warning("%s: unreadable, reconverting every input", path)
-        return {}
-    if not isinstance(data, dict) or data.get("version") != MANIFEST_VERSION:
-        return {}
-    return dict(data.get("cases", {}))
-
-
-def _up_to_date(record: Optional[dict], sources: List[str], settings: dict, folder: str) -> bool:
-    """Same sources, same settings, files present, and each source unchanged (size and mtime equal, or,
-    when they differ, the same content: a copy that only touched the file is not reconverted)."""
-    if not record or record.get("sources") != sources or record.get("settings") != settings:
-        return False
-    if not all(os.path.isfile(os.path.join(folder, f)) for f in record.get("files", [])):
-        return False
-    for i, src in enumerate(sources):
-        now = _stat(src)
-        if record["stat"][i] == now:
-            continue
-        if content_hash(src) != record["sha256"][i]:
-            return False
-        record["stat"][i] = now
-    return True
-
-
 # ------------------------------------------------------------------------------------- converting
 def _convert_case(case_id: str, paths: Sequence[str], per_file: Sequence[int], folder: str,
                   clip_percentiles, notes: List[str]) -> List[str]:
@@ -276,22 +210,6 @@ def _convert_case(case_id: str, paths: Sequence[str], per_file: Sequence[int], f
             write_image(sitk.Cast(img, sitk.sitkFloat32), os.path.join(folder, name))
             names.append(name)
     return names
-
-
-def _prune(folder: str, records: Dict[str, dict], current: Mapping[str, List[str]]) -> List[str]:
-    """Remove conversions (recorded or left by an older run) of cases that are no longer inputs, and
-    channel files a current case no longer has; returns the removed case ids."""
-    keep = {os.path.basename(p) for files in current.values() for p in files}
-    dropped = {cid for cid in records if cid not in current}
-    for cid in dropped:
-        del records[cid]
-    for name in os.listdir(folder):
-        m = NNUNET_NAME.match(name)
-        if m and name not in keep:
-            os.remove(os.path.join(folder, name))
-            if m.group(1) not in current and not name.startswith("."):
-                dropped.add(m.group(1))
-    return sorted(dropped)
 
 
 def prepare_cases(paths: Sequence[str], folder: str, model: Optional[ModelInputs] = None,
@@ -331,21 +249,20 @@ def prepare_cases(paths: Sequence[str], folder: str, model: Optional[ModelInputs
             sources = [os.path.abspath(p) for p in cases[cid]]
             settings = {"clip_percentiles": clip, "channels_per_file": per_file[cid]}
             record = records.get(cid)
-            if not force and _up_to_date(record, sources, settings, folder):
+            if not force and up_to_date(record, sources, settings, folder):
                 result.reused.append(cid)
             else:
                 records.pop(cid, None)  # until the new files are complete, the case has no valid record
                 names = _convert_case(cid, cases[cid], per_file[cid], folder, clip_percentiles, result.notes)
-                records[cid] = {"sources": sources, "stat": [_stat(p) for p in sources],
-                                "sha256": [content_hash(p) for p in sources], "settings": settings, "files": names}
+                records[cid] = new_record(sources, settings, names)
                 result.converted.append(cid)
                 luma += sum(1 for p, n in zip(cases[cid], per_file[cid])
                             if n == 1 and reader_for(p).kind == "2d" and image_facts(p)[1] == 3)
             result.cases[cid] = [os.path.join(folder, f) for f in records[cid]["files"]]
             result.sources[cid] = list(cases[cid])
-        result.dropped = _prune(folder, records, result.cases)
+        result.dropped = prune(folder, records, result.cases)
     finally:
-        atomic_write_json(os.path.join(folder, MANIFEST), {"version": MANIFEST_VERSION, "cases": records})
+        write_manifest(folder, records)
     if luma:
         result.notes.append(f"{luma} colour image(s) converted to one grey (luma) channel for a "
                             f"{model.n_channels if model else 1}-channel model")

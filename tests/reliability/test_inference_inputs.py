@@ -12,7 +12,8 @@ import pytest
 import SimpleITK as sitk
 from PIL import Image
 
-from nnunet_mtl.conversion.inference_inputs import MANIFEST, ModelInputs, prepare_cases
+from nnunet_mtl.conversion.inference_inputs import ModelInputs
+from nnunet_mtl.conversion.provenance import MANIFEST
 from nnunet_mtl.conversion.masks import ConversionError
 from nnunet_mtl.inference import list_inputs, prepare_folder, prepare_inputs, predict_folder
 from tests.reliability.helpers import snapshot
