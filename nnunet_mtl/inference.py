@@ -10,11 +10,14 @@ from __future__ import annotations
 import os
 import re
 import time
-from typing import Dict, List, Optional, Sequence
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence
 
 import torch
 
 from nnunet_mtl.predictor import CSV_NAME, nnUNetPredictorMTL
+
+if TYPE_CHECKING:
+    from nnunet_mtl.conversion.inference_inputs import ModelInputs, PreparedInputs
 
 NNUNET_NAME = re.compile(r"^(.+)_(\d{4})\.nii\.gz$")
 
@@ -39,46 +42,61 @@ def load_predictor(model_dir: str, folds: Optional[Sequence] = None, checkpoint:
 
 
 def _is_nnunet_input_folder(folder: str) -> bool:
+    """Only ``CASE_XXXX.nii.gz`` images (side files like notes.txt aside): nnU-Net can read it as it is."""
+    from nnunet_mtl.conversion.case_discovery import NOT_IMAGES
     files = [f for f in os.listdir(folder) if not f.startswith(".")]
-    return bool(files) and all(NNUNET_NAME.match(f) for f in files)
+    images = [f for f in files if os.path.isdir(os.path.join(folder, f)) or not f.lower().endswith(NOT_IMAGES)]
+    return bool(images) and all(NNUNET_NAME.match(f) and os.path.isfile(os.path.join(folder, f)) for f in images)
 
 
-def prepare_inputs(inputs: Sequence[str], work_dir: str, clip_percentiles=(0.5, 98.5)) -> Dict[str, str]:
-    """Files/folders -> {case_id: path of CASE_0000.nii.gz}; converts non-nnU-Net inputs into work_dir."""
-    from nnunet_mtl.conversion.image_readers import file_stem, read_image
-    from nnunet_mtl.conversion.nnunet_raw import write_image
-    out = {}
-    for path in inputs:
-        name = os.path.basename(path.rstrip(os.sep))
-        m = NNUNET_NAME.match(name)
-        if m and os.path.isfile(path):
-            if m.group(2) != "0000":
-                continue  # other channels are found by nnU-Net next to _0000
-            out[m.group(1)] = path
-            continue
-        case_id = file_stem(path)
-        if case_id is None:
-            raise ValueError(f"{path}: not a supported image (NIfTI/NRRD/MHA, PNG/JPG, DICOM file or series folder)")
-        target = os.path.join(work_dir, f"{case_id}_0000.nii.gz")
-        if not (os.path.isfile(target) and os.path.getmtime(target) >= os.path.getmtime(path)):
-            img, _ = read_image(path, clip_percentiles)  # a re-run keeps conversions newer than their source
-            write_image(img, target)
-        out[case_id] = target
-    return out
+def model_inputs(predictor: nnUNetPredictorMTL) -> "ModelInputs":
+    """The channels and image dimensionality a loaded predictor's model takes (``ModelInputs``)."""
+    from nnunet_mtl.conversion.inference_inputs import ModelInputs
+    return ModelInputs.from_plans(predictor.dataset_json, predictor.configuration_manager.patch_size,
+                                  predictor.plans_manager.plans.get("original_median_shape_after_transp"))
+
+
+def prepare_inputs(inputs: Sequence[str], work_dir: str, clip_percentiles=(0.5, 98.5),
+                   model: Optional["ModelInputs"] = None, force: bool = False) -> Dict[str, str]:
+    """Files/folders -> {case_id: path of CASE_0000.nii.gz}; converts non-nnU-Net inputs into work_dir.
+
+    ``model`` (``model_inputs(predictor)``) checks channel count and dimensionality and writes colour
+    images as R, G, B channel files for colour models; without it every file is one grey channel.
+    Conversions are reused while their source is unchanged (``conversions.json`` in work_dir);
+    ``force`` reconverts all; conversions of inputs not given are removed. See ``prepare_folder``
+    for every channel file and what was done."""
+    from nnunet_mtl.conversion.inference_inputs import prepare_cases
+    prepared = prepare_cases(inputs, work_dir, model, clip_percentiles, force)
+    return {cid: files[0] for cid, files in prepared.cases.items()}
+
+
+def prepare_folder(input_dir: str, output_dir: str, model: Optional["ModelInputs"] = None,
+                   clip_percentiles=(0.5, 98.5), force: bool = False) -> "PreparedInputs":
+    """Check a test folder against the model and bring it into nnU-Net's format (``PreparedInputs``:
+    the folder nnU-Net reads, per case its files and sources, what was converted, reused, removed).
+    An empty folder, duplicate case names, unsupported files, a channel or dimensionality mismatch
+    are one-line ``ConversionError``s naming the file."""
+    from nnunet_mtl.conversion.inference_inputs import prepare_cases
+    return prepare_cases(list_inputs(input_dir), converted_source(input_dir, output_dir), model, clip_percentiles,
+                         force, where=input_dir)
 
 
 def list_inputs(input_dir: str) -> List[str]:
+    if not os.path.isdir(input_dir):
+        from nnunet_mtl.conversion.masks import ConversionError
+        raise ConversionError(f"{input_dir}: input folder not found")
     return sorted(os.path.join(input_dir, f) for f in os.listdir(input_dir) if not f.startswith("."))
 
 
 ENGINES = ("threads", "processes")
+CONVERTED_INPUTS = ".converted_inputs"
 
 
 def converted_source(input_dir: str, output_dir: str) -> str:
     """Where nnU-Net reads the inputs from: the input folder itself, or its converted copy."""
     if _is_nnunet_input_folder(input_dir):
         return input_dir
-    return os.path.join(output_dir, ".converted_inputs")
+    return os.path.join(output_dir, CONVERTED_INPUTS)
 
 
 def predict_folder(predictor: nnUNetPredictorMTL, input_dir: str, output_dir: str, overwrite: bool = False,
@@ -93,10 +111,7 @@ def predict_folder(predictor: nnUNetPredictorMTL, input_dir: str, output_dir: st
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
     os.makedirs(output_dir, exist_ok=True)
-    source = converted_source(input_dir, output_dir)
-    if source != input_dir:
-        os.makedirs(source, exist_ok=True)
-        prepare_inputs(list_inputs(input_dir), source, clip_percentiles)
+    source = prepare_folder(input_dir, output_dir, model_inputs(predictor), clip_percentiles, force=overwrite).folder
     if engine == "threads":
         predictor.predict_from_files_threaded(source, output_dir, save_probabilities, overwrite, num_parts, part_id,
                                               export_threads=num_processes_export,

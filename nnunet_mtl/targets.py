@@ -74,7 +74,9 @@ class Target:
             return self.classes.index(text)
         if isinstance(value, (int,)) and 0 <= value < len(self.classes):
             return int(value)
-        raise TargetSpecError(f"target {self.name!r}: unknown class {text!r} (known: {list(self.classes)})")
+        near = [c for c in self.classes if spelling_key(c) == spelling_key(text)]
+        hint = f"; it differs only by case or spaces from {near[0]!r}" if near else ""
+        raise TargetSpecError(f"target {self.name!r}: unknown class {text!r} (known: {list(self.classes)}){hint}")
 
     def parse_value(self, value):
         """Raw cell (str/number/None) -> canonical value: class name, float, or None when missing."""
@@ -160,9 +162,10 @@ class TargetSpec:
 
     @classmethod
     def infer_from_columns(cls, rows: Sequence[Mapping[str, str]], columns: Sequence[str],
-                           regression: Iterable[str] = ()) -> "TargetSpec":
+                           regression: Iterable[str] = (), source: str = "labels") -> "TargetSpec":
         """Guess a spec from CSV columns: numeric-only columns with many values are regression
-        unless they have few distinct integers; class names are sorted (numerically if numeric)."""
+        unless they have few distinct integers; class names are sorted (numerically if numeric).
+        Class names that differ only by case or spaces (``Present``/``present``) are refused."""
         regression = set(regression)
         targets = []
         for col in columns:
@@ -174,8 +177,26 @@ class TargetSpec:
             if is_reg:
                 targets.append(Target(col, REGRESSION, allow_missing=missing))
             else:
+                _refuse_spelling_variants(col, distinct, rows, source)
                 targets.append(Target(col, CLASSIFICATION, classes=tuple(distinct), allow_missing=missing))
         return cls(tuple(targets))
+
+
+def spelling_key(name: str) -> str:
+    """What two spellings of one class have in common: case and spaces ignored."""
+    return "".join(str(name).split()).casefold()
+
+
+def _refuse_spelling_variants(column: str, classes: Sequence[str], rows: Sequence[Mapping[str, str]],
+                              source: str) -> None:
+    seen: Dict[str, str] = {}
+    for name in classes:
+        other = seen.setdefault(spelling_key(name), name)
+        if other != name:
+            line = next(i for i, r in enumerate(rows, start=2) if str(r.get(column, "")).strip() == name)
+            raise TargetSpecError(f"{source}: column {column!r} spells one class two ways, {other!r} and {name!r} "
+                                  f"(line {line}); they differ only by case or spaces: use one spelling, "
+                                  f"or declare the classes in a spec (--spec_json)")
 
 
 def _is_number(text: str) -> bool:
@@ -258,7 +279,7 @@ def read_labels_csv(path: str, spec: Optional[TargetSpec] = None, id_column: str
         raise TargetSpecError(f"{path}: no '{id_column}' column (columns: {columns})")
     ignore = set(ignore_columns) | {id_column}
     if spec is None:
-        spec = TargetSpec.infer_from_columns(rows, [c for c in columns if c not in ignore], regression)
+        spec = TargetSpec.infer_from_columns(rows, [c for c in columns if c not in ignore], regression, source=path)
     missing_cols = [n for n in spec.names if n not in columns]
     if missing_cols:
         raise TargetSpecError(f"{path}: no column for target(s) {missing_cols}")

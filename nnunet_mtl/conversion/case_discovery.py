@@ -10,7 +10,7 @@ import csv
 import logging
 import os
 import re
-from typing import Dict, Iterable, List, Optional, Sequence
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 from nnunet_mtl.conversion import dicom_series
 from nnunet_mtl.conversion.image_readers import SUPPORTED, file_stem
@@ -35,11 +35,22 @@ def scan_folder(folder: str) -> Dict[str, str]:
     """{stem: path} of the supported images (or DICOM-series subfolders) directly in ``folder``."""
     if not os.path.isdir(folder):
         raise ConversionError(f"{folder}: folder not found")
-    out = {}
-    for name in sorted(os.listdir(folder)):
-        if name.startswith("."):
-            continue
-        path = os.path.join(folder, name)
+    names = sorted(n for n in os.listdir(folder) if not n.startswith("."))
+    return index_images([os.path.join(folder, n) for n in names], folder)[0]
+
+
+def index_images(paths: Sequence[str], folder: Optional[str] = None) -> Tuple[Dict[str, str], List[str]]:
+    """({stem: path}, skipped side files) for image files and DICOM-series folders.
+
+    The one rule for what may sit next to images: notes and spreadsheets (``NOT_IMAGES``) are
+    skipped, anything else no reader understands is an error, and two files with one stem
+    (``a.png`` and ``a.nii.gz``) are refused with both named. ``folder`` only shortens messages."""
+    out: Dict[str, str] = {}
+    skipped: List[str] = []
+    for path in paths:
+        name = os.path.basename(path.rstrip(os.sep))
+        if not os.path.exists(path):
+            raise ConversionError(f"{path}: file not found")
         if os.path.isdir(path) and not dicom_series.is_series_dir(path):
             raise ConversionError(f"{path}: sub-folder is not a DICOM series (expected image files or one "
                                   f"DICOM-series folder per case)")
@@ -47,12 +58,15 @@ def scan_folder(folder: str) -> Dict[str, str]:
         if stem is None:
             if name.lower().endswith(NOT_IMAGES):
                 log.debug("ignoring %s (not an image)", path)
+                skipped.append(path)
                 continue
             raise ConversionError(f"{path}: unknown image format (supported: {SUPPORTED})")
         if stem in out:
-            raise ConversionError(f"{path}: case {stem!r} appears twice in {folder} ({os.path.basename(out[stem])})")
+            other = os.path.basename(out[stem]) if folder else out[stem]
+            where = f" in {folder}" if folder else ""
+            raise ConversionError(f"{path}: case {stem!r} appears twice{where} ({other})")
         out[stem] = path
-    return out
+    return out, skipped
 
 
 def group_channels(stems: Dict[str, str], prefer_ids: Optional[Iterable[str]] = None,

@@ -23,6 +23,9 @@ from nnunet_mtl.conversion.masks import (ConversionError, ConversionReport, Conv
                                          check_label_values, compare_geometry, infer_labels, resample,
                                          round_labels, target_grid)
 from nnunet_mtl.conversion.nnunet_raw import write_raw_dataset
+from nnunet_mtl.conversion.pixel_checks import (apply_value_map, binary_255_map, check_consecutive, check_finite,
+                                                check_stored_finite,
+                                                is_constant, summarise_map)
 from nnunet_mtl.conversion.options import ConversionOptions
 from nnunet_mtl.targets import CaseTable, TargetSpecError
 
@@ -68,6 +71,7 @@ class CaseSource:
         self.cache = cache or LastCase()
         self.extra: Dict[str, object] = {}
         self.on_read = None  # called after the channels were read: drives the progress bar
+        self.value_map: Optional[Dict[int, int]] = None  # mask values read as others (0/255 -> 0/1)
         self._geometry: Optional[Geometry] = None
 
     @property
@@ -114,7 +118,7 @@ class CaseSource:
     def mask(self) -> Optional[np.ndarray]:
         if self.mask_path is None:
             return None
-        return self.cache.get(self, "mask", lambda: self._read_mask()[0])
+        return self.cache.get(self, "mask", lambda: apply_value_map(self._read_mask()[0], self.value_map))
 
     def _read_file(self, i: int) -> List[np.ndarray]:
         path = self.channel_paths[i]
@@ -129,6 +133,17 @@ class CaseSource:
                 img = resample(img, self.grid, self.options.image_interpolation)
             out.append(sitk.GetArrayFromImage(img))
         return out
+
+    def _check_pixels(self, path: str, report: ConversionReport) -> None:
+        """NaN/inf pixels are refused, a constant image is reported (both with the file named)."""
+        check_stored_finite(path, f"image of case {self.case_id!r}")
+        images, _ = read_channels(path, self.options)
+        arrays = [sitk.GetArrayViewFromImage(img) for img in images]
+        for a in arrays:
+            check_finite(a, path, f"image of case {self.case_id!r}")
+        if is_constant(arrays):
+            report.constant_images.append(path)
+            log.warning("%s: image of case %r is constant (one value everywhere)", path, self.case_id)
 
     def _read_mask(self):
         """(uint8 labels on the case grid, voxels changed by rounding, geometry note or None)."""
@@ -149,6 +164,8 @@ class CaseSource:
                                     self.options.rel_tol)
             if note:
                 report.geometry_copied[path] = note
+        for path in self.channel_paths:
+            self._check_pixels(path, report)
         if self.mask_path is None:
             return set()
         labels, changed, note = self._read_mask()
@@ -190,12 +207,24 @@ def check_cases(train: Sequence[CaseSource], test: Sequence[CaseSource], report:
     if len(kinds) > 1:
         raise ConversionError(f"mixed image kinds {sorted(kinds)}: all cases must be 2D files, volumes, "
                               f"or DICOM series folders")
+    masked = {c.case_id: c for c in train if c.mask_path}
+    mask_values = {cid: values_per_case[cid] for cid in masked}
+    value_map = binary_255_map(mask_values, labels)
+    if value_map:
+        n_mapped = sum(1 for v in mask_values.values() if set(value_map) & v)
+        report.notes.append(summarise_map(value_map, n_mapped))
+        for case in masked.values():
+            case.value_map = value_map
+            values_per_case[case.case_id] = {value_map.get(v, v) for v in values_per_case[case.case_id]}
+        mask_values = {cid: values_per_case[cid] for cid in masked}
     all_values = set().union(*values_per_case.values()) if values_per_case else set()
     report.label_values = sorted(all_values)
     report.n_train, report.n_test = len(train), len(test)
-    has_masks = any(c.mask_path for c in train)
-    if labels is None:
-        labels = infer_labels(all_values) if has_masks else dict(NO_MASK_LABELS)
+    if labels is None and masked:
+        check_consecutive(mask_values, {cid: c.mask_path for cid, c in masked.items()})
+        labels = infer_labels(all_values)
+    elif labels is None:
+        labels = dict(NO_MASK_LABELS)
     for case in train:
         if case.mask_path:
             check_label_values(values_per_case[case.case_id], labels, case.case_id, case.mask_path)

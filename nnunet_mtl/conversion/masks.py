@@ -60,6 +60,7 @@ class ConversionReport:
     geometry_copied: Dict[str, str] = field(default_factory=dict)
     label_values: List[int] = field(default_factory=list)
     notes: List[str] = field(default_factory=list)  # decisions taken once per dataset (colour, pairs)
+    constant_images: List[str] = field(default_factory=list)
     n_train: int = 0
     n_test: int = 0
 
@@ -69,6 +70,11 @@ class ConversionReport:
             total = sum(self.rounded_voxels.values())
             lines.append(f"rounded {total} non-integer mask voxels in {len(self.rounded_voxels)} case(s): "
                          + ", ".join(f"{k}={v}" for k, v in sorted(self.rounded_voxels.items())))
+        if self.constant_images:
+            shown = self.constant_images[:5] + ([f"{len(self.constant_images) - 5} more"]
+                                                if len(self.constant_images) > 5 else [])
+            lines.append(f"{len(self.constant_images)} constant image(s) (one value everywhere; check they are "
+                         f"not blank): " + ", ".join(shown))
         if self.geometry_copied:
             lines.append(f"copied image geometry onto {len(self.geometry_copied)} file(s) with tiny differences: "
                          + ", ".join(sorted(self.geometry_copied)))
@@ -156,8 +162,8 @@ def resample(img: sitk.Image, grid: Geometry, interpolation: str = "linear") -> 
 
 
 def infer_labels(values: Iterable[int]) -> Dict[str, int]:
-    """{"background": 0, "label_1": 1, ...} up to the largest value seen; nnU-Net wants consecutive labels,
-    so gaps are filled. A dataset without any foreground still gets one label so planning works."""
+    """{"background": 0, "label_1": 1, ...} up to the largest value seen (``pixel_checks.check_consecutive``
+    has refused gaps). A dataset without any foreground still gets one label so planning works."""
     top = max([int(v) for v in values] + [1])
     labels = {"background": 0}
     labels.update({f"label_{k}": k for k in range(1, top + 1)})
