@@ -42,7 +42,8 @@ def main(argv=None) -> int:
                                    not args.disable_tta, args.aggregation, args.verbose, args.foreground_floor)
         csv_path = predict_folder(predictor, args.input, args.output, overwrite=args.overwrite,
                                   save_probabilities=args.save_probabilities, num_processes_preprocessing=args.npp,
-                                  num_processes_export=args.nps, num_parts=args.num_parts, part_id=args.part_id, engine=args.engine)
+                                  num_processes_export=args.nps, num_parts=args.num_parts, part_id=args.part_id,
+                                  engine=args.engine)
     except (FileNotFoundError, ValueError, RuntimeError) as e:
         print(f"nnunet_mtl_predict: error: {e}", file=sys.stderr)
         return 2

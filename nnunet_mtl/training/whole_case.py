@@ -1,13 +1,14 @@
 """Whole-case validation of the heads after training, inside nnU-Net's own validation pass.
 
 nnU-Net's ``perform_actual_validation`` builds an ``nnUNetPredictor`` (by name, in its trainer
-module) and runs its sliding window once per validation case for the masks. While it runs,
-``heads_during_validation`` lets that name build our predictor instead, so the same forwards
-also give the head outputs: one sliding window per case for both, and nnU-Net's loop (export,
-DDP barriers every 20 cases, ``summary.json``) runs unchanged. The loop calls the predictor
-once per case, in the order of ``dataset_class(folder, keys).identifiers`` (the dataset it
-iterates). Should a later nnU-Net build its predictor elsewhere, no case is collected and
-``write_validation_heads`` predicts the heads in a second pass, with a warning.
+module) and runs its sliding window once per validation case for the masks. While it runs
+(and only then: the name is restored afterwards), ``heads_during_validation`` lets that name
+build our predictor instead, so the same forwards also give the head outputs: one sliding
+window per case for both, and nnU-Net's loop (export, DDP barriers every 20 cases,
+``summary.json``) runs unchanged. The loop calls the predictor once per case, in the order of
+``dataset_class(folder, keys).identifiers`` (the dataset it iterates). Should a later nnU-Net
+build its predictor elsewhere, or run a different number of sliding windows than there are
+cases, ``write_validation_heads`` predicts the heads in a second pass, with a warning.
 
 Writes ``validation/predictions.csv|json`` and ``validation/mtl_summary.json`` beside
 nnU-Net's ``summary.json``.
@@ -154,7 +155,8 @@ def _predict_separately(trainer, keys: List[str]) -> dict:
 def _aggregation_rule(trainer) -> str:
     """The rule in force (a dataset without masks uses the plain mean whatever was asked)."""
     kwargs = _predictor_kwargs(trainer)
-    return aggregation_for(trainer.dataset_json, Aggregation(kwargs["head_aggregation"], kwargs["foreground_floor"])).rule
+    requested = Aggregation(kwargs["head_aggregation"], kwargs["foreground_floor"])
+    return aggregation_for(trainer.dataset_json, requested).rule
 
 
 def _any_rank(flag: bool, trainer) -> bool:
