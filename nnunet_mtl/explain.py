@@ -29,6 +29,7 @@ from nnunetv2.inference.export_prediction import convert_predicted_logits_to_seg
 from nnunetv2.inference.sliding_window_prediction import compute_gaussian
 from torch import nn
 
+from nnunet_mtl.case_aggregation import DEFAULT_AGGREGATION, DEFAULT_FOREGROUND_FLOOR
 from nnunet_mtl.heads import resolve_stages
 from nnunet_mtl.io_utils import atomic_save_image, atomic_write_json
 from nnunet_mtl.network import unwrap
@@ -132,7 +133,9 @@ class TileCAM:
 
 
 def mirrored_cam(tile_cam: TileCAM, x: torch.Tensor, class_index: int, mirror_axes=None) -> np.ndarray:
-    """Average the tile's map over nnU-Net's mirror combinations (flipped back), like its logits."""
+    """Average the tile's map over nnU-Net's mirror combinations (flipped back), like its logits.
+    nnU-Net's own mirror loop (``_internal_maybe_mirror_and_predict``) runs in inference mode and
+    returns only logits, so it cannot carry the gradients a map needs; the combinations are the same."""
     cam = tile_cam(x, class_index)
     if not mirror_axes:
         return cam
@@ -218,7 +221,8 @@ def write_map_image(arr: np.ndarray, properties: dict, path: str) -> str:
 
 # ------------------------------------------------------------------------------ model and inputs
 def load_predictor(model_dir: str, folds=None, checkpoint: str = "checkpoint_final.pth", device: str = "cpu",
-                   use_mirroring: bool = True):
+                   use_mirroring: bool = True, aggregation: str = DEFAULT_AGGREGATION,
+                   foreground_floor: float = DEFAULT_FOREGROUND_FLOOR):
     """The inference API's predictor, after one-line checks naming the missing folder or checkpoint."""
     from nnunet_mtl import inference
     if not os.path.isdir(model_dir):
@@ -235,7 +239,8 @@ def load_predictor(model_dir: str, folds=None, checkpoint: str = "checkpoint_fin
     elif not any(os.path.isfile(os.path.join(model_dir, d, checkpoint)) for d in os.listdir(model_dir)
                  if d.startswith("fold_")):
         raise ExplainError(f"model folder {model_dir} has no fold_*/{checkpoint}")
-    return inference.load_predictor(model_dir, folds, checkpoint, device, use_mirroring=use_mirroring)
+    return inference.load_predictor(model_dir, folds, checkpoint, device, use_mirroring=use_mirroring,
+                                    aggregation=aggregation, foreground_floor=foreground_floor)
 
 
 def lookup_target(spec: TargetSpec, target: str, where: str) -> Target:
@@ -282,7 +287,8 @@ def _safe(text) -> str:
 def explain_case(model_dir: str, image_files: Sequence[str], output_prefix: str, target: str,
                  class_name=None, method: str = "gradcam", stage: Optional[int] = None, folds=None,
                  checkpoint: str = "checkpoint_final.pth", device: str = "cpu", mask_file: Optional[str] = None,
-                 top_k: int = 3, use_mirroring: bool = True, predictor=None) -> Dict[str, str]:
+                 top_k: int = 3, use_mirroring: bool = True, predictor=None, aggregation: str = DEFAULT_AGGREGATION,
+                 foreground_floor: float = DEFAULT_FOREGROUND_FLOOR) -> Dict[str, str]:
     """Explain one case's head decision; return the written paths.
 
     Writes ``{output_prefix}_{target}-{class}_{method}`` + ``_cam.nii.gz`` (map in [0, 1] with the
@@ -293,7 +299,7 @@ def explain_case(model_dir: str, image_files: Sequence[str], output_prefix: str,
     method = check_method(method)
     image_files = [image_files] if isinstance(image_files, str) else list(image_files)
     if predictor is None:
-        predictor = load_predictor(model_dir, folds, checkpoint, device, use_mirroring)
+        predictor = load_predictor(model_dir, folds, checkpoint, device, use_mirroring, aggregation, foreground_floor)
     where = str(model_dir)
     tgt = lookup_target(predictor.spec, target, where)
     stage_idx = resolve_stage(predictor.network, target, stage)
@@ -303,8 +309,8 @@ def explain_case(model_dir: str, image_files: Sequence[str], output_prefix: str,
         raise ExplainError(f"mask file {mask_file} does not exist")
     data, props = preprocess(predictor, image_files)
 
-    logits = predictor.predict_logits_from_preprocessed_data(data)  # also fills last_case_outputs
-    outputs = np.asarray(predictor.last_case_outputs[target], dtype=float)
+    logits, heads = predictor.predict_case(data, _safe(os.path.basename(output_prefix)))
+    outputs = np.asarray(heads.outputs[target], dtype=float)
     class_index = resolve_class(tgt, class_name, outputs, where)
     mask = _outline(predictor, logits, props, mask_file, image_files[0])
     mirror_axes = predictor.allowed_mirroring_axes if predictor.use_mirroring else None
@@ -324,7 +330,8 @@ def explain_case(model_dir: str, image_files: Sequence[str], output_prefix: str,
     summary = {"images": image_files, "model": str(model_dir), "target": target, "class": label,
                "class_index": class_index, "method": method, "stage": stage_idx,
                "folds": len(predictor.list_of_parameters), "raw_max": raw_max, "outputs": outputs.tolist(),
-               "slices_shown": paths.pop("slices"), "outline": "mask_file" if mask_file else "predicted segmentation"}
+               "slices_shown": paths.pop("slices"), "outline": "mask_file" if mask_file else "predicted segmentation",
+               "aggregation": heads.aggregation.rule}
     if tgt.is_classification:
         summary["probabilities"] = dict(zip(tgt.classes, outputs.tolist()))
     atomic_write_json(base + ".json", summary)

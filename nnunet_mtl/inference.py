@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Dict, List, Optional, Sequence
 
 import torch
 
+from nnunet_mtl.case_aggregation import DEFAULT_AGGREGATION, DEFAULT_FOREGROUND_FLOOR
 from nnunet_mtl.predictor import CSV_NAME, nnUNetPredictorMTL
 
 if TYPE_CHECKING:
@@ -24,8 +25,10 @@ NNUNET_NAME = re.compile(r"^(.+)_(\d{4})\.nii\.gz$")
 
 def load_predictor(model_dir: str, folds: Optional[Sequence] = None, checkpoint: str = "checkpoint_final.pth",
                    device: str = "cpu", step_size: float = 0.5, use_mirroring: bool = True,
-                   aggregation: str = "foreground_weighted", verbose: bool = False) -> nnUNetPredictorMTL:
-    """A predictor for an nnunet_mtl model folder (the folder holding plans.json and fold_X/)."""
+                   aggregation: str = DEFAULT_AGGREGATION, verbose: bool = False,
+                   foreground_floor: float = DEFAULT_FOREGROUND_FLOOR) -> nnUNetPredictorMTL:
+    """A predictor for an nnunet_mtl model folder (the folder holding plans.json and fold_X/);
+    ``aggregation`` / ``foreground_floor``: how tiles make a case (see case_aggregation)."""
     from nnunet_mtl.planning import add_trainer_path
     if not os.path.isfile(os.path.join(model_dir, "plans.json")):
         raise FileNotFoundError(f"{model_dir}: not a trained model folder (no plans.json)")
@@ -35,7 +38,8 @@ def load_predictor(model_dir: str, folds: Optional[Sequence] = None, checkpoint:
         torch.set_num_threads(max(1, os.cpu_count() or 1))
     predictor = nnUNetPredictorMTL(tile_step_size=step_size, use_gaussian=True, use_mirroring=use_mirroring,
                                    perform_everything_on_device=dev.type == "cuda", device=dev, verbose=verbose,
-                                   verbose_preprocessing=False, allow_tqdm=verbose, head_aggregation=aggregation)
+                                   verbose_preprocessing=False, allow_tqdm=verbose, head_aggregation=aggregation,
+                                   foreground_floor=foreground_floor)
     folds = None if folds is None else [f if f == "all" else int(f) for f in folds]
     predictor.initialize_from_trained_model_folder(model_dir, folds, checkpoint)
     return predictor
@@ -134,7 +138,7 @@ def classify_files(predictor: nnUNetPredictorMTL, files: Sequence[str], work_dir
         case_id, nifti = next(iter(prepare_inputs([path], work_dir, clip_percentiles).items()))
         data, _, _ = preprocessor.run_case([nifti], None, predictor.plans_manager, predictor.configuration_manager,
                                            predictor.dataset_json)
-        predictor.predict_logits_from_preprocessed_data(torch.from_numpy(data))
-        results.append({"file": path, "case_id": case_id, "outputs": predictor.last_case_outputs,
+        _, heads = predictor.predict_case(torch.from_numpy(data), case_id)
+        results.append({"file": path, "case_id": case_id, "outputs": heads.outputs,
                         "seconds": time.perf_counter() - start})
     return results

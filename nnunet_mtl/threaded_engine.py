@@ -18,15 +18,19 @@ from typing import List, Sequence
 import torch
 from nnunetv2.inference.export_prediction import export_prediction_from_logits
 
+from nnunet_mtl.case_collector import CaseHeads
+
 
 def run_cases(predictor, input_lists: Sequence[List[str]], output_files: Sequence[str],
-              save_probabilities: bool = False, export_threads: int = 2, preprocess_threads: int = 2) -> None:
-    """Predict every case (list of channel files) into its truncated output file; heads are
-    recorded by the predictor under each case id (the output file's name)."""
+              save_probabilities: bool = False, export_threads: int = 2,
+              preprocess_threads: int = 2) -> List[CaseHeads]:
+    """Predict every case (list of channel files) into its truncated output file; returns the
+    cases' head outputs, each under its case id (the output file's name)."""
     preprocessor = predictor.configuration_manager.preprocessor_class(verbose=False)
     todo = iter(zip(input_lists, output_files))
     pending_pre: deque = deque()
     pending_export: deque = deque()
+    heads: List[CaseHeads] = []
 
     def preprocess(files):
         return preprocessor.run_case(files, None, predictor.plans_manager, predictor.configuration_manager,
@@ -45,11 +49,9 @@ def run_cases(predictor, input_lists: Sequence[List[str]], output_files: Sequenc
             ofile, future = pending_pre.popleft()
             data, _, properties = future.result()
             queue_next()
-            predictor._current_case = os.path.basename(ofile)
-            try:
-                logits = predictor.predict_logits_from_preprocessed_data(torch.from_numpy(data)).cpu()
-            finally:
-                predictor._current_case = None
+            logits, case_heads = predictor.predict_case(torch.from_numpy(data), os.path.basename(ofile))
+            heads.append(case_heads)
+            logits = logits.cpu()
             pending_export.append(export_pool.submit(
                 export_prediction_from_logits, logits, properties, predictor.configuration_manager,
                 predictor.plans_manager, predictor.dataset_json, ofile, save_probabilities))
@@ -57,3 +59,4 @@ def run_cases(predictor, input_lists: Sequence[List[str]], output_files: Sequenc
                 pending_export.popleft().result()
         for f in pending_export:
             f.result()
+    return heads

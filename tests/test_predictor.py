@@ -13,7 +13,6 @@ import torch
 
 from nnunet_mtl import trainer_dir
 from nnunet_mtl.inference import load_predictor, predict_folder
-from nnunet_mtl.predictor import aggregate_tiles
 from tests.helpers import SHORT
 
 pytestmark = pytest.mark.timeout(600)
@@ -97,6 +96,21 @@ def test_parts_share_one_output_folder(trained_2d, dataset_2d, tmp_path):
     assert len(read_csv(csv_path)) == 3 and len(masks(tmp_path)) == 3
 
 
+def test_process_engine_names_every_case_like_the_threaded_one(trained_2d, dataset_2d, tmp_path):
+    """nnU-Net's own predict_from_files loop: each case's heads land in its own row."""
+    images = os.path.join(dataset_2d.raw_folder, "imagesTs")
+    predictor = load_predictor(trained_2d, folds=[0], use_mirroring=False)
+    rows = {}
+    for engine in ("threads", "processes"):
+        csv_path = predict_folder(predictor, images, str(tmp_path / engine), engine=engine,
+                                  num_processes_preprocessing=1, num_processes_export=1)
+        rows[engine] = {r["case_id"]: float(r["finding_prob_present"]) for r in read_csv(csv_path)}
+    assert len(rows["threads"]) == 3 and rows["processes"].keys() == rows["threads"].keys()
+    for case, p in rows["threads"].items():
+        assert rows["processes"][case] == pytest.approx(p, abs=1e-6)
+    assert len(set(rows["threads"].values())) == 3
+
+
 def test_case_class_uses_every_tile_not_the_last(trained_2d):
     """A lesion only in the first tile changes the case probabilities; the last tile is unchanged."""
     predictor = load_predictor(trained_2d, folds=[0], use_mirroring=False, aggregation="mean")
@@ -104,11 +118,11 @@ def test_case_class_uses_every_tile_not_the_last(trained_2d):
     base = torch.from_numpy(rng.normal(0, 0.3, (1, 1, 64, 192)).astype(np.float32))
     lesion = base.clone()
     lesion[..., 16:48, 8:40] += 3.0  # inside the first tile only (tiles start at x = 0, 64, 128)
-    out_base = predictor.predict_case_targets(base)["finding"]
-    tiles_base = [t["finding"] for _, t in predictor._tiles]
-    out_lesion = predictor.predict_case_targets(lesion)["finding"]
-    tiles_lesion = [t["finding"] for _, t in predictor._tiles]
-    assert len(tiles_base) >= 3
+    _, heads_base = predictor.predict_case(base)
+    _, heads_lesion = predictor.predict_case(lesion)
+    out_base, out_lesion = heads_base.outputs["finding"], heads_lesion.outputs["finding"]
+    tiles_base, tiles_lesion = heads_base.folds[0].outputs["finding"], heads_lesion.folds[0].outputs["finding"]
+    assert len(heads_base.folds) == 1 and len(tiles_base) >= 3
     assert np.allclose(tiles_base[-1], tiles_lesion[-1], atol=1e-6), "the last tile does not see the lesion"
     assert np.abs(tiles_base[0] - tiles_lesion[0]).max() > 1e-6, "the first tile sees the lesion"
     # the case output moves by exactly the mean of the per-tile changes: every tile counts
@@ -118,13 +132,27 @@ def test_case_class_uses_every_tile_not_the_last(trained_2d):
     assert out_base.sum() == pytest.approx(1.0, abs=1e-5)
 
 
-def test_aggregation_rules():
-    tiles = [(0.0, {"t": np.array([1.0, 0.0])}), (0.9, {"t": np.array([0.0, 1.0])}),
-             (0.1, {"t": np.array([0.5, 0.5])})]
-    assert np.allclose(aggregate_tiles(tiles, "mean")["t"], [0.5, 0.5])
-    assert np.allclose(aggregate_tiles(tiles, "foreground_weighted")["t"], [0.05, 0.95])
-    no_fg = [(0.0, t) for _, t in tiles]
-    assert np.allclose(aggregate_tiles(no_fg, "foreground_weighted")["t"], [0.5, 0.5])
+def test_heads_come_from_the_same_forwards_as_the_stock_logits(trained_2d):
+    """nnU-Net's mirror loop runs unchanged: logits equal a stock predictor's on the same weights, and
+    every tile's head outputs are the mean over its mirror passes."""
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+    ours = load_predictor(trained_2d, folds=[0])
+    stock = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=True, device=torch.device("cpu"),
+                            perform_everything_on_device=False, allow_tqdm=False)
+    stock.initialize_from_trained_model_folder(trained_2d, (0,), "checkpoint_final.pth")
+    data = torch.from_numpy(np.random.default_rng(1).normal(0, 1, (1, 1, 64, 150)).astype(np.float32))
+    logits, heads = ours.predict_case(data, "x")
+    assert torch.equal(logits, stock.predict_logits_from_preprocessed_data(data))
+    assert ours.predict_logits_from_preprocessed_data(data).equal(logits), "outside a case: stock behaviour"
+    fold = heads.folds[0]
+    n_tiles = len(ours._internal_get_sliding_window_slicers((1, 64, 150)))
+    assert len(fold.foreground) == n_tiles and fold.outputs["finding"].shape == (n_tiles, 2)
+    net = ours.network
+    tile = data[:, 0, :, :64][None]  # the first tile (2D slicers pick the slice); mirror axes (0, 1): four passes
+    with torch.inference_mode():
+        passes = [net(torch.flip(tile, a) if a else tile, with_heads=True)[1] for a in ((), (2,), (3,), (2, 3))]
+        mean = torch.stack([net.outputs_to_predictions(p)["finding"][0] for p in passes]).mean(0)
+    assert np.allclose(fold.outputs["finding"][0], mean.numpy(), atol=1e-5)
 
 
 def test_quick_classify_prints_one_line_per_file(trained_2d, tmp_path):
@@ -134,7 +162,8 @@ def test_quick_classify_prints_one_line_per_file(trained_2d, tmp_path):
         arr = (np.random.default_rng(i).random((64, 64)) * 255).astype(np.uint8)
         files.append(str(tmp_path / f"img{i}.png"))
         Image.fromarray(arr).save(files[-1])
-    proc = run([sys.executable, "-m", "nnunet_mtl.cli.classify", trained_2d, *files, "-f", "0"])
+    proc = run([sys.executable, "-m", "nnunet_mtl.cli.classify", trained_2d, *files, "-f", "0",
+                "--aggregation", "floored"])
     lines = [l for l in proc.stdout.splitlines() if l.startswith(str(tmp_path))]
     assert len(lines) == 2
     for line, f in zip(lines, files):

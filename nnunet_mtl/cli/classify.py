@@ -3,6 +3,8 @@ import argparse
 import sys
 import tempfile
 
+from nnunet_mtl.cli.aggregation_args import add_aggregation_arguments
+
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__)
@@ -13,11 +15,13 @@ def main(argv=None) -> int:
     p.add_argument("-chk", "--checkpoint", default="checkpoint_final.pth")
     p.add_argument("-device", "--device", default="cpu", choices=["cuda", "cpu", "mps"])
     p.add_argument("--disable_tta", action="store_true")
+    add_aggregation_arguments(p)
     args = p.parse_args(argv)
     from nnunet_mtl.inference import classify_files, load_predictor
     try:
         predictor = load_predictor(args.model, args.folds, args.checkpoint, args.device,
-                                   use_mirroring=not args.disable_tta)
+                                   use_mirroring=not args.disable_tta, aggregation=args.aggregation,
+                                   foreground_floor=args.foreground_floor)
         spec = predictor.spec
         targets = spec.classification_targets
         if not targets:

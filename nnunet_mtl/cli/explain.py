@@ -7,6 +7,7 @@ import argparse
 import os
 import sys
 
+from nnunet_mtl.cli.aggregation_args import add_aggregation_arguments
 from nnunet_mtl.file_names import case_name
 
 
@@ -29,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-chk", "--checkpoint", default="checkpoint_final.pth")
     p.add_argument("-device", "--device", default="cpu", choices=["cuda", "cpu", "mps"])
     p.add_argument("--disable_tta", action="store_true", help="no mirroring, for the prediction and the map")
+    add_aggregation_arguments(p)
     return p
 
 
@@ -39,7 +41,8 @@ def main(argv=None) -> int:
         paths = explain_case(args.model, args.input, os.path.join(args.output, case_name(args.input[0])),
                              args.target, class_name=args.class_name, method=args.method, stage=args.stage,
                              folds=args.folds, checkpoint=args.checkpoint, device=args.device, mask_file=args.mask,
-                             top_k=args.top_k, use_mirroring=not args.disable_tta)
+                             top_k=args.top_k, use_mirroring=not args.disable_tta,
+                             aggregation=args.aggregation, foreground_floor=args.foreground_floor)
     except (ExplainError, FileNotFoundError) as e:
         print(f"nnunet_mtl_explain: error: {e}", file=sys.stderr)
         return 2

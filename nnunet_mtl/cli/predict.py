@@ -2,6 +2,8 @@
 import argparse
 import sys
 
+from nnunet_mtl.cli.aggregation_args import add_aggregation_arguments
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__)
@@ -13,8 +15,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-chk", "--checkpoint", default="checkpoint_final.pth")
     p.add_argument("-step_size", "--step_size", type=float, default=0.5, help="sliding-window step (default 0.5)")
     p.add_argument("--disable_tta", action="store_true", help="no mirroring at test time (slower nets, lower accuracy)")
-    p.add_argument("--aggregation", default="foreground_weighted", choices=["foreground_weighted", "mean"],
-                   help="how tile head outputs combine into the case prediction")
+    add_aggregation_arguments(p)
     p.add_argument("-device", "--device", default="cuda" if _cuda() else "cpu", choices=["cuda", "cpu", "mps"])
     p.add_argument("-npp", type=int, default=2, help="processes for preprocessing")
     p.add_argument("-nps", type=int, default=2, help="processes for resampling/export")
@@ -38,10 +39,11 @@ def main(argv=None) -> int:
     from nnunet_mtl.inference import load_predictor, predict_folder
     try:
         predictor = load_predictor(args.model, args.folds, args.checkpoint, args.device, args.step_size,
-                                   not args.disable_tta, args.aggregation, args.verbose)
+                                   not args.disable_tta, args.aggregation, args.verbose, args.foreground_floor)
         csv_path = predict_folder(predictor, args.input, args.output, overwrite=args.overwrite,
                                   save_probabilities=args.save_probabilities, num_processes_preprocessing=args.npp,
-                                  num_processes_export=args.nps, num_parts=args.num_parts, part_id=args.part_id, engine=args.engine)
+                                  num_processes_export=args.nps, num_parts=args.num_parts, part_id=args.part_id,
+                                  engine=args.engine)
     except (FileNotFoundError, ValueError, RuntimeError) as e:
         print(f"nnunet_mtl_predict: error: {e}", file=sys.stderr)
         return 2

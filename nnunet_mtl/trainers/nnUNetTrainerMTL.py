@@ -37,7 +37,7 @@ from nnunet_mtl.training import selection
 from nnunet_mtl.training.head_metrics import patch_head_metrics, patch_predictions
 from nnunet_mtl.training.step_helpers import (class_weights_for_split, gathered_mean, per_target_losses,
                                               store_regression_stats, to_device, zero_with_graph)
-from nnunet_mtl.training.whole_case import validate_heads_on_whole_cases
+from nnunet_mtl.training.whole_case import heads_during_validation, write_validation_heads
 
 
 class nnUNetTrainerMTL(nnUNetTrainer):
@@ -229,12 +229,8 @@ class nnUNetTrainerMTL(nnUNetTrainer):
 
     # ------------------------------------------------------------------ whole-case validation
     def perform_actual_validation(self, save_probabilities: bool = False):
-        super().perform_actual_validation(save_probabilities)
-        self.set_deep_supervision_enabled(False)
-        try:
-            _, val_keys = self.do_split()
-            summary = validate_heads_on_whole_cases(self, val_keys)
-        finally:
-            self.set_deep_supervision_enabled(True)
+        with heads_during_validation(self) as heads:  # one sliding window per case gives masks and heads
+            super().perform_actual_validation(save_probabilities)
+        summary = write_validation_heads(self, heads)
         if summary is not None:
             self.print_to_log_file(f"Whole-case head validation: {summary['headline']}", also_print_to_console=True)
