@@ -22,11 +22,36 @@ def tiny_unet(dim=2, residual=False, ds=True):
 
 
 def test_class_weights_inverse_frequency_hand_count():
-    w = inverse_frequency_weights([6, 3, 1], smoothing=1.0)
+    counts = np.array([6, 3, 1])
+    w = inverse_frequency_weights(counts, smoothing=1.0)
     raw = np.array([1 / 7, 1 / 4, 1 / 2])
-    assert np.allclose(w, raw / raw.mean())
+    assert np.allclose(w, raw / ((counts * raw).sum() / counts.sum()))
+    assert (counts * w).sum() / counts.sum() == pytest.approx(1.0), "mean weight over the samples is 1"
     assert w[2] > w[1] > w[0]
-    assert np.allclose(inverse_frequency_weights([4, 1], smoothing=0, power=0.5), np.array([.5, 1]) / .75)
+    w2 = inverse_frequency_weights([4, 1], smoothing=0, power=0.5)
+    assert np.allclose(w2, np.array([.5, 1]) / ((4 * .5 + 1) / 5))
+    assert np.allclose(inverse_frequency_weights([5, 5], power=0.0), [1, 1])
+    assert np.allclose(inverse_frequency_weights([0, 0]), [1, 1])
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_class_weights_act_on_single_class_batches(batch):
+    """A batch whose samples share a class must still feel the weights: the gradient a minority batch
+    produces, relative to a majority one with the same logits, is the ratio of the class weights."""
+    spec = TargetSpec((Target("finding", "classification", classes=("absent", "present")),))
+    weights = inverse_frequency_weights([90, 10], smoothing=0.0)
+    loss_fn = HeadLoss(spec, {"finding": weights})
+
+    def grad_norm(label):
+        logits = torch.zeros(batch, 2, requires_grad=True)
+        loss_fn({"finding": logits}, {"finding": torch.full((batch,), label)})[0].backward()
+        return logits.grad.abs().sum()
+
+    ratio = grad_norm(1) / grad_norm(0)
+    assert float(ratio) == pytest.approx(weights[1] / weights[0], rel=1e-5)
+    assert weights[1] / weights[0] == pytest.approx(9.0)
+    # the loss is a mean over labelled samples: doubling the batch does not double the gradient per sample
+    assert float(grad_norm(0)) == pytest.approx(float(weights[0]) * 1.0, rel=1e-5)
 
 
 def test_schedule_segmentation_first_then_ramp():
