@@ -173,3 +173,21 @@ def test_short_budget_variants_are_found_by_name_and_knobs_still_win(dataset_2d)
         t = get_trainer_from_args(str(dataset_2d.id), "2d", 0, "nnUNetTrainerMTL_5epochs", dataset_2d.plans,
                                   device=torch.device("cpu"))
     assert t.num_epochs == 3
+
+
+def test_mask_pooling_variant_trains_validates_and_predicts_whole_cases(dataset_2d):
+    trainer = make_trainer(dataset_2d, "nnUNetTrainerMTLMaskPooling", fold=4)
+    head = trainer.network.heads["finding"]
+    assert type(head).__name__ == "MaskPooledHead"
+    assert head.fc.in_features == 2 * trainer.network.encoder.output_channels[-1]
+    calls = []
+    hook = trainer.network.encoder.register_forward_hook(lambda *a: calls.append(1))
+    trainer.train_step(next(trainer.dataloader_train))
+    hook.remove()
+    assert len(calls) == 1
+    folder = train(dataset_2d, "nnUNetTrainerMTLMaskPooling", 4, num_epochs=1, num_iterations_per_epoch=2,
+                   num_val_iterations_per_epoch=1)
+    rows = open(os.path.join(folder, "fold_4", "validation", "predictions.csv")).read().splitlines()
+    assert len(rows) > 1
+    for r in rows[1:]:
+        assert abs(sum(float(v) for v in r.split(",")[2:]) - 1) < 1e-5
