@@ -78,6 +78,8 @@ def test_final_weights_rule():
     assert selection.final_weights(state, 3, None, None)[0] is None      # never a finite score: keep the last
     _epoch(state, 0, 0.9, 0.9)
     _epoch(state, 1, 0.1, 0.1)
+    assert selection.final_weights(state, 1, {"w": 1}, None)[0] is None  # budget reached: nnU-Net's last epoch
+    state["stopped_early"] = True
     weights, message = selection.final_weights(state, 1, {"w": 1}, None)
     assert weights == {"w": 1} and "best epoch 0" in message
     assert selection.final_weights(state, 0, {"w": 1}, None)[0] is None  # the last epoch was the best

@@ -4,10 +4,13 @@ The state (best score, epochs since best, per-epoch history, whether the fold is
 beside each checkpoint as ``<checkpoint>_mtl.json`` so nnU-Net's continue-training resumes it
 exactly, and a finished fold (budget reached or stopped early) is not trained again.
 
-The model users get is the model that was selected: at the end of training (early stop or the
-last epoch) ``checkpoint_final.pth`` receives the weights of the best combined score
-(``final_weights``); the log and the state say which epoch they come from. A NaN score is never
-the best.
+The model users get is the model that was selected (``final_weights``): after early stopping,
+``checkpoint_final.pth`` receives the weights of the best combined score, not those of the
+``patience`` epochs that followed it. When the budget runs out first, the best epoch lies within the
+patience window of the last one, and ``checkpoint_final.pth`` keeps nnU-Net's convention (the last
+epoch, trained to the end of the learning-rate decay); ``checkpoint_best.pth`` is always there too.
+The log and the state (``final_weights_epoch``) say which epoch the final weights come from. A NaN
+score is never the best.
 """
 import math
 import os
@@ -55,6 +58,9 @@ def final_weights(state: dict, last_epoch: int, best_weights: Optional[dict], be
     """(state dict or None, message): the weights checkpoint_final should hold. None keeps the current
     (last-epoch) weights: no finite score was ever seen, or the last epoch was the best."""
     best = state.get("best_epoch")
+    if not state.get("stopped_early"):
+        return None, (f"budget reached: final weights are the last epoch's ({last_epoch}; best combined score at "
+                      f"epoch {best}, within the patience window)")
     if best is None:
         return None, f"no finite selection score in {last_epoch + 1} epochs: final weights are the last epoch's"
     if best == last_epoch:
