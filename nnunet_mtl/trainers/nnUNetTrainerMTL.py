@@ -89,7 +89,8 @@ class nnUNetTrainerMTL(nnUNetTrainer):
         lr, head_lr = resolve_lrs(self.optimizer_name, self.initial_lr, self.head_lr)
         self.print_to_log_file(f"Optimizer: {self.optimizer_name}, lr {lr:g} (U-Net), {head_lr:g} (heads), "
                                f"weight decay {self.weight_decay:g}, poly decay over {self.num_epochs} epochs")
-        return build_optimizer(unwrap(self.network), self.optimizer_name, lr, head_lr, self.weight_decay, self.num_epochs)
+        return build_optimizer(unwrap(self.network), self.optimizer_name, lr, head_lr, self.weight_decay,
+                               self.num_epochs)
 
     @property
     def schedule_lengths(self) -> dict:
@@ -213,7 +214,8 @@ class nnUNetTrainerMTL(nnUNetTrainer):
         self._best_ema = float('inf')  # stock selection is by pseudo Dice only; ours is the combined score
         if self.mtl_state["epochs_since_best"] == 0:
             self.print_to_log_file(f"New best combined score: {score:.4f}")
-            self._best_weights = {k: v.detach().to('cpu', copy=True) for k, v in unwrap(self.network).state_dict().items()}
+            self._best_weights = {k: v.detach().to('cpu', copy=True)
+                                  for k, v in unwrap(self.network).state_dict().items()}
             self.save_checkpoint(os.path.join(self.output_folder, 'checkpoint_best.pth'))
         super().on_epoch_end()
         if self.local_rank == 0:
@@ -227,9 +229,10 @@ class nnUNetTrainerMTL(nnUNetTrainer):
 
     def run_training(self):
         if self.mtl_state.get("finished"):  # continuing a finished fold (--c): nothing left to train
-            self.print_to_log_file(f"This fold is finished ({'stopped early' if self.mtl_state.get('stopped_early') else 'budget reached'}"
-                                   f", final weights from epoch {self.mtl_state.get('final_weights_epoch')}); "
-                                   f"nothing to train. Start a new training to train again.", also_print_to_console=True)
+            how = "stopped early" if self.mtl_state.get("stopped_early") else "budget reached"
+            self.print_to_log_file(f"This fold is finished ({how}, final weights from epoch "
+                                   f"{self.mtl_state.get('final_weights_epoch')}); nothing to train. Start a new "
+                                   f"training (without --c) to train again.", also_print_to_console=True)
             self.on_train_start()
             self.on_train_end()
             return
