@@ -121,26 +121,20 @@ def ensure_model(ds: BenchDataset, trainer: str, fold: int, iterations: int, dev
     validation): enough for timing inference, which does not depend on the weights' quality."""
     import torch
     from nnunetv2.run.run_training import get_trainer_from_args, maybe_load_checkpoint
-    from nnunet_mtl.overrides import ENV_VAR, encode_overrides
+    from contextlib import nullcontext
+    from nnunet_mtl.knobs import knob_overrides
     folder = ds.model_folder(trainer)
     if os.path.isfile(os.path.join(folder, f"fold_{fold}", "checkpoint_final.pth")):
         print(f"[setup] reusing trained model {folder}", flush=True)
         return folder
-    old = os.environ.get(ENV_VAR)
     knobs = dict(num_epochs=1, num_iterations_per_epoch=iterations, num_val_iterations_per_epoch=1)
-    if trainer.startswith("nnUNetTrainerMTL"):
-        os.environ[ENV_VAR] = encode_overrides(**knobs, warmup_epochs=1, ramp_epochs=1)
-    try:
+    ours = trainer.startswith("nnUNetTrainerMTL")
+    with knob_overrides(**knobs, warmup_epochs=1, ramp_epochs=1) if ours else nullcontext():
         t = get_trainer_from_args(str(ds.id), ds.configuration, fold, trainer, ds.plans, device=torch.device(device))
-        if not trainer.startswith("nnUNetTrainerMTL"):
+        if not ours:
             t.num_epochs, t.num_iterations_per_epoch, t.num_val_iterations_per_epoch = 1, iterations, 1
         maybe_load_checkpoint(t, False, False, None)
         t.run_training()
-    finally:
-        if old is None:
-            os.environ.pop(ENV_VAR, None)
-        else:
-            os.environ[ENV_VAR] = old
     print(f"[setup] trained {trainer} for {iterations} iterations -> {folder}", flush=True)
     return folder
 
@@ -192,16 +186,6 @@ def describe(ds: BenchDataset) -> str:
 
 
 # ------------------------------------------------------------------ arms trained in-process (accuracy.py)
-def overrides_api():
-    """(ENV_VAR, encode_overrides) of the trainer-knob module: nnunet_mtl.knobs where it exists, else
-    nnunet_mtl.overrides (the module may be renamed; the benchmark runs against either)."""
-    try:
-        from nnunet_mtl import knobs as module
-    except ImportError:
-        from nnunet_mtl import overrides as module
-    return module.ENV_VAR, module.encode_overrides
-
-
 def trainer_problem(name: str) -> Optional[str]:
     """None when nnU-Net finds trainer ``name`` (its own tree, then nnUNet_extTrainer), else why not."""
     import contextlib
@@ -219,9 +203,9 @@ def trainer_problem(name: str) -> Optional[str]:
 
 def knobs_problem(knobs: dict) -> Optional[str]:
     """None when every knob is known to this checkout's trainers, else the error message."""
-    _, encode = overrides_api()
+    from nnunet_mtl.knobs import encode_overrides
     try:
-        encode(**knobs)
+        encode_overrides(**knobs)
     except ValueError as e:
         return str(e)
     return None
@@ -239,21 +223,14 @@ def train_in_process(dataset_id: int, configuration: str, plans: str, trainer: s
     import time
     import torch
     from nnunetv2.run.run_training import get_trainer_from_args, maybe_load_checkpoint
-    env_var, encode = overrides_api()
-    old = os.environ.get(env_var)
-    os.environ[env_var] = encode(**budget, **knobs)
+    from nnunet_mtl.knobs import knob_overrides
     start = time.perf_counter()
-    try:
+    with knob_overrides(**budget, **knobs):
         t = get_trainer_from_args(str(dataset_id), configuration, fold, trainer, plans, device=torch.device(device))
         for name, value in budget.items():
             setattr(t, name, value)
         maybe_load_checkpoint(t, False, False, None)
         t.run_training()
-    finally:
-        if old is None:
-            os.environ.pop(env_var, None)
-        else:
-            os.environ[env_var] = old
     return time.perf_counter() - start
 
 

@@ -49,10 +49,10 @@ def mirror_axes_from_log(output_folder: str) -> str:
 
 def train_and_score(dataset_id: int, plans: str, trainer: str, knobs: dict) -> dict:
     from nnunetv2.run.run_training import run_training
-    from nnunet_mtl.overrides import ENV_VAR, encode_overrides
-    os.environ[ENV_VAR] = encode_overrides(**knobs)
+    from nnunet_mtl.knobs import knob_overrides
     start = time.time()
-    run_training(str(dataset_id), "2d", 0, trainer, plans, device=torch.device("cpu"))
+    with knob_overrides(**knobs):
+        run_training(str(dataset_id), "2d", 0, trainer, plans, device=torch.device("cpu"))
     seconds = time.time() - start
     from nnunetv2.paths import nnUNet_results
     from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name

@@ -2,7 +2,8 @@
 
 Enough to show every step on a CPU in minutes; the numbers say nothing about real data."""
 
-DEMO_BUDGET = dict(num_epochs=20, num_iterations_per_epoch=16, num_val_iterations_per_epoch=3, warmup_epochs=3,
-                   ramp_epochs=5, initial_lr=3e-3)
+from nnunet_mtl.knobs import BUDGETS
+
+DEMO_BUDGET = BUDGETS["demo"]
 DEMO_SHRINK = {"3d": dict(max_features=24, batch_size=2, n_stages=4, patch_size=(16, 32, 32)),
                "2d": dict(max_features=32, batch_size=4, n_stages=5)}

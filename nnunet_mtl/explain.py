@@ -57,7 +57,8 @@ class ExplainError(ValueError):
 # ------------------------------------------------------------------------------ one tile
 class HeadLogits(nn.Module):
     """Input tile -> one head's raw outputs: the classifier-shaped model pytorch_grad_cam expects.
-    Runs only encoder + head (the decoder plays no part in the head's decision)."""
+    Runs encoder + head; the decoder too for heads that pool with the predicted mask (its
+    foreground is detached inside the head, so the map still explains the encoder features)."""
 
     def __init__(self, network: nn.Module, target: str):
         super().__init__()
@@ -65,7 +66,12 @@ class HeadLogits(nn.Module):
         self.target = target
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.network.heads[self.target](self.network.encoder(x))
+        net, head = self.network, self.network.heads[self.target]
+        skips = net.encoder(x)
+        if not head.reads_segmentation:
+            return head(skips)
+        seg = net.decoder(skips)
+        return head(skips, seg[0] if isinstance(seg, (list, tuple)) else seg)
 
 
 def check_method(method: str) -> str:

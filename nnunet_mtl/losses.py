@@ -1,12 +1,17 @@
 """Losses for the image-level heads and the seg/head weight schedule.
 
 * ``inverse_frequency_weights``: class weights from the training split's counts,
-  w_c proportional to (1 / (n_c + s)) ** p, normalised to mean 1 over classes.
+  w_c proportional to (1 / (n_c + s)) ** p, normalised so that their mean over the training
+  split's *samples* is 1 (sum_c n_c w_c / N = 1): an average sample keeps weight 1.
 * ``HeadWeightSchedule``: a pure function of the epoch. Segmentation first (default
   0.9 seg / 0.1 heads for 20 epochs), then a linear ramp to balance (0.5 / 0.5). The heads
   always get gradient when their weight is above zero: nothing is detached.
 * ``HeadLoss``: per-target CE (classification) or smooth L1 on standardised values
-  (regression); a sample whose value is missing contributes nothing to that target.
+  (regression); a sample whose value is missing contributes nothing to that target. Each
+  labelled sample's CE is multiplied by its class weight and the sum divided by the number of
+  labelled samples, so weighting acts at any batch size. (``F.cross_entropy(weight=w)`` with
+  mean reduction divides by the sum of the batch's weights instead: a batch whose samples share
+  a class, e.g. batch size 1 or one sample per DDP rank, gets the unweighted gradient.)
 """
 from __future__ import annotations
 
@@ -24,11 +29,13 @@ IGNORE_INDEX = -1
 
 
 def inverse_frequency_weights(counts: Sequence[int], smoothing: float = 1.0, power: float = 1.0) -> np.ndarray:
+    """w_c ~ (1 / (n_c + smoothing)) ** power, scaled so the mean weight over the counted samples is 1."""
     counts = np.asarray(counts, dtype=np.float64)
     if smoothing <= 0 and np.any(counts == 0):
         raise ValueError(f"class counts {counts.tolist()} contain a zero: use a smoothing > 0")
     w = (1.0 / (counts + smoothing)) ** power
-    return w / w.mean()
+    n = counts.sum()
+    return w / ((counts * w).sum() / n) if n > 0 else np.ones_like(w)
 
 
 @dataclass(frozen=True)
@@ -78,7 +85,9 @@ class HeadLoss(nn.Module):
                 present = y != IGNORE_INDEX
                 if not bool(present.any()) or t.weight == 0:
                     continue
-                loss = F.cross_entropy(out[present], y[present].long(), weight=getattr(self, f"cw_{t.name}"))
+                labels = y[present].long()
+                per_sample = F.cross_entropy(out[present], labels, reduction="none")
+                loss = (per_sample * getattr(self, f"cw_{t.name}")[labels]).sum() / labels.numel()
             else:
                 present = torch.isfinite(y)
                 if not bool(present.any()) or t.weight == 0:

@@ -9,22 +9,24 @@ nnU-Net model (stock weights load with strict=False) and nnU-Net's
 """
 from __future__ import annotations
 
-from typing import Dict
+from typing import Dict, Optional, Type
 
 import torch
 from torch import nn
 
-from nnunet_mtl.heads import build_heads
+from nnunet_mtl.heads import Head, PooledHead, build_heads
 from nnunet_mtl.targets import TargetSpec
 
 
 class MTLNetwork(nn.Module):
-    def __init__(self, unet: nn.Module, spec: TargetSpec, head_stages=(-1,), head_dropout: float = 0.2):
+    def __init__(self, unet: nn.Module, spec: TargetSpec, head_stages=(-1,), head_dropout: float = 0.2,
+                 head_class: Optional[Type[Head]] = None, seg_activation: str = "softmax"):
         super().__init__()
         self.encoder = unet.encoder
         self.decoder = unet.decoder
         self.spec = spec
-        self.heads = build_heads(spec, list(self.encoder.output_channels), head_stages, head_dropout)
+        self.heads = build_heads(spec, list(self.encoder.output_channels), head_stages, head_dropout,
+                                 head_class or PooledHead, seg_activation)
         self.capture_heads = False          # when True, a plain forward also stores head outputs
         self.last_head_outputs = None
 
@@ -32,14 +34,18 @@ class MTLNetwork(nn.Module):
         skips = self.encoder(x)
         seg = self.decoder(skips)
         if with_heads or self.capture_heads:
-            heads = self.run_heads(skips)
+            heads = self.run_heads(skips, seg)
             if with_heads:
                 return seg, heads
             self.last_head_outputs = heads
         return seg
 
-    def run_heads(self, skips) -> Dict[str, torch.Tensor]:
-        return {name: head(skips) for name, head in self.heads.items()}
+    def run_heads(self, skips, seg=None) -> Dict[str, torch.Tensor]:
+        """Every head on this pass's skips; heads that read the segmentation get its highest-resolution
+        logits (the first deep-supervision output)."""
+        seg_hi = seg[0] if isinstance(seg, (list, tuple)) else seg
+        return {name: head(skips, seg_hi) if head.reads_segmentation else head(skips)
+                for name, head in self.heads.items()}
 
     def outputs_to_predictions(self, raw: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
         """Raw head outputs -> probabilities (classification) / original units (regression)."""

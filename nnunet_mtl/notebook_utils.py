@@ -21,6 +21,7 @@ import numpy as np
 
 from nnunet_mtl import prediction_table
 from nnunet_mtl.dataset_spec import DatasetSpec, targets_from_plans
+from nnunet_mtl.knobs import BUDGETS
 from nnunet_mtl.file_names import CHANNEL_DIGITS, channel_file
 
 BASE_DIR_ENV = "NNUNET_MTL_NOTEBOOK_BASE_DIR"
@@ -31,8 +32,7 @@ BUDGET_ENV = "NNUNET_MTL_NOTEBOOK_BUDGET"
 TINY_BUDGET = {
     "n_cases": 10, "n_test": 2, "planner": "plain", "n_bootstrap": 20,
     "shrink": dict(max_features=16, batch_size=2, n_stages=4),
-    "train": dict(num_epochs=2, num_iterations_per_epoch=3, num_val_iterations_per_epoch=1, warmup_epochs=1,
-                  ramp_epochs=1, initial_lr=3e-3),
+    "train": dict(BUDGETS["tiny"]),
 }
 
 

@@ -17,7 +17,7 @@ from typing import List, Optional, Sequence
 
 from nnunet_mtl.dataset_spec import DatasetSpec, targets_from_plans
 from nnunet_mtl.io_utils import atomic_write_json, read_json
-from nnunet_mtl.overrides import ENV_VAR, encode_overrides
+from nnunet_mtl.knobs import knob_overrides
 from nnunet_mtl.planning import plan_and_preprocess, plans_identifier, use_base_dir
 
 STATE_FILE = "nnunet_mtl_pipeline.json"
@@ -159,11 +159,8 @@ def train(base_dir: str, folds: Optional[Sequence] = None, device: str = "cuda",
 
 
 def _train_fold(state: PipelineState, fold, device: str, num_gpus: int, resume: bool, knobs: dict) -> None:
-    env_value = encode_overrides(**knobs)
-    old = os.environ.get(ENV_VAR)
-    os.environ[ENV_VAR] = env_value
-    try:
-        if num_gpus > 1:  # nnU-Net's own DDP launcher, in a child process
+    with knob_overrides(**knobs):
+        if num_gpus > 1:  # nnU-Net's own DDP launcher, in a child process (inherits the overrides)
             cmd = [sys.executable, "-m", "nnunetv2.run.run_training", str(state.dataset_id), state.configuration,
                    str(fold), "-tr", state.trainer, "-p", state.plans, "-num_gpus", str(num_gpus)]
             if resume:
@@ -174,11 +171,6 @@ def _train_fold(state: PipelineState, fold, device: str, num_gpus: int, resume: 
         from nnunetv2.run.run_training import run_training
         run_training(str(state.dataset_id), state.configuration, fold, state.trainer, state.plans,
                      continue_training=resume, device=torch.device(device))
-    finally:
-        if old is None:
-            os.environ.pop(ENV_VAR, None)
-        else:
-            os.environ[ENV_VAR] = old
 
 
 # --------------------------------------------------------------------------------------------- infer

@@ -1,12 +1,11 @@
 """Test helpers: build, plan, preprocess and train tiny synthetic datasets through nnU-Net itself."""
 import json
 import os
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 
-from nnunet_mtl.overrides import ENV_VAR, encode_overrides
+from nnunet_mtl.knobs import knob_overrides
 from nnunet_mtl.planning import plan_and_preprocess
 from nnunet_mtl.synthetic import write_synthetic_raw
 
@@ -45,17 +44,9 @@ def prepare_dataset(paths, dataset_id, kind, planner, n, n_test=0, **synthetic_k
                        os.path.join(paths["nnUNet_preprocessed"], name), paths["nnUNet_results"])
 
 
-@contextmanager
 def overrides(**knobs):
-    old = os.environ.get(ENV_VAR)
-    os.environ[ENV_VAR] = encode_overrides(**{**SHORT, **knobs})
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop(ENV_VAR, None)
-        else:
-            os.environ[ENV_VAR] = old
+    """The short test budget plus these knobs, for the block (trainers read them in __init__)."""
+    return knob_overrides(**{**SHORT, **knobs})
 
 
 def train(ds: TinyDataset, trainer: str, fold, continue_training=False, validate=True, **knobs) -> str:

@@ -22,11 +22,36 @@ def tiny_unet(dim=2, residual=False, ds=True):
 
 
 def test_class_weights_inverse_frequency_hand_count():
-    w = inverse_frequency_weights([6, 3, 1], smoothing=1.0)
+    counts = np.array([6, 3, 1])
+    w = inverse_frequency_weights(counts, smoothing=1.0)
     raw = np.array([1 / 7, 1 / 4, 1 / 2])
-    assert np.allclose(w, raw / raw.mean())
+    assert np.allclose(w, raw / ((counts * raw).sum() / counts.sum()))
+    assert (counts * w).sum() / counts.sum() == pytest.approx(1.0), "mean weight over the samples is 1"
     assert w[2] > w[1] > w[0]
-    assert np.allclose(inverse_frequency_weights([4, 1], smoothing=0, power=0.5), np.array([.5, 1]) / .75)
+    w2 = inverse_frequency_weights([4, 1], smoothing=0, power=0.5)
+    assert np.allclose(w2, np.array([.5, 1]) / ((4 * .5 + 1) / 5))
+    assert np.allclose(inverse_frequency_weights([5, 5], power=0.0), [1, 1])
+    assert np.allclose(inverse_frequency_weights([0, 0]), [1, 1])
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_class_weights_act_on_single_class_batches(batch):
+    """A batch whose samples share a class must still feel the weights: the gradient a minority batch
+    produces, relative to a majority one with the same logits, is the ratio of the class weights."""
+    spec = TargetSpec((Target("finding", "classification", classes=("absent", "present")),))
+    weights = inverse_frequency_weights([90, 10], smoothing=0.0)
+    loss_fn = HeadLoss(spec, {"finding": weights})
+
+    def grad_norm(label):
+        logits = torch.zeros(batch, 2, requires_grad=True)
+        loss_fn({"finding": logits}, {"finding": torch.full((batch,), label)})[0].backward()
+        return logits.grad.abs().sum()
+
+    ratio = grad_norm(1) / grad_norm(0)
+    assert float(ratio) == pytest.approx(weights[1] / weights[0], rel=1e-5)
+    assert weights[1] / weights[0] == pytest.approx(9.0)
+    # the loss is a mean over labelled samples: doubling the batch does not double the gradient per sample
+    assert float(grad_norm(0)) == pytest.approx(float(weights[0]) * 1.0, rel=1e-5)
 
 
 def test_schedule_segmentation_first_then_ramp():
@@ -88,3 +113,58 @@ def test_class_weights_change_the_loss():
     plain = HeadLoss(SPEC)(raw, y)[0]
     weighted = HeadLoss(SPEC, {"subtype": [0.1, 1.0, 10.0]})(raw, y)[0]
     assert weighted > plain  # the misclassified rare class counts more
+
+
+@pytest.mark.parametrize("dim,residual,ds", [(2, False, True), (3, True, True), (2, False, False)])
+def test_mask_pooled_heads_keep_the_contract(dim, residual, ds):
+    from nnunet_mtl.heads import MaskPooledHead
+    unet = tiny_unet(dim, residual, ds)
+    stock_keys = set(unet.state_dict())
+    net = MTLNetwork(unet, SPEC, head_stages=(0, -1), head_class=MaskPooledHead)
+    assert stock_keys <= set(net.state_dict())
+    assert net.heads["subtype"].fc.in_features == 2 * (4 + 16)
+    x = torch.randn(1, 1, *([16] * dim))
+    seg, raw = net(x, with_heads=True)
+    assert isinstance(seg, list) == ds
+    assert raw["subtype"].shape == (1, 3) and raw["age"].shape == (1, 1)
+    probs = net.outputs_to_predictions(raw)["subtype"]
+    assert torch.allclose(probs.sum(1), torch.ones(1))
+    raw["subtype"].sum().backward()  # the foreground weights are detached: the decoder gets no head gradient
+    assert all(p.grad is None or torch.count_nonzero(p.grad) == 0 for p in net.decoder.seg_layers.parameters())
+    net.capture_heads = True
+    net.eval()
+    with torch.no_grad():
+        net(x)
+    assert set(net.last_head_outputs) == {"subtype", "age"}
+
+
+def test_mask_pooling_weights_by_foreground_and_falls_back_to_the_global_pool():
+    from nnunet_mtl.heads.mask_pooled import foreground_probability, masked_average
+    feats = torch.zeros(2, 1, 4, 4)
+    feats[:, :, :2] = 1.0                                       # top half 1, bottom half 0
+    logits = torch.full((2, 2, 8, 8), -20.0)
+    logits[:, 0] = 20.0                                         # background everywhere ...
+    logits[0, 0, :4], logits[0, 1, :4] = -20.0, 20.0           # ... except the top half of sample 0
+    fg = foreground_probability(logits)
+    assert fg.shape == (2, 1, 8, 8) and float(fg[0, 0, 0, 0]) == pytest.approx(1.0)
+    pooled = masked_average(feats, fg, min_mass=1.0)
+    assert float(pooled[0, 0]) == pytest.approx(1.0, abs=1e-4)   # only the foreground's features
+    assert float(pooled[1, 0]) == pytest.approx(0.5, abs=1e-4)   # no foreground: the global average
+    region_fg = foreground_probability(torch.stack([logits[:, 1], logits[:, 1]], 1), "sigmoid")
+    assert torch.allclose(region_fg, fg, atol=1e-6)
+
+
+def test_head_interface_a_new_head_is_one_subclass():
+    from nnunet_mtl.heads import Head
+
+    class MaxHead(Head):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.fc = torch.nn.Linear(sum(self.stage_channels), self.num_outputs)
+
+        def forward(self, skips, seg=None):
+            return self.fc(torch.cat([skips[s].flatten(2).amax(-1) for s in self.stages], 1))
+    net = MTLNetwork(tiny_unet(), SPEC, head_class=MaxHead)
+    _, raw = net(torch.randn(2, 1, 16, 16), with_heads=True)
+    assert raw["subtype"].shape == (2, 3)
+    assert net.outputs_to_predictions(raw)["age"].shape == (2, 1)

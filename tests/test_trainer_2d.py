@@ -44,7 +44,7 @@ def test_class_weights_match_hand_count_of_training_split(dataset_2d):
     table = DatasetSpec.from_dataset_json(dataset_2d.dataset_json).table
     counts = [sum(1 for k in tr_keys if table.value(k, "finding") == c) for c in ("absent", "present")]
     raw = 1.0 / (np.array(counts) + 0.5)
-    assert np.allclose(trainer.head_loss.cw_finding.numpy(), raw / raw.mean())
+    assert np.allclose(trainer.head_loss.cw_finding.numpy(), raw / ((np.array(counts) * raw).sum() / sum(counts)))
     assert not set(tr_keys) & set(val_keys)
 
 
@@ -73,22 +73,93 @@ def test_training_validation_and_outputs(trained_2d, dataset_2d):
         assert key in history[0]
 
 
-def test_continue_training_resumes_mtl_state(dataset_2d):
-    folder = train(dataset_2d, "nnUNetTrainerMTL", 2, validate=False, num_epochs=1)
-    fold = os.path.join(folder, "fold_2")
-    assert len(json.load(open(os.path.join(fold, "mtl_progress.json")))) == 1
-    train(dataset_2d, "nnUNetTrainerMTL", 2, continue_training=True, validate=False, num_epochs=2)
+def _trainer(ds, fold, continue_training=False, **knobs):
+    """A trainer as nnU-Net's run_training makes it (checkpoint loaded when continuing), without running it."""
+    from nnunetv2.run.run_training import get_trainer_from_args, maybe_load_checkpoint
+    from tests.helpers import overrides
+    with overrides(**knobs):
+        t = get_trainer_from_args(str(ds.id), ds.configuration, fold, "nnUNetTrainerMTL", ds.plans, continue_training,
+                                  device=torch.device("cpu"))
+        maybe_load_checkpoint(t, continue_training, False, None)
+    return t
+
+
+def test_continue_training_resumes_an_interrupted_fold(dataset_2d):
+    t = _trainer(dataset_2d, 2, num_epochs=3, save_every=1, num_iterations_per_epoch=1, num_val_iterations_per_epoch=1)
+    end_of_epoch = t.on_epoch_end
+
+    def killed_after_epoch_1():
+        end_of_epoch()
+        if t.current_epoch == 2:
+            raise KeyboardInterrupt("killed")
+    t.on_epoch_end = killed_after_epoch_1
+    with pytest.raises(KeyboardInterrupt):
+        t.run_training()
+    fold = os.path.join(dataset_2d.model_folder("nnUNetTrainerMTL"), "fold_2")
+    assert not os.path.isfile(os.path.join(fold, "checkpoint_final.pth"))
+    train(dataset_2d, "nnUNetTrainerMTL", 2, continue_training=True, validate=False, num_epochs=3,
+          num_iterations_per_epoch=1, num_val_iterations_per_epoch=1)
+    history = json.load(open(os.path.join(fold, "mtl_progress.json")))
+    assert [h["epoch"] for h in history] == [0, 1, 2]
+    assert json.load(open(os.path.join(fold, "checkpoint_final_mtl.json")))["finished"] is True
+
+
+def test_early_stopping_keeps_the_best_weights_and_the_fold_stays_finished(dataset_2d):
+    """Scores fall after epoch 0, patience 1: training stops after epoch 1, checkpoint_final holds epoch 0's
+    weights (the selected ones, not the last), and continuing the fold trains nothing."""
+    knobs = dict(num_epochs=6, early_stopping_patience=1, num_iterations_per_epoch=1, num_val_iterations_per_epoch=1,
+                 initial_lr=1e-2)
+    t = _trainer(dataset_2d, 3, **knobs)
+    end_of_validation, end_of_epoch, last = t.on_validation_epoch_end, t.on_epoch_end, {}
+
+    def falling_scores(val_outputs):
+        end_of_validation(val_outputs)
+        t._epoch_record.update(head_score=1.0 - 0.1 * t.current_epoch, pseudo_dice_ema=1.0 - 0.1 * t.current_epoch)
+
+    def remember_weights():
+        last.update({k: v.clone() for k, v in t.network.state_dict().items()})
+        end_of_epoch()
+    t.on_validation_epoch_end, t.on_epoch_end = falling_scores, remember_weights
+    t.run_training()
+    fold = os.path.join(dataset_2d.model_folder("nnUNetTrainerMTL"), "fold_3")
     history = json.load(open(os.path.join(fold, "mtl_progress.json")))
     assert [h["epoch"] for h in history] == [0, 1]
+    state = json.load(open(os.path.join(fold, "checkpoint_final_mtl.json")))
+    assert state["stopped_early"] and state["finished"] and state["best_epoch"] == 0 == state["final_weights_epoch"]
+    final = torch.load(os.path.join(fold, "checkpoint_final.pth"), weights_only=False)["network_weights"]
+    best = torch.load(os.path.join(fold, "checkpoint_best.pth"), weights_only=False)["network_weights"]
+    assert all(torch.equal(final[k], best[k]) for k in best)
+    assert any(not torch.equal(final[k], last[k]) for k in final), "final must not be the last epoch's weights"
+
+    again = _trainer(dataset_2d, 3, continue_training=True, **knobs)
+    steps = []
+    step = again.train_step
+    again.train_step = lambda batch: steps.append(1) or step(batch)
+    again.run_training()
+    assert steps == [] and len(json.load(open(os.path.join(fold, "mtl_progress.json")))) == 2
+    final2 = torch.load(os.path.join(fold, "checkpoint_final.pth"), weights_only=False)["network_weights"]
+    assert all(torch.equal(final2[k], best[k]) for k in best)
 
 
-def test_early_stopping_ends_training(dataset_2d):
-    folder = train(dataset_2d, "nnUNetTrainerMTL", 3, validate=False, num_epochs=6, early_stopping_patience=1,
-                   num_iterations_per_epoch=1, initial_lr=0.0)
-    fold = os.path.join(folder, "fold_3")
-    history = json.load(open(os.path.join(fold, "mtl_progress.json")))
-    assert len(history) < 6, "with lr 0 the score cannot keep improving; patience 1 must stop early"
-    assert os.path.isfile(os.path.join(fold, "checkpoint_final.pth"))
+def test_schedule_and_patience_follow_the_epoch_budget(dataset_2d):
+    t = _trainer(dataset_2d, 0, num_epochs=500, warmup_epochs=None, ramp_epochs=None)
+    assert t.schedule_lengths == {"warmup_epochs": 10, "ramp_epochs": 15, "early_stopping_patience": 50}
+    t = _trainer(dataset_2d, 0, num_epochs=500, warmup_epochs=None, ramp_epochs=7, early_stopping_patience=3)
+    assert t.schedule_lengths == {"warmup_epochs": 10, "ramp_epochs": 7, "early_stopping_patience": 3}
+
+
+def test_optimizer_choice_and_head_learning_rate(dataset_2d):
+    t = _trainer(dataset_2d, 0, optimizer_name="sgd", head_lr=1e-3)
+    t.initialize()
+    unet_group, head_group = t.optimizer.param_groups
+    assert isinstance(t.optimizer, torch.optim.SGD) and t.optimizer.defaults["nesterov"]
+    assert unet_group["lr"] == pytest.approx(1e-2) and head_group["lr"] == pytest.approx(1e-3)
+    assert {id(p) for p in head_group["params"]} == {id(p) for p in t.network.heads.parameters()}
+    t.lr_scheduler.step(t.num_epochs // 2)
+    assert head_group["lr"] / unet_group["lr"] == pytest.approx(0.1)
+    t = _trainer(dataset_2d, 0)
+    t.initialize()
+    assert isinstance(t.optimizer, torch.optim.AdamW) and t.optimizer.param_groups[1]["lr"] == pytest.approx(1e-4)
 
 
 def test_short_budget_variants_are_found_by_name_and_knobs_still_win(dataset_2d):
@@ -102,3 +173,21 @@ def test_short_budget_variants_are_found_by_name_and_knobs_still_win(dataset_2d)
         t = get_trainer_from_args(str(dataset_2d.id), "2d", 0, "nnUNetTrainerMTL_5epochs", dataset_2d.plans,
                                   device=torch.device("cpu"))
     assert t.num_epochs == 3
+
+
+def test_mask_pooling_variant_trains_validates_and_predicts_whole_cases(dataset_2d):
+    trainer = make_trainer(dataset_2d, "nnUNetTrainerMTLMaskPooling", fold=4)
+    head = trainer.network.heads["finding"]
+    assert type(head).__name__ == "MaskPooledHead"
+    assert head.fc.in_features == 2 * trainer.network.encoder.output_channels[-1]
+    calls = []
+    hook = trainer.network.encoder.register_forward_hook(lambda *a: calls.append(1))
+    trainer.train_step(next(trainer.dataloader_train))
+    hook.remove()
+    assert len(calls) == 1
+    folder = train(dataset_2d, "nnUNetTrainerMTLMaskPooling", 4, num_epochs=1, num_iterations_per_epoch=2,
+                   num_val_iterations_per_epoch=1)
+    rows = open(os.path.join(folder, "fold_4", "validation", "predictions.csv")).read().splitlines()
+    assert len(rows) > 1
+    for r in rows[1:]:
+        assert abs(sum(float(v) for v in r.split(",")[2:]) - 1) < 1e-5

@@ -16,6 +16,7 @@ import sys
 from nnunet_mtl.conversion.description import add_description_arguments, description_from_args
 from nnunet_mtl.conversion.registry import LAYOUT_NAMES
 from nnunet_mtl.demo import DEMO_BUDGET, DEMO_SHRINK
+from nnunet_mtl.knobs import add_knob_arguments, knobs_from_args
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,16 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--fold", type=int, nargs="+", help="fold(s) to train or predict with (default: all)")
     tr.add_argument("--device", default=None, choices=["cuda", "cpu", "mps"], help="default: cuda if available")
     tr.add_argument("--num_gpus", type=int, default=1, help="DDP training on this many GPUs (nnU-Net's launcher)")
-    tr.add_argument("--epochs", type=int, dest="num_epochs")
-    tr.add_argument("--iterations_per_epoch", type=int, dest="num_iterations_per_epoch")
-    tr.add_argument("--val_iterations_per_epoch", type=int, dest="num_val_iterations_per_epoch")
-    tr.add_argument("--lr", type=float, dest="initial_lr", help="initial learning rate (default 1e-4, AdamW)")
-    tr.add_argument("--warmup_epochs", type=int, help="segmentation-first epochs (default 20)")
-    tr.add_argument("--ramp_epochs", type=int, help="epochs of the linear ramp to balance (default 30)")
-    tr.add_argument("--head_weight_start", type=float, help="head loss weight in the first phase (default 0.1)")
-    tr.add_argument("--head_weight_end", type=float, help="head loss weight after the ramp (default 0.5)")
-    tr.add_argument("--class_weight_smoothing", type=float, help="s in w_c ~ 1/(n_c + s) (default 1)")
-    tr.add_argument("--patience", type=int, dest="early_stopping_patience", help="early stopping patience (epochs)")
+    add_knob_arguments(tr)  # --epochs --lr --patience ...: one line each in nnunet_mtl/knobs.py
 
     inf = p.add_argument_group("inference")
     inf.add_argument("--test_input", help="folder of test images (default: the dataset's imagesTs)")
@@ -89,10 +81,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num_processes", type=int, default=2, help="processes for preprocessing")
     return p
 
-
-TRAIN_KNOBS = ("num_epochs", "num_iterations_per_epoch", "num_val_iterations_per_epoch", "initial_lr",
-               "warmup_epochs", "ramp_epochs", "head_weight_start", "head_weight_end", "class_weight_smoothing",
-               "early_stopping_patience")
 
 
 def main(argv=None) -> int:
@@ -114,7 +102,7 @@ def main(argv=None) -> int:
                              args.seed, args.num_processes, args.overwrite, shrink=_shrink(args),
                              convert_kwargs=_convert_kwargs(args))
         if args.train_only or run_all:
-            knobs = {k: getattr(args, k) for k in TRAIN_KNOBS if getattr(args, k) is not None}
+            knobs = knobs_from_args(args)
             workflow.train(args.base_dir, args.fold, device, args.num_gpus, args.overwrite, **knobs)
         if args.inference_only or run_all:
             workflow.infer(args.base_dir, args.test_input, args.test_output, args.fold, args.checkpoint, device,
@@ -169,7 +157,7 @@ def run_demo(args, device: str) -> int:
                      None, 5, None, args.seed, args.num_processes, args.overwrite, shrink=DEMO_SHRINK[kind],
                      convert_kwargs=convert_kwargs)
     knobs = dict(DEMO_BUDGET)
-    knobs.update({k: getattr(args, k) for k in TRAIN_KNOBS if getattr(args, k) is not None})
+    knobs.update(knobs_from_args(args))
     workflow.train(args.base_dir, [0], device, 1, args.overwrite, **knobs)
     csv_path = workflow.infer(args.base_dir, None, args.test_output, [0], device=device, overwrite=args.overwrite,
                               explain=args.explain)

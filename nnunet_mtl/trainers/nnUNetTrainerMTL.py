@@ -8,7 +8,13 @@ absolutely and keeps the logic in the library. What it changes, hook by hook:
 * ``train_step``: seg loss and head loss from one forward, mixed by the phase schedule.
 * ``validation_step`` / ``on_validation_epoch_end``: head loss, accuracy and macro-F1 on the
   validation patches (for checkpoint selection only; reported numbers are whole-case).
+* ``configure_optimizers``: AdamW (seed design) or nnU-Net's SGD, heads in their own parameter group.
 * ``on_epoch_end``: best checkpoint by a combined score, early stopping with a patience.
+* ``on_train_end``: checkpoint_final gets the selected (best combined score) weights; the fold is
+  marked finished, so continuing it (``--c``) trains nothing.
+
+Knobs (defaults, ``NNUNET_MTL_OVERRIDES``, pipeline flags) are declared once in ``nnunet_mtl/knobs.py``;
+warm-up, ramp and patience scale with the epoch budget unless set.
 * ``perform_actual_validation``: nnU-Net's whole-case segmentation validation, then the
   whole-case head predictions (CSV) and their accuracy / macro-F1.
 
@@ -23,29 +29,34 @@ import numpy as np
 import torch
 from torch import autocast
 
-from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.helpers import dummy_context
 
 from nnunet_mtl.data import CaseTargets
+from nnunet_mtl.heads import PooledHead
+from nnunet_mtl.knobs import apply_knobs, resolve_lrs, resolve_schedule
 from nnunet_mtl.losses import HeadLoss, HeadWeightSchedule
 from nnunet_mtl.network import MTLNetwork, unwrap
 from nnunet_mtl.orientation import decide, limit_rotation_for_lateral, mirror_axes_without_lr
-from nnunet_mtl.overrides import read_overrides
 from nnunet_mtl.dataset_spec import DatasetSpec, targets_from_plans, targets_to_plans
 from nnunet_mtl.training import selection
 from nnunet_mtl.training.head_metrics import patch_head_metrics, patch_predictions
+from nnunet_mtl.training.optim import build_optimizer
 from nnunet_mtl.training.step_helpers import (class_weights_for_split, gathered_mean, per_target_losses,
                                               store_regression_stats, to_device, zero_with_graph)
 from nnunet_mtl.training.whole_case import heads_during_validation, write_validation_heads
+
+SEG_ACTIVATION_KEY = "mtl_seg_activation"  # plans key: how heads turn seg logits into foreground
 
 
 class nnUNetTrainerMTL(nnUNetTrainer):
     head_stages = (-1,)
     head_dropout = 0.2
+    head_class = PooledHead             # a nnunet_mtl.heads.Head subclass
+    use_class_weights = True            # False: every class weight 1 (e.g. when sampling balances the classes)
     use_detected_lateral_pairs = False  # declared lateral pairs always count; detected names only if True
     lateral = None                      # orientation.LateralDecision, set with the augmentation
-    budget_epochs = None                # short-budget variants set this; the schedule shrinks with it
+    budget_epochs = None                # short-budget variants set this; the schedule scales with it
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device('cuda')):
@@ -54,28 +65,16 @@ class nnUNetTrainerMTL(nnUNetTrainer):
         self.case_table = self.dataset_spec.table
         self.spec = self.dataset_spec.targets
         targets_to_plans(self.plans_manager.plans, self.spec)  # travels to plans.json -> predictor
+        self.plans_manager.plans[SEG_ACTIVATION_KEY] = "sigmoid" if self.label_manager.has_regions else "softmax"
         self.has_masks = self.dataset_spec.has_masks
-        # seed design defaults
-        self.initial_lr = 1e-4
-        self.weight_decay = 3e-5
-        self.warmup_epochs = 20
-        self.ramp_epochs = 30
-        self.head_weight_start = 0.1
-        self.head_weight_end = 0.5
-        self.class_weight_smoothing = 1.0
-        self.class_weight_power = 1.0
-        self.early_stopping_patience = 100
-        self.selection_seg_weight = 0.5
         if self.budget_epochs:
             self.num_epochs = self.budget_epochs
-            self.warmup_epochs = min(self.warmup_epochs, max(1, self.budget_epochs // 5))
-            self.ramp_epochs = min(self.ramp_epochs, max(1, self.budget_epochs // 4))
-        for name, value in read_overrides().items():  # last, so explicit knobs always win
-            setattr(self, name, value)
+        apply_knobs(self)  # defaults from nnunet_mtl/knobs.py, then NNUNET_MTL_OVERRIDES (which always win)
         self.case_targets = CaseTargets(self.case_table)
         self.head_loss = None
         self.regression_stats = {}
         self.mtl_state = selection.new_state()
+        self._best_weights = None  # CPU copy of the best epoch's weights (for checkpoint_final)
 
     # ------------------------------------------------------------------ network / optimiser
     @classmethod
@@ -83,15 +82,26 @@ class nnUNetTrainerMTL(nnUNetTrainer):
                                    num_output_channels: int, enable_deep_supervision: bool = True):
         unet = nnUNetTrainer.build_network_architecture(plans_manager, configuration_manager, num_input_channels,
                                                         num_output_channels, enable_deep_supervision)
-        return MTLNetwork(unet, targets_from_plans(plans_manager.plans), cls.head_stages, cls.head_dropout)
+        return MTLNetwork(unet, targets_from_plans(plans_manager.plans), cls.head_stages, cls.head_dropout,
+                          cls.head_class, plans_manager.plans.get(SEG_ACTIVATION_KEY, "softmax"))
 
     def configure_optimizers(self):
-        optimizer = torch.optim.AdamW(self.network.parameters(), lr=self.initial_lr, weight_decay=self.weight_decay)
-        return optimizer, PolyLRScheduler(optimizer, self.initial_lr, self.num_epochs)
+        lr, head_lr = resolve_lrs(self.optimizer_name, self.initial_lr, self.head_lr)
+        self.print_to_log_file(f"Optimizer: {self.optimizer_name}, lr {lr:g} (U-Net), {head_lr:g} (heads), "
+                               f"weight decay {self.weight_decay:g}, poly decay over {self.num_epochs} epochs")
+        return build_optimizer(unwrap(self.network), self.optimizer_name, lr, head_lr, self.weight_decay,
+                               self.num_epochs)
+
+    @property
+    def schedule_lengths(self) -> dict:
+        """Warm-up, ramp and patience in epochs: the knobs where set, else scaled to num_epochs."""
+        return resolve_schedule(self.num_epochs, self.warmup_epochs, self.ramp_epochs, self.early_stopping_patience)
 
     @property
     def schedule(self) -> HeadWeightSchedule:
-        return HeadWeightSchedule(self.warmup_epochs, self.ramp_epochs, self.head_weight_start, self.head_weight_end)
+        lengths = self.schedule_lengths
+        return HeadWeightSchedule(lengths["warmup_epochs"], lengths["ramp_epochs"], self.head_weight_start,
+                                  self.head_weight_end)
 
     def loss_weights(self):
         """(seg weight, head weight) in force this epoch; heads only when the dataset has no masks."""
@@ -122,7 +132,9 @@ class nnUNetTrainerMTL(nnUNetTrainer):
         super().on_train_start()
         tr_keys, _ = self.do_split()
         class_weights = class_weights_for_split(self.case_table, tr_keys, self.class_weight_smoothing,
-                                                        self.class_weight_power)
+                                                self.class_weight_power)
+        if not self.use_class_weights:
+            class_weights = {name: np.ones_like(w) for name, w in class_weights.items()}
         for name, w in class_weights.items():
             counts = self.case_table.class_counts(name, tr_keys)
             self.print_to_log_file(f"Head '{name}': training-split counts {dict(zip(self.spec[name].classes, counts))}"
@@ -131,7 +143,8 @@ class nnUNetTrainerMTL(nnUNetTrainer):
         store_regression_stats(unwrap(self.network), self.regression_stats)
         self.head_loss = HeadLoss(self.spec, class_weights).to(self.device)
         w_seg, w_head = self.loss_weights()
-        self.print_to_log_file(f"Loss weights: seg {w_seg:.3f}, heads {w_head:.3f} (schedule {self.schedule})")
+        self.print_to_log_file(f"Schedule for {self.num_epochs} epochs: {self.schedule_lengths} (unset ones scale with "
+                               f"the budget); loss weights now: seg {w_seg:.3f}, heads {w_head:.3f} ({self.schedule})")
 
     def train_step(self, batch: dict) -> dict:
         data = batch['data'].to(self.device, non_blocking=True)
@@ -201,20 +214,46 @@ class nnUNetTrainerMTL(nnUNetTrainer):
         self._best_ema = float('inf')  # stock selection is by pseudo Dice only; ours is the combined score
         if self.mtl_state["epochs_since_best"] == 0:
             self.print_to_log_file(f"New best combined score: {score:.4f}")
+            self._best_weights = {k: v.detach().to('cpu', copy=True)
+                                  for k, v in unwrap(self.network).state_dict().items()}
             self.save_checkpoint(os.path.join(self.output_folder, 'checkpoint_best.pth'))
         super().on_epoch_end()
         if self.local_rank == 0:
             selection.write_progress(self.output_folder, self.mtl_state)
-        if self.mtl_state["epochs_since_best"] >= self.early_stopping_patience:
-            raise selection.EarlyStopping(f"Early stopping: no better combined score for "
-                                        f"{self.early_stopping_patience} epochs (best {self.mtl_state['best_score']:.4f})")
+        patience = self.schedule_lengths["early_stopping_patience"]
+        if self.mtl_state["epochs_since_best"] >= patience and self.current_epoch < self.num_epochs:
+            self.mtl_state["stopped_early"] = True
+            raise selection.EarlyStopping(f"Early stopping after epoch {self.current_epoch - 1}: no better combined "
+                                          f"score for {patience} epochs (best {self.mtl_state['best_score']:.4f} at "
+                                          f"epoch {self.mtl_state['best_epoch']})")
 
     def run_training(self):
+        if self.mtl_state.get("finished"):  # continuing a finished fold (--c): nothing left to train
+            how = "stopped early" if self.mtl_state.get("stopped_early") else "budget reached"
+            self.print_to_log_file(f"This fold is finished ({how}, final weights from epoch "
+                                   f"{self.mtl_state.get('final_weights_epoch')}); nothing to train. Start a new "
+                                   f"training (without --c) to train again.", also_print_to_console=True)
+            self.on_train_start()
+            self.on_train_end()
+            return
         try:
             super().run_training()
         except selection.EarlyStopping as stop:
             self.print_to_log_file(str(stop))
             self.on_train_end()
+
+    def on_train_end(self):
+        """checkpoint_final gets the selected weights (the best combined score), and the fold is marked finished."""
+        if not self.mtl_state.get("finished"):
+            last_epoch = self.current_epoch - 1  # on_epoch_end already counted the last epoch
+            weights, message = selection.final_weights(self.mtl_state, last_epoch, self._best_weights,
+                                                       os.path.join(self.output_folder, 'checkpoint_best.pth'))
+            if weights is not None:
+                unwrap(self.network).load_state_dict(weights)
+            self.mtl_state.update(finished=True,
+                                  final_weights_epoch=last_epoch if weights is None else self.mtl_state["best_epoch"])
+            self.print_to_log_file(f"End of training: {message}", also_print_to_console=True)
+        super().on_train_end()
 
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self, filename: str) -> None:
@@ -225,7 +264,7 @@ class nnUNetTrainerMTL(nnUNetTrainer):
     def load_checkpoint(self, filename_or_checkpoint) -> None:
         super().load_checkpoint(filename_or_checkpoint)
         if isinstance(filename_or_checkpoint, str):
-            self.mtl_state = selection.load_state(filename_or_checkpoint, self.mtl_state)
+            self.mtl_state = {**selection.new_state(), **selection.load_state(filename_or_checkpoint, self.mtl_state)}
 
     # ------------------------------------------------------------------ whole-case validation
     def perform_actual_validation(self, save_probabilities: bool = False):

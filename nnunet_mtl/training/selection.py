@@ -1,7 +1,16 @@
 """Checkpoint selection and early stopping on a combined seg + head score, and its persistence.
 
-The state (best score, epochs since best, per-epoch history) is saved beside each checkpoint
-as ``<checkpoint>_mtl.json`` so nnU-Net's continue-training resumes it exactly.
+The state (best score, epochs since best, per-epoch history, whether the fold is finished) is saved
+beside each checkpoint as ``<checkpoint>_mtl.json`` so nnU-Net's continue-training resumes it
+exactly, and a finished fold (budget reached or stopped early) is not trained again.
+
+The model users get is the model that was selected (``final_weights``): after early stopping,
+``checkpoint_final.pth`` receives the weights of the best combined score, not those of the
+``patience`` epochs that followed it. When the budget runs out first, the best epoch lies within the
+patience window of the last one, and ``checkpoint_final.pth`` keeps nnU-Net's convention (the last
+epoch, trained to the end of the learning-rate decay); ``checkpoint_best.pth`` is always there too.
+The log and the state (``final_weights_epoch``) say which epoch the final weights come from. A NaN
+score is never the best.
 """
 import math
 import os
@@ -17,7 +26,8 @@ class EarlyStopping(Exception):
 
 
 def new_state() -> dict:
-    return {"best_score": None, "best_epoch": None, "epochs_since_best": 0, "head_score_ema": None, "history": []}
+    return {"best_score": None, "best_epoch": None, "epochs_since_best": 0, "head_score_ema": None, "history": [],
+            "finished": False, "stopped_early": False, "final_weights_epoch": None}
 
 
 def update_selection(state: dict, record: dict, seg_weight: float, has_masks: bool) -> float:
@@ -35,12 +45,33 @@ def update_selection(state: dict, record: dict, seg_weight: float, has_masks: bo
         score = seg_weight * dice + (1 - seg_weight) * ema
     record["head_score_ema"] = ema
     record["combined_score"] = score
-    if state["best_score"] is None or (not math.isnan(score) and score > state["best_score"]):
+    finite = score is not None and math.isfinite(score)
+    if finite and (state["best_score"] is None or score > state["best_score"]):
         state["best_score"], state["best_epoch"], state["epochs_since_best"] = score, record["epoch"], 0
     else:
         state["epochs_since_best"] += 1
     state["history"].append(dict(record))
     return score
+
+
+def final_weights(state: dict, last_epoch: int, best_weights: Optional[dict], best_file: Optional[str]):
+    """(state dict or None, message): the weights checkpoint_final should hold. None keeps the current
+    (last-epoch) weights: no finite score was ever seen, or the last epoch was the best."""
+    best = state.get("best_epoch")
+    if not state.get("stopped_early"):
+        return None, (f"budget reached: final weights are the last epoch's ({last_epoch}; best combined score at "
+                      f"epoch {best}, within the patience window)")
+    if best is None:
+        return None, f"no finite selection score in {last_epoch + 1} epochs: final weights are the last epoch's"
+    if best == last_epoch:
+        return None, f"final weights: epoch {best}, the last and best (combined score {state['best_score']:.4f})"
+    if best_weights is None:
+        if best_file is None or not os.path.isfile(best_file):
+            return None, f"best epoch {best} has no saved weights: final weights are the last epoch's ({last_epoch})"
+        import torch
+        best_weights = torch.load(best_file, map_location="cpu", weights_only=False)["network_weights"]
+    return best_weights, (f"final weights: the best epoch {best} (combined score {state['best_score']:.4f}), "
+                          f"not the last epoch {last_epoch}")
 
 
 def state_path(checkpoint_file: str) -> str:

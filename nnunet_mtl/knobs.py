@@ -1,0 +1,176 @@
+"""Every training knob, declared once: name, type, default, help and pipeline flag.
+
+From this table come
+* the trainer's defaults (``apply_knobs`` in ``nnUNetTrainerMTL.__init__``),
+* ``NNUNET_MTL_OVERRIDES`` parsing (``read_overrides``; an unknown name is an error), the way knobs
+  reach stock ``nnUNetv2_train`` and every DDP worker,
+* the pipeline's ``--flags`` (``add_knob_arguments``) and the knobs it passes on (``knobs_from_args``),
+* ``knob_overrides``: the one context manager that sets and restores the env variable.
+
+A default of ``None`` means "derived": the learning rate from the optimiser, the head learning rate
+from the U-Net's, and the schedule lengths from the epoch budget (``resolve_schedule``).
+To change a default (e.g. the optimiser), change its line here.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Iterator, Optional
+
+ENV_VAR = "NNUNET_MTL_OVERRIDES"
+
+
+@dataclass(frozen=True)
+class Knob:
+    name: str                      # trainer attribute and NNUNET_MTL_OVERRIDES key
+    type: Callable[[Any], Any]
+    default: Any                   # None: derived at training time (see the help)
+    help: str
+    flag: Optional[str] = None     # pipeline.py flag (without --); None: env/Python API only
+    choices: Optional[tuple] = None
+    nnunet: bool = False           # an nnU-Net trainer attribute: its default stays nnU-Net's
+
+
+KNOBS = (
+    Knob("num_epochs", int, None, "training epochs (default: nnU-Net's 1000, or the trainer variant's budget)",
+         "epochs", nnunet=True),
+    Knob("num_iterations_per_epoch", int, None, "training iterations per epoch (nnU-Net default 250)",
+         "iterations_per_epoch", nnunet=True),
+    Knob("num_val_iterations_per_epoch", int, None, "validation iterations per epoch (nnU-Net default 50)",
+         "val_iterations_per_epoch", nnunet=True),
+    Knob("save_every", int, None, "write checkpoint_latest every N epochs (nnU-Net default 50)", nnunet=True),
+    Knob("optimizer_name", str, "adamw", "adamw (seed design) or sgd (nnU-Net's: nesterov, momentum 0.99)",
+         "optimizer", choices=("adamw", "sgd")),
+    Knob("initial_lr", float, None, "U-Net learning rate (default 1e-4 with adamw, 1e-2 with sgd)", "lr"),
+    Knob("head_lr", float, None, "learning rate of the heads (default: the U-Net's)", "head_lr"),
+    Knob("weight_decay", float, 3e-5, "weight decay (default 3e-5)", "weight_decay"),
+    Knob("warmup_epochs", int, None, "segmentation-first epochs (default 2%% of the epochs: 20 of 1000)",
+         "warmup_epochs"),
+    Knob("ramp_epochs", int, None, "epochs of the linear ramp to balance (default 3%% of the epochs: 30 of 1000)",
+         "ramp_epochs"),
+    Knob("head_weight_start", float, 0.1, "head loss weight in the first phase (default 0.1)", "head_weight_start"),
+    Knob("head_weight_end", float, 0.5, "head loss weight after the ramp (default 0.5)", "head_weight_end"),
+    Knob("class_weight_smoothing", float, 1.0, "s in w_c ~ (1/(n_c + s))^p (default 1)", "class_weight_smoothing"),
+    Knob("class_weight_power", float, 1.0, "p in w_c ~ (1/(n_c + s))^p; 0 turns class weighting off (default 1)",
+         "class_weight_power"),
+    Knob("early_stopping_patience", int, None,
+         "early stopping patience in epochs (default 10%% of the epochs: 100 of 1000, at least 10)", "patience"),
+    Knob("selection_seg_weight", float, 0.5, "weight of the pseudo Dice in the combined selection score (default 0.5)",
+         "selection_seg_weight"),
+)
+BY_NAME: Dict[str, Knob] = {k.name: k for k in KNOBS}
+TRAINER_KNOBS = {k.name: k.type for k in KNOBS}  # name -> type (the old overrides.py table)
+
+# Schedule lengths as fractions of the budget: the seed design's 20 / 30 / 100 epochs of nnU-Net's 1000.
+REFERENCE_EPOCHS = 1000
+SCHEDULE_FRACTIONS = {"warmup_epochs": 20 / REFERENCE_EPOCHS, "ramp_epochs": 30 / REFERENCE_EPOCHS,
+                      "early_stopping_patience": 100 / REFERENCE_EPOCHS}
+SCHEDULE_MINIMUM = {"warmup_epochs": 1, "ramp_epochs": 1, "early_stopping_patience": 10}
+DEFAULT_LR = {"adamw": 1e-4, "sgd": 1e-2}
+
+# Named short budgets (knobs only): pipeline.py --demo uses "demo".
+BUDGETS = {
+    "demo": dict(num_epochs=20, num_iterations_per_epoch=16, num_val_iterations_per_epoch=3, warmup_epochs=3,
+                 ramp_epochs=5, initial_lr=3e-3),
+    "tiny": dict(num_epochs=2, num_iterations_per_epoch=3, num_val_iterations_per_epoch=1, warmup_epochs=1,
+                 ramp_epochs=1, initial_lr=3e-3),
+}
+
+
+def check_knobs(values: dict, source: str = ENV_VAR) -> dict:
+    """Typed copy of ``values``; an unknown name or a value outside the choices is an error naming ``source``."""
+    unknown = sorted(set(values) - set(BY_NAME))
+    if unknown:
+        raise ValueError(f"{source}: unknown knob(s) {unknown}; known: {sorted(BY_NAME)}")
+    out = {}
+    for name, value in values.items():
+        knob = BY_NAME[name]
+        out[name] = None if value is None else knob.type(value)
+        if knob.choices and out[name] is not None and out[name] not in knob.choices:
+            raise ValueError(f"{source}: {name} must be one of {list(knob.choices)}, not {value!r}")
+    return out
+
+
+def read_overrides(environ=None) -> dict:
+    raw = (environ if environ is not None else os.environ).get(ENV_VAR, "").strip()
+    if not raw:
+        return {}
+    try:
+        values = json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{ENV_VAR} is not valid JSON: {e}") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"{ENV_VAR} must be a JSON object of knob: value")
+    return check_knobs(values)
+
+
+def encode_overrides(**knobs) -> str:
+    """The env value for these knobs (checked the same way the trainer will check them); None values are dropped."""
+    value = json.dumps({k: v for k, v in knobs.items() if v is not None})
+    read_overrides({ENV_VAR: value})
+    return value
+
+
+@contextmanager
+def knob_overrides(**knobs) -> Iterator[str]:
+    """Set ``NNUNET_MTL_OVERRIDES`` to these knobs for the block (child processes inherit it), then restore it."""
+    value = encode_overrides(**knobs)
+    old = os.environ.get(ENV_VAR)
+    os.environ[ENV_VAR] = value
+    try:
+        yield value
+    finally:
+        if old is None:
+            os.environ.pop(ENV_VAR, None)
+        else:
+            os.environ[ENV_VAR] = old
+
+
+def apply_knobs(trainer, environ=None) -> dict:
+    """Our defaults on the trainer (nnU-Net's own attributes keep nnU-Net's / the variant's values), then the
+    overrides from the environment, which always win. Returns the overrides applied."""
+    for knob in KNOBS:
+        if not knob.nnunet:
+            setattr(trainer, knob.name, knob.default)
+    overrides = read_overrides(environ)
+    for name, value in overrides.items():
+        setattr(trainer, name, value)
+    return overrides
+
+
+def resolve_schedule(num_epochs: int, warmup_epochs: Optional[int] = None, ramp_epochs: Optional[int] = None,
+                     early_stopping_patience: Optional[int] = None) -> Dict[str, int]:
+    """Schedule lengths for a budget: explicit values win, the others scale with ``num_epochs`` (the seed
+    design's 20 / 30 / 100 epochs at 1000), never below 1 / 1 / 10 epochs."""
+    given = {"warmup_epochs": warmup_epochs, "ramp_epochs": ramp_epochs,
+             "early_stopping_patience": early_stopping_patience}
+    out = {}
+    for name, value in given.items():
+        if value is None:
+            value = max(SCHEDULE_MINIMUM[name], int(math.floor(SCHEDULE_FRACTIONS[name] * num_epochs + 0.5)))
+        out[name] = int(value)
+    return out
+
+
+def resolve_lrs(optimizer: str, initial_lr: Optional[float], head_lr: Optional[float]) -> tuple:
+    """(U-Net lr, head lr): unset ones follow the optimiser's default and the U-Net's lr."""
+    lr = DEFAULT_LR[optimizer] if initial_lr is None else float(initial_lr)
+    return lr, lr if head_lr is None else float(head_lr)
+
+
+# ------------------------------------------------------------------------------------------- pipeline flags
+def add_knob_arguments(group) -> None:
+    """One --flag per knob that has a pipeline flag (dest = the knob's name, default None = trainer default)."""
+    for knob in KNOBS:
+        if knob.flag:
+            group.add_argument(f"--{knob.flag}", dest=knob.name, type=knob.type, default=None, choices=knob.choices,
+                               help=knob.help)
+
+
+def knobs_from_args(args) -> dict:
+    """The knobs a parsed command line sets (flags left out are not passed on)."""
+    return {k.name: getattr(args, k.name) for k in KNOBS
+            if k.flag and getattr(args, k.name, None) is not None}
