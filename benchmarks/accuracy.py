@@ -248,13 +248,21 @@ def predict_arm(folder: str, setup: dict, device: str, mirroring: bool, aggregat
                                     perform_everything_on_device=dev.type == "cuda", device=dev, verbose=False,
                                     verbose_preprocessing=False, allow_tqdm=False)
         predictor.initialize_from_trained_model_folder(folder, [0], "checkpoint_final.pth")
+    from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
     reader = predictor.plans_manager.image_reader_writer_class()
+    preprocessor = predictor.configuration_manager.preprocessor_class(verbose=False)
     masks, heads = {}, {}
     for case in setup["test"]:
         img, props = reader.read_images([os.path.join(setup["raw"], "imagesTr", f"{case}_0000{file_ending(setup)}")])
-        masks[case] = predictor.predict_single_npy_array(img, props, None, None, False)
-        if getattr(predictor, "last_case_outputs", None) is not None:
-            heads[case] = predictor.last_case_outputs
+        if not hasattr(predictor, "predict_case"):  # stock nnU-Net
+            masks[case] = predictor.predict_single_npy_array(img, props, None, None, False)
+            continue
+        data, _, props = preprocessor.run_case_npy(img, None, props, predictor.plans_manager,
+                                                   predictor.configuration_manager, predictor.dataset_json)
+        logits, case_heads = predictor.predict_case(torch.from_numpy(data), case)
+        masks[case] = convert_predicted_logits_to_segmentation_with_correct_shape(
+            logits.cpu(), predictor.plans_manager, predictor.configuration_manager, predictor.label_manager, props)
+        heads[case] = case_heads.outputs
     return {"masks": masks, "heads": heads, "predict_s": time.perf_counter() - start}
 
 
@@ -275,7 +283,8 @@ def parse_rule(text: str):
 
 def rule_problem(rule: str) -> str:
     from nnunet_mtl.inference import load_predictor
-    from nnunet_mtl.predictor import AGGREGATIONS, nnUNetPredictorMTL
+    from nnunet_mtl.case_aggregation import AGGREGATIONS
+    from nnunet_mtl.predictor import nnUNetPredictorMTL
     name, kwargs = parse_rule(rule)
     if name not in AGGREGATIONS:
         return f"aggregation {name!r} unknown in this checkout (known: {list(AGGREGATIONS)})"
@@ -295,7 +304,7 @@ def heads_under_rule(folder: str, setup: dict, device: str, mirroring: bool, rul
         data = src.load(predictor)
         tiles.append(n_tiles(data.shape[1:], predictor.configuration_manager.patch_size, predictor.tile_step_size))
         out[src.case_id] = (known[src.case_id] if known is not None else
-                            predictor.predict_case_targets(torch.from_numpy(np.ascontiguousarray(data))))
+                            predictor.predict_case(torch.from_numpy(np.ascontiguousarray(data)), src.case_id)[1].outputs)
     return {"heads": out, "tiles_per_case": float(np.mean(tiles))}
 
 
