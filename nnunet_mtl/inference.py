@@ -11,12 +11,14 @@ import contextlib
 import os
 import re
 import time
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Callable, Dict, Iterator, List, Optional, Sequence
 
 import torch
 
 from nnunet_mtl.case_aggregation import DEFAULT_AGGREGATION, DEFAULT_FOREGROUND_FLOOR
 from nnunet_mtl import prediction_provenance as provenance
+from nnunet_mtl.io_utils import read_json
 from nnunet_mtl.prediction_merge import CSV_NAME, PROVENANCE_NAME, PredictionRecord, remove_case_files, table_case_ids
 from nnunet_mtl.predictor import nnUNetPredictorMTL
 from nnunet_mtl.threaded_engine import run_cases
@@ -179,7 +181,6 @@ def _model_changes(output_dir: str, identity: dict, latest: Dict[str, dict], key
         return []
     path = os.path.join(output_dir, PROVENANCE_NAME)
     try:
-        from nnunet_mtl.io_utils import read_json
         old = read_json(path).get("model", {})
     except (OSError, ValueError, AttributeError):
         old = {}
@@ -190,8 +191,6 @@ def _predict_with_processes(predictor: nnUNetPredictorMTL, lists, ofiles, save_p
                             n_preprocessing: int, n_export: int, finished: Callable) -> None:
     """nnU-Net's own predict_from_files on exactly these cases; the predictor hands over all rows
     when its exports are done (its ``write_case_table``, redirected here into the record)."""
-    from types import SimpleNamespace
-
     def record_rows(folder: str, outputs: Dict[str, dict]) -> str:
         for cid, out in outputs.items():
             finished(os.path.join(folder, cid), SimpleNamespace(outputs=out))

@@ -160,3 +160,23 @@ def test_masks_without_rows_from_an_older_run_are_predicted(model, images, tmp_p
         f.writelines(head)
     _predict(model, images, out, lines)
     assert lines[-1] == f"{out}: 3 predicted, 0 kept, 0 removed" and len(_rows(out)) == 3
+
+
+def test_converted_inputs_follow_their_sources(model, tmp_path):
+    """PNG inputs go through the conversion manifest: a replaced file (older mtime) is predicted again,
+    a removed one loses its conversion, row and mask, new clip settings redo every case."""
+    from PIL import Image
+    folder = tmp_path / "png"
+    folder.mkdir()
+    for i, name in enumerate(("a", "b", "c")):
+        Image.fromarray((np.random.default_rng(i).random((64, 64)) * 255).astype(np.uint8)).save(folder / f"{name}.png")
+    out, lines = str(tmp_path / "out"), []
+    _predict(model, str(folder), out, lines)
+    Image.fromarray(np.full((64, 64), 200, np.uint8)).save(folder / "a.png")
+    os.utime(folder / "a.png", ns=(1_000_000_000, 1_000_000_000))
+    os.remove(folder / "b.png")
+    _predict(model, str(folder), out, lines)
+    assert lines[-1] == f"{out}: 1 predicted, 1 kept, 1 removed"
+    assert sorted(_rows(out)) == _masks(out) == ["a", "c"]
+    _predict(model, str(folder), out, lines, clip_percentiles=(1, 99))
+    assert lines[-1] == f"{out}: 2 predicted, 0 kept, 0 removed"
