@@ -41,8 +41,10 @@ class PredictionRecord:
         """Record one finished case; on disk (fsynced) when this returns."""
         line = json.dumps({"case_id": case_id, "model": model, "input": dict(source),
                            "outputs": {k: np.asarray(v, np.float64).reshape(-1).tolist() for k, v in outputs.items()}})
-        with _locked(self.lock_path), open(self.path, "a") as f:
-            f.write(line + "\n")
+        with _locked(self.lock_path), open(self.path, "ab+") as f:
+            f.seek(0, os.SEEK_END)
+            cut = f.tell() > 0 and (f.seek(-1, os.SEEK_END), f.read(1))[1] != b"\n"  # a line cut short by a kill
+            f.write(("\n" if cut else "").encode() + line.encode() + b"\n")
             f.flush()
             os.fsync(f.fileno())
 
