@@ -72,7 +72,8 @@ def model(trained_2d, tmp_path):
 
 def test_killed_inference_resumes_with_one_row_per_case(model, images, tmp_path):
     out = str(tmp_path / "out")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.getcwd()] + sys.path)}
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([repo] + sys.path)}
     proc = subprocess.run([sys.executable, "-c", KILL_AFTER_FIRST_ROW, model, images, out], env=env,
                           capture_output=True, text=True, timeout=500)
     assert proc.returncode == -9, proc.stderr[-3000:]
