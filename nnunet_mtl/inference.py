@@ -7,15 +7,21 @@ MONOCHROME1 handling), so test images are treated exactly like training images.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import time
-from typing import TYPE_CHECKING, Dict, List, Optional, Sequence
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Callable, Dict, Iterator, List, Optional, Sequence
 
 import torch
 
 from nnunet_mtl.case_aggregation import DEFAULT_AGGREGATION, DEFAULT_FOREGROUND_FLOOR
-from nnunet_mtl.predictor import CSV_NAME, nnUNetPredictorMTL
+from nnunet_mtl import prediction_provenance as provenance
+from nnunet_mtl.io_utils import read_json
+from nnunet_mtl.prediction_merge import CSV_NAME, PROVENANCE_NAME, PredictionRecord, remove_case_files, table_case_ids
+from nnunet_mtl.predictor import nnUNetPredictorMTL
+from nnunet_mtl.threaded_engine import run_cases
 
 if TYPE_CHECKING:
     from nnunet_mtl.conversion.inference_inputs import ModelInputs, PreparedInputs
@@ -40,8 +46,11 @@ def load_predictor(model_dir: str, folds: Optional[Sequence] = None, checkpoint:
                                    perform_everything_on_device=dev.type == "cuda", device=dev, verbose=verbose,
                                    verbose_preprocessing=False, allow_tqdm=verbose, head_aggregation=aggregation,
                                    foreground_floor=foreground_floor)
-    folds = None if folds is None else [f if f == "all" else int(f) for f in folds]
+    if folds is None:
+        folds = nnUNetPredictorMTL.auto_detect_available_folds(model_dir, checkpoint)
+    folds = [f if f == "all" else int(f) for f in folds]
     predictor.initialize_from_trained_model_folder(model_dir, folds, checkpoint)
+    predictor.checkpoint_files = provenance.checkpoint_files(model_dir, folds, checkpoint)  # the predictions' provenance
     return predictor
 
 
@@ -106,39 +115,122 @@ def converted_source(input_dir: str, output_dir: str) -> str:
 def predict_folder(predictor: nnUNetPredictorMTL, input_dir: str, output_dir: str, overwrite: bool = False,
                    save_probabilities: bool = False, num_processes_preprocessing: int = 2,
                    num_processes_export: int = 2, num_parts: int = 1, part_id: int = 0,
-                   clip_percentiles=(0.5, 98.5), engine: str = "threads") -> str:
+                   clip_percentiles=(0.5, 98.5), engine: str = "threads",
+                   report: Callable[[str], None] = print) -> str:
     """Masks (nnU-Net layout) + predictions.csv/json in output_dir; returns the CSV path.
 
-    Cases already predicted are kept and skipped unless ``overwrite`` (nnU-Net's continue mode).
-    ``engine='threads'`` runs in-process (threaded_engine); ``'processes'`` uses nnU-Net's
-    multiprocessing ``predict_from_files`` (worker start-up costs seconds per process)."""
+    A case counts as done only with its mask and a row from this model (checkpoints, step size,
+    mirroring, aggregation) and this input (``prediction_provenance``); every other case of this part
+    is predicted (its old mask removed first) and its row recorded as it finishes
+    (``prediction_merge``), so a killed run resumes where it stopped. Masks and rows of inputs that
+    are gone are removed; ``report`` gets one line: N predicted, M kept, K removed. ``overwrite``
+    reconverts and predicts everything. ``engine='threads'`` runs in-process (threaded_engine);
+    ``'processes'`` uses nnU-Net's multiprocessing ``predict_from_files`` (its rows are recorded when
+    the run ends)."""
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
+    prepared = prepare_folder(input_dir, output_dir, model_inputs(predictor), clip_percentiles, force=overwrite)
     os.makedirs(output_dir, exist_ok=True)
-    source = prepare_folder(input_dir, output_dir, model_inputs(predictor), clip_percentiles, force=overwrite).folder
-    if engine == "threads":
-        predictor.predict_from_files_threaded(source, output_dir, save_probabilities, overwrite, num_parts, part_id,
-                                              export_threads=num_processes_export,
-                                              preprocess_threads=num_processes_preprocessing)
-    else:
-        predictor.predict_from_files(source, output_dir, save_probabilities=save_probabilities, overwrite=overwrite,
-                                     num_processes_preprocessing=num_processes_preprocessing,
-                                     num_processes_segmentation_export=num_processes_export,
-                                     folder_with_segs_from_prev_stage=None, num_parts=num_parts, part_id=part_id)
-    return os.path.join(output_dir, CSV_NAME)
+    file_ending = predictor.dataset_json["file_ending"]
+    identity = provenance.model_identity(predictor)
+    key = provenance.model_key(identity)
+    record = PredictionRecord(output_dir, predictor.spec)
+    latest = record.latest()
+    inputs = provenance.input_identities(prepared, {cid: e["input"] for cid, e in latest.items()})
+
+    gone = sorted((set(latest) | set(table_case_ids(output_dir))) - set(inputs))
+    for cid in gone:
+        remove_case_files(output_dir, cid, file_ending)
+    if gone:
+        record.remove(gone)
+
+    def valid(cid: str, entry: dict) -> bool:
+        return (cid in inputs and entry["model"] == key and provenance.same_input(entry["input"], inputs[cid])
+                and os.path.isfile(os.path.join(output_dir, cid + file_ending))
+                and (not save_probabilities or os.path.isfile(os.path.join(output_dir, cid + ".npz"))))
+
+    mine = sorted(inputs)[part_id::num_parts]
+    todo = [cid for cid in mine
+            if overwrite or cid in prepared.converted or cid not in latest or not valid(cid, latest[cid])]
+    changed = _model_changes(output_dir, identity, latest, key, inputs)
+    for cid in todo:  # an old mask must never pair with a new row
+        remove_case_files(output_dir, cid, file_ending)
+
+    def finished(ofile: str, heads) -> None:
+        cid = os.path.basename(ofile)
+        record.append(cid, heads.outputs, key, inputs[cid])
+
+    lists = [prepared.cases[cid] for cid in todo]
+    ofiles = [os.path.join(output_dir, cid) for cid in todo]
+    if todo and engine == "threads":
+        run_cases(predictor, lists, ofiles, save_probabilities, export_threads=num_processes_export,
+                  preprocess_threads=num_processes_preprocessing, on_case_done=finished)
+    elif todo:
+        _predict_with_processes(predictor, lists, ofiles, save_probabilities, num_processes_preprocessing,
+                                num_processes_export, finished)
+    csv_path = record.publish(valid, {"model_key": key, "model": identity})
+    note = f" (model or settings changed: {', '.join(changed)}; its cases predicted again)" if changed else ""
+    report(f"{output_dir}: {len(todo)} predicted, {len(mine) - len(todo)} kept, {len(gone)} removed{note}")
+    return csv_path
+
+
+def _model_changes(output_dir: str, identity: dict, latest: Dict[str, dict], key: str,
+                   inputs: Dict[str, dict]) -> List[str]:
+    """What differs from the model of the rows already there (empty when nothing does)."""
+    if not any(e["model"] != key for cid, e in latest.items() if cid in inputs):
+        return []
+    path = os.path.join(output_dir, PROVENANCE_NAME)
+    try:
+        old = read_json(path).get("model", {})
+    except (OSError, ValueError, AttributeError):
+        old = {}
+    return [k for k in identity if old.get(k) != identity[k]] or ["model"]
+
+
+def _predict_with_processes(predictor: nnUNetPredictorMTL, lists, ofiles, save_probabilities: bool,
+                            n_preprocessing: int, n_export: int, finished: Callable) -> None:
+    """nnU-Net's own predict_from_files on exactly these cases; the predictor hands over all rows
+    when its exports are done (its ``write_case_table``, redirected here into the record)."""
+    def record_rows(folder: str, outputs: Dict[str, dict]) -> str:
+        for cid, out in outputs.items():
+            finished(os.path.join(folder, cid), SimpleNamespace(outputs=out))
+        return os.path.join(folder, CSV_NAME)
+
+    predictor.write_case_table = record_rows
+    try:
+        predictor.predict_from_files(lists, ofiles, save_probabilities=save_probabilities, overwrite=True,
+                                     num_processes_preprocessing=n_preprocessing,
+                                     num_processes_segmentation_export=n_export,
+                                     folder_with_segs_from_prev_stage=None, num_parts=1, part_id=0)
+    finally:
+        del predictor.write_case_table
 
 
 def classify_files(predictor: nnUNetPredictorMTL, files: Sequence[str], work_dir: str,
-                   clip_percentiles=(0.5, 98.5)) -> List[dict]:
-    """One result per file: its head outputs and the seconds it took (model already loaded)."""
+                   clip_percentiles=(0.5, 98.5), chatter=None) -> Iterator[dict]:
+    """One result per file, yielded as each finishes: ``file``, ``case_id``, ``outputs`` (head
+    outputs), ``seconds``; or ``file`` and ``error`` (one line) when the file cannot be read or
+    predicted, and the next file goes on. Each file is converted in its own folder, so two files
+    with the same name in different folders stay apart; inputs are checked against the model's
+    channels and dimensionality. ``chatter``: where nnU-Net's prints go (e.g. sys.stderr)."""
+    from nnunet_mtl.conversion.inference_inputs import prepare_cases
     preprocessor = predictor.configuration_manager.preprocessor_class(verbose=False)
-    results = []
-    for path in files:
+    model = model_inputs(predictor)
+    quiet = (lambda: contextlib.redirect_stdout(chatter)) if chatter is not None else contextlib.nullcontext
+    for i, path in enumerate(files):
         start = time.perf_counter()
-        case_id, nifti = next(iter(prepare_inputs([path], work_dir, clip_percentiles).items()))
-        data, _, _ = preprocessor.run_case([nifti], None, predictor.plans_manager, predictor.configuration_manager,
-                                           predictor.dataset_json)
-        _, heads = predictor.predict_case(torch.from_numpy(data), case_id)
-        results.append({"file": path, "case_id": case_id, "outputs": heads.outputs,
-                        "seconds": time.perf_counter() - start})
-    return results
+        try:
+            with quiet():
+                prepared = prepare_cases([path], os.path.join(work_dir, f"{i:05d}"), model, clip_percentiles)
+                case_id, channel_files = next(iter(prepared.cases.items()))
+                data, _, _ = preprocessor.run_case(channel_files, None, predictor.plans_manager,
+                                                   predictor.configuration_manager, predictor.dataset_json)
+                _, heads = predictor.predict_case(torch.from_numpy(data), case_id)
+        except Exception as e:  # noqa: BLE001 - one file's failure is its own line; the others go on
+            yield {"file": path, "error": _one_line(e)}
+            continue
+        yield {"file": path, "case_id": case_id, "outputs": heads.outputs, "seconds": time.perf_counter() - start}
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__

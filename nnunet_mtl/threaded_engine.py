@@ -6,14 +6,15 @@ cores). Here preprocessing runs in background threads (cases ahead), the sliding
 in the caller's thread, and resampling/export in a thread pool: torch, numpy/scipy and
 SimpleITK release the GIL in their heavy loops, so the stages overlap without new processes.
 The same nnU-Net functions do the work (preprocessor.run_case, export_prediction_from_logits),
-so masks are identical to stock.
+so masks are identical to stock. ``on_case_done(ofile, heads)`` runs in the caller's thread as
+soon as a case's mask is written (so a row recorded there always has its mask).
 """
 from __future__ import annotations
 
 import os
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from typing import List, Sequence
+from typing import Callable, List, Optional, Sequence
 
 import torch
 from nnunetv2.inference.export_prediction import export_prediction_from_logits
@@ -23,7 +24,8 @@ from nnunet_mtl.case_collector import CaseHeads
 
 def run_cases(predictor, input_lists: Sequence[List[str]], output_files: Sequence[str],
               save_probabilities: bool = False, export_threads: int = 2,
-              preprocess_threads: int = 2) -> List[CaseHeads]:
+              preprocess_threads: int = 2,
+              on_case_done: Optional[Callable[[str, CaseHeads], None]] = None) -> List[CaseHeads]:
     """Predict every case (list of channel files) into its truncated output file; returns the
     cases' head outputs, each under its case id (the output file's name)."""
     preprocessor = predictor.configuration_manager.preprocessor_class(verbose=False)
@@ -35,6 +37,11 @@ def run_cases(predictor, input_lists: Sequence[List[str]], output_files: Sequenc
     def preprocess(files):
         return preprocessor.run_case(files, None, predictor.plans_manager, predictor.configuration_manager,
                                      predictor.dataset_json)
+
+    def finish(ofile, case_heads, export):
+        export.result()
+        if on_case_done is not None:
+            on_case_done(ofile, case_heads)
 
     preprocess_threads = max(1, preprocess_threads)
     with ThreadPoolExecutor(preprocess_threads) as pre_pool, ThreadPoolExecutor(max(1, export_threads)) as export_pool:
@@ -52,11 +59,12 @@ def run_cases(predictor, input_lists: Sequence[List[str]], output_files: Sequenc
             logits, case_heads = predictor.predict_case(torch.from_numpy(data), os.path.basename(ofile))
             heads.append(case_heads)
             logits = logits.cpu()
-            pending_export.append(export_pool.submit(
+            pending_export.append((ofile, case_heads, export_pool.submit(
                 export_prediction_from_logits, logits, properties, predictor.configuration_manager,
-                predictor.plans_manager, predictor.dataset_json, ofile, save_probabilities))
-            while len(pending_export) > 2 * max(1, export_threads):  # bound memory held by queued logits
-                pending_export.popleft().result()
-        for f in pending_export:
-            f.result()
+                predictor.plans_manager, predictor.dataset_json, ofile, save_probabilities)))
+            while pending_export and (pending_export[0][2].done()  # report finished cases at once, in order
+                                      or len(pending_export) > 2 * max(1, export_threads)):  # bound queued logits
+                finish(*pending_export.popleft())
+        while pending_export:
+            finish(*pending_export.popleft())
     return heads

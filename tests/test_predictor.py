@@ -169,3 +169,19 @@ def test_quick_classify_prints_one_line_per_file(trained_2d, tmp_path):
     for line, f in zip(lines, files):
         name, cls, prob, secs = line.split("\t")
         assert name == f and cls in ("absent", "present") and 0.5 <= float(prob) <= 1 and secs.endswith("s")
+
+
+def test_both_engines_share_one_record_and_parts_publish_only_finished_rows(trained_2d, dataset_2d, tmp_path):
+    """Rows recorded by nnU-Net's process loop are kept by a threaded re-run; each part reports its own
+    cases and the table holds the rows finished so far."""
+    images = os.path.join(dataset_2d.raw_folder, "imagesTs")
+    predictor = load_predictor(trained_2d, folds=[0], use_mirroring=False)
+    lines, out = [], str(tmp_path / "out")
+    kw = dict(num_processes_preprocessing=1, num_processes_export=1, report=lines.append)
+    predict_folder(predictor, images, out, engine="processes", **kw)
+    predict_folder(predictor, images, out, **kw)
+    assert lines == [f"{out}: 3 predicted, 0 kept, 0 removed", f"{out}: 0 predicted, 3 kept, 0 removed"]
+    parts, lines[:] = str(tmp_path / "parts"), []
+    assert len(read_csv(predict_folder(predictor, images, parts, num_parts=2, part_id=1, **kw))) == 1
+    assert len(read_csv(predict_folder(predictor, images, parts, num_parts=2, part_id=0, **kw))) == 3
+    assert lines == [f"{parts}: 1 predicted, 0 kept, 0 removed", f"{parts}: 2 predicted, 0 kept, 0 removed"]

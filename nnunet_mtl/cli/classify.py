@@ -1,43 +1,67 @@
-"""nnunet_mtl_classify MODEL_DIR FILE [FILE ...]: one line per file: name, class, probability, seconds."""
+"""nnunet_mtl_classify -m MODEL_DIR FILE [FILE ...]: one line per file as it finishes: name, class,
+probability, seconds; or name, ERROR and the reason (the other files go on; exit code 1 at the end).
+Only these lines go to stdout; nnU-Net's messages go to stderr."""
 import argparse
+import contextlib
 import sys
 import tempfile
 
 from nnunet_mtl.cli.aggregation_args import add_aggregation_arguments
 
+PROG = "nnunet_mtl_classify"
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("model", help="trained model folder")
-    p.add_argument("files", nargs="+", help="PNG/JPG/DICOM/NIfTI images")
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__)
+    p.add_argument("-m", "--model", default=None, help="trained model folder (holds plans.json and fold_X)")
+    p.add_argument("files", nargs="+", help="PNG/JPG/BMP/TIFF/DICOM/NIfTI images")
     p.add_argument("--target", default=None, help="classification target to print (default: the first)")
     p.add_argument("-f", "--folds", nargs="+", default=None)
     p.add_argument("-chk", "--checkpoint", default="checkpoint_final.pth")
     p.add_argument("-device", "--device", default="cpu", choices=["cuda", "cpu", "mps"])
     p.add_argument("--disable_tta", action="store_true")
     add_aggregation_arguments(p)
+    return p
+
+
+def main(argv=None) -> int:
+    p = build_parser()
     args = p.parse_args(argv)
+    if args.model is None:  # the old form: MODEL_DIR FILE [FILE ...]
+        if len(args.files) < 2:
+            p.error("give the model with -m MODEL_DIR")
+        args.model, args.files = args.files[0], args.files[1:]
+        print(f"{PROG}: the model as first argument is deprecated; use -m {args.model}", file=sys.stderr)
     from nnunet_mtl.inference import classify_files, load_predictor
     try:
-        predictor = load_predictor(args.model, args.folds, args.checkpoint, args.device,
-                                   use_mirroring=not args.disable_tta, aggregation=args.aggregation,
-                                   foreground_floor=args.foreground_floor)
+        with contextlib.redirect_stdout(sys.stderr):
+            predictor = load_predictor(args.model, args.folds, args.checkpoint, args.device,
+                                       use_mirroring=not args.disable_tta, aggregation=args.aggregation,
+                                       foreground_floor=args.foreground_floor)
         spec = predictor.spec
         targets = spec.classification_targets
         if not targets:
             raise ValueError(f"{args.model}: the model has no classification target")
+        if args.target and args.target not in [t.name for t in targets]:
+            raise ValueError(f"unknown classification target {args.target!r} (the model has "
+                             f"{', '.join(t.name for t in targets)})")
         target = spec[args.target] if args.target else targets[0]
-        with tempfile.TemporaryDirectory() as work:
-            for r in classify_files(predictor, args.files, work):
-                probs = r["outputs"][target.name]
-                k = int(probs.argmax())
-                print(f"{r['file']}\t{target.classes[k]}\t{probs[k]:.4f}\t{r['seconds']:.2f}s", flush=True)
-    except KeyError as e:
-        print(f"nnunet_mtl_classify: error: unknown target {e}", file=sys.stderr)
-        return 2
     except (FileNotFoundError, ValueError, RuntimeError) as e:
-        print(f"nnunet_mtl_classify: error: {e}", file=sys.stderr)
+        print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2
+    failed = 0
+    with tempfile.TemporaryDirectory() as work:
+        for r in classify_files(predictor, args.files, work, chatter=sys.stderr):
+            if "error" in r:
+                failed += 1
+                print(f"{r['file']}\tERROR\t{r['error']}", flush=True)
+                continue
+            probs = r["outputs"][target.name]
+            k = int(probs.argmax())
+            print(f"{r['file']}\t{target.classes[k]}\t{probs[k]:.4f}\t{r['seconds']:.2f}s", flush=True)
+    if failed:
+        print(f"{PROG}: {failed} of {len(args.files)} file(s) failed", file=sys.stderr)
+        return 1
     return 0
 
 

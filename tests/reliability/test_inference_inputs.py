@@ -297,16 +297,23 @@ class _RecordingPredictor(SimpleNamespace):
     """Stands in for a loaded predictor: records which files nnU-Net would have read."""
 
     def __init__(self, model: ModelInputs):
-        super().__init__(dataset_json={"channel_names": dict(model.channel_names)},
+        from nnunet_mtl.targets import CLASSIFICATION, Target, TargetSpec
+        super().__init__(dataset_json={"channel_names": dict(model.channel_names), "file_ending": ".nii.gz"},
                          configuration_manager=SimpleNamespace(patch_size=[32, 32]),
                          plans_manager=SimpleNamespace(plans={"original_median_shape_after_transp": [1, 10, 12]}),
-                         seen=[])
-
-    def predict_from_files_threaded(self, source, output_dir, *args, **kwargs):
-        self.seen.append(sorted(f for f in os.listdir(source) if f.endswith(".nii.gz")))
+                         spec=TargetSpec((Target("finding", CLASSIFICATION, classes=("no", "yes")),)), seen=[])
 
 
-def test_predict_folder_reads_only_current_inputs(tmp_path):
+@pytest.fixture
+def recording_engine(monkeypatch):
+    """predict_folder's engine and model identity replaced: nothing is predicted, the inputs are recorded."""
+    import nnunet_mtl.inference as inference
+    monkeypatch.setattr(inference.provenance, "model_identity", lambda predictor: {"stand_in": True})
+    monkeypatch.setattr(inference, "run_cases", lambda predictor, lists, ofiles, *a, **kw: predictor.seen.append(
+        sorted(os.path.basename(f) for files in lists for f in files)))
+
+
+def test_predict_folder_reads_only_current_inputs(tmp_path, recording_engine):
     _, b = _two_pngs(tmp_path)
     predictor = _RecordingPredictor(GREY_2D)
     predict_folder(predictor, str(tmp_path / "in"), str(tmp_path / "out"))
@@ -315,7 +322,7 @@ def test_predict_folder_reads_only_current_inputs(tmp_path):
     assert predictor.seen == [["a_0000.nii.gz", "b_0000.nii.gz"], ["a_0000.nii.gz"]]
 
 
-def test_predict_folder_refuses_bad_inputs_before_touching_the_output(tmp_path):
+def test_predict_folder_refuses_bad_inputs_before_touching_the_output(tmp_path, recording_engine):
     (tmp_path / "in").mkdir()
     _nifti(tmp_path / "in" / "vol.nii.gz")
     (tmp_path / "out").mkdir()
