@@ -42,6 +42,8 @@ KNOBS = (
     Knob("num_val_iterations_per_epoch", int, None, "validation iterations per epoch (nnU-Net default 50)",
          "val_iterations_per_epoch", nnunet=True),
     Knob("save_every", int, None, "write checkpoint_latest every N epochs (nnU-Net default 50)", nnunet=True),
+    Knob("checkpoint_minutes", float, 5.0, "also write checkpoint_latest when this many minutes have passed since "
+         "the last one (0: every epoch); a killed run resumes losing at most that (default 5)", "checkpoint_minutes"),
     Knob("optimizer_name", str, "adamw", "adamw (seed design) or sgd (nnU-Net's: nesterov, momentum 0.99)",
          "optimizer", choices=("adamw", "sgd")),
     Knob("initial_lr", float, None, "U-Net learning rate (default 1e-4 with adamw, 1e-2 with sgd)", "lr"),

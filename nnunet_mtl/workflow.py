@@ -142,20 +142,38 @@ def model_folder(base_dir: str, state: PipelineState) -> str:
 def train(base_dir: str, folds: Optional[Sequence] = None, device: str = "cuda", num_gpus: int = 1,
           overwrite: bool = False, **knobs) -> str:
     """Train the given folds (default: all of the split). A finished fold is skipped; an interrupted
-    one resumes from its latest checkpoint. Knobs (epochs, lr, schedule...) go to the trainer."""
+    one resumes from its newest checkpoint (final, latest, else best, as nnU-Net's continue mode
+    looks for them). Knobs (epochs, lr, schedule...) go to the trainer."""
     state = load_state(base_dir)
     use_base_dir(base_dir)
     folder = model_folder(base_dir, state)
-    for fold in (state.folds if folds is None else folds):
+    folds = state.folds if folds is None else list(folds)
+    unknown = [f for f in folds if f not in state.folds]
+    if unknown:  # nnU-Net would silently make a random 80:20 split for a fold beyond splits_final.json
+        raise PipelineError(f"fold {unknown[0]} does not exist in this dataset's split (folds: {state.folds})")
+    for fold in folds:
         fold_dir = os.path.join(folder, f"fold_{fold}")
         finished = os.path.isfile(os.path.join(fold_dir, "checkpoint_final.pth"))
         validated = os.path.isfile(os.path.join(fold_dir, "validation", "mtl_summary.json"))
         if finished and validated and not overwrite:
             print(f"{fold_dir}: already trained and validated; skipping (--overwrite retrains)")
             continue
-        resume = not overwrite and (finished or os.path.isfile(os.path.join(fold_dir, "checkpoint_latest.pth")))
+        resume = not overwrite and _resume_message(fold_dir)
         _train_fold(state, fold, device, num_gpus, resume, knobs)
     return folder
+
+
+def _resume_message(fold_dir: str) -> bool:
+    """Whether a fold has a checkpoint to continue from; says which one (never restarts silently)."""
+    for name in ("checkpoint_final.pth", "checkpoint_latest.pth", "checkpoint_best.pth"):
+        if os.path.isfile(os.path.join(fold_dir, name)):
+            if name == "checkpoint_best.pth":
+                print(f"{fold_dir}: no checkpoint_latest.pth; resuming from {name} (the best epoch so far; "
+                      f"--overwrite starts again from scratch)")
+            else:
+                print(f"{fold_dir}: resuming from {name}")
+            return True
+    return False
 
 
 def _train_fold(state: PipelineState, fold, device: str, num_gpus: int, resume: bool, knobs: dict) -> None:

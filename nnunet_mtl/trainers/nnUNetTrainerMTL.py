@@ -40,6 +40,7 @@ from nnunet_mtl.network import MTLNetwork, unwrap
 from nnunet_mtl.orientation import decide, limit_rotation_for_lateral, mirror_axes_without_lr
 from nnunet_mtl.dataset_spec import DatasetSpec, targets_from_plans, targets_to_plans
 from nnunet_mtl.training import selection
+from nnunet_mtl.training.checkpointing import LatestCheckpointClock, save_atomically
 from nnunet_mtl.training.head_metrics import patch_head_metrics, patch_predictions
 from nnunet_mtl.training.optim import build_optimizer
 from nnunet_mtl.training.step_helpers import (class_weights_for_split, gathered_mean, per_target_losses,
@@ -130,6 +131,7 @@ class nnUNetTrainerMTL(nnUNetTrainer):
     # ------------------------------------------------------------------ training
     def on_train_start(self):
         super().on_train_start()
+        self.latest_clock = LatestCheckpointClock(self.checkpoint_minutes)
         tr_keys, _ = self.do_split()
         class_weights = class_weights_for_split(self.case_table, tr_keys, self.class_weight_smoothing,
                                                 self.class_weight_power)
@@ -217,7 +219,16 @@ class nnUNetTrainerMTL(nnUNetTrainer):
             self._best_weights = {k: v.detach().to('cpu', copy=True)
                                   for k, v in unwrap(self.network).state_dict().items()}
             self.save_checkpoint(os.path.join(self.output_folder, 'checkpoint_best.pth'))
-        super().on_epoch_end()
+        due = self.latest_clock.due()
+        nnunet_save_every = self.save_every
+        if due:
+            self.save_every = 1  # nnU-Net's own periodic save writes checkpoint_latest this epoch
+        try:
+            super().on_epoch_end()
+        finally:
+            self.save_every = nnunet_save_every
+        if due:
+            self.latest_clock.saved()
         if self.local_rank == 0:
             selection.write_progress(self.output_folder, self.mtl_state)
         patience = self.schedule_lengths["early_stopping_patience"]
@@ -257,7 +268,7 @@ class nnUNetTrainerMTL(nnUNetTrainer):
 
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self, filename: str) -> None:
-        super().save_checkpoint(filename)
+        save_atomically(super().save_checkpoint, filename)
         if self.local_rank == 0 and not self.disable_checkpointing:
             selection.save_state(filename, self.mtl_state)
 
