@@ -54,9 +54,9 @@ def test_fit_writes_out_of_fold_predictions_and_probes(heads, dataset_2d):
 
 def test_second_head_reuses_the_feature_cache(heads, stock_model, labels_csv, tmp_path):  # noqa: F811
     out = str(tmp_path / "again")
-    from nnunet_mtl.frozen.heads_model import fit_heads
-    summary = fit_heads(stock_model, out, labels_csv, cache_dir=os.path.join(heads, "feature_cache"),
-                        pools=("global",))
+    from nnunet_mtl import workflow
+    summary = workflow.add_frozen_heads(None, stock_model, out, labels_csv, device="cpu",
+                                        cache_dir=os.path.join(heads, "feature_cache"), pools=("global",))
     stats = summary["folds"]["0"]["frozen_features"]
     assert stats["computed"] == 0 and stats["forwards"] == 0 and stats["cached"] > 0   # no sliding window
 
@@ -65,7 +65,7 @@ def test_predict_gives_stock_masks_and_a_row_per_case(heads, stock_model, datase
     images = os.path.join(dataset_2d.raw_folder, "imagesTs")
     ids = sorted({f[:-len("_0000.nii.gz")] for f in os.listdir(images)})
     out = str(tmp_path / "pred")
-    argv = ["predict", "-m", heads, "-i", images, "-o", out, "-device", "cpu", "-npp", "1", "-nps", "1"]
+    argv = ["predict", "-m", heads, "-i", images, "-o", out, "-device", "cpu", "-npp", "0"]
     assert add_heads.main(argv) == 0
     rows = _rows(os.path.join(out, "predictions.csv"))
     assert [r["case_id"] for r in rows] == ids
@@ -77,7 +77,8 @@ def test_predict_gives_stock_masks_and_a_row_per_case(heads, stock_model, datase
                             perform_everything_on_device=False, allow_tqdm=False)   # nnUNetv2_predict's defaults
     stock.initialize_from_trained_model_folder(stock_model, (0,), "checkpoint_final.pth")
     stock_out = str(tmp_path / "stock")
-    stock.predict_from_files(images, stock_out, num_processes_preprocessing=1, num_processes_segmentation_export=1)
+    os.makedirs(stock_out)
+    stock.predict_from_files_sequential(images, stock_out)   # nnUNetv2_predict's computation, without workers
     for cid in ids:
         ours = sitk.GetArrayFromImage(sitk.ReadImage(os.path.join(out, cid + ".nii.gz")))
         theirs = sitk.GetArrayFromImage(sitk.ReadImage(os.path.join(stock_out, cid + ".nii.gz")))

@@ -44,7 +44,7 @@ def build_predict_parser() -> argparse.ArgumentParser:
     p.add_argument("-step_size", "--step_size", type=float, default=0.5)
     p.add_argument("--disable_tta", action="store_true", help="no mirroring for the masks")
     p.add_argument("-device", "--device", default=None, choices=["cuda", "cpu", "mps"])
-    p.add_argument("-npp", type=int, default=2, help="processes for preprocessing")
+    p.add_argument("-npp", type=int, default=2, help="processes for preprocessing (0: none, all in this process)")
     p.add_argument("-nps", type=int, default=2, help="processes for resampling/export")
     return p
 

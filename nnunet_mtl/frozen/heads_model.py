@@ -73,11 +73,11 @@ class StockModel:
         return file_signature([os.path.join(self.folder, f"fold_{fold}", checkpoint)])
 
     def preprocessed_folder(self) -> str:
-        from nnunetv2.paths import nnUNet_preprocessed
-        if not nnUNet_preprocessed:
+        root = os.environ.get("nnUNet_preprocessed")
+        if not root:
             raise RuntimeError("nnUNet_preprocessed is not set: the stock model's split and preprocessed cases "
                                "live there")
-        return os.path.join(nnUNet_preprocessed, self.dataset_name)
+        return os.path.join(root, self.dataset_name)
 
     def splits(self, splits_file: Optional[str] = None) -> list:
         path = splits_file or os.path.join(self.preprocessed_folder(), "splits_final.json")
@@ -222,7 +222,8 @@ def predict_folder(heads_dir: str, input_dir: str, output_dir: str, device: str 
                    use_mirroring: bool = True, num_processes_preprocessing: int = 2,
                    num_processes_export: int = 2, overwrite: bool = True) -> str:
     """Masks (nnU-Net's own predictor, stock model, its folds) and ``predictions.csv`` for the images of
-    ``input_dir`` (nnU-Net layout: ``CASE_0000.<ext>``). Returns the CSV path."""
+    ``input_dir`` (nnU-Net layout: ``CASE_0000.<ext>``); ``num_processes_preprocessing=0`` predicts the masks
+    in this process (nnU-Net's ``predict_from_files_sequential``, no worker start-up). Returns the CSV path."""
     import torch
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
     from nnunetv2.utilities.utils import create_lists_from_splitted_dataset_folder, \
@@ -242,9 +243,12 @@ def predict_folder(heads_dir: str, input_dir: str, output_dir: str, device: str 
                                 verbose_preprocessing=False, allow_tqdm=False)
     predictor.initialize_from_trained_model_folder(stock.folder, heads.info["folds"], heads.info["checkpoint"])
     os.makedirs(output_dir, exist_ok=True)
-    predictor.predict_from_files(input_dir, output_dir, save_probabilities=False, overwrite=overwrite,
-                                 num_processes_preprocessing=num_processes_preprocessing,
-                                 num_processes_segmentation_export=num_processes_export)
+    if num_processes_preprocessing <= 0:   # in this process, no workers (nnU-Net's sequential loop)
+        predictor.predict_from_files_sequential(input_dir, output_dir, save_probabilities=False, overwrite=overwrite)
+    else:
+        predictor.predict_from_files(input_dir, output_dir, save_probabilities=False, overwrite=overwrite,
+                                     num_processes_preprocessing=num_processes_preprocessing,
+                                     num_processes_segmentation_export=num_processes_export)
     outputs = heads.predict_cases(files_per_case, device)
     spec = heads.spec
     rows = [prediction_table.make_row(spec, c, outputs[c]) for c in sorted(outputs)]
