@@ -83,16 +83,34 @@ def load_stock_weights(network: nn.Module, checkpoint_file: str) -> LoadReport:
     return report
 
 
-def set_heads_only(network: nn.Module, heads_only: bool) -> int:
-    """Freeze (True) or unfreeze (False) every non-head parameter; returns how many tensors changed state.
+def set_heads_only(network: nn.Module, heads_only: bool, optimizer=None, distributed: bool = False) -> bool:
+    """Freeze (True) or unfreeze (False) every non-head parameter; returns whether anything changed.
 
-    Frozen parts also go to eval mode where they track running statistics (BatchNorm), so nothing
-    outside the heads changes; call after ``network.train()``."""
-    changed = 0
-    for name, p in network.named_parameters():
-        if not name.startswith(HEAD_PREFIX) and p.requires_grad == heads_only:
+    Single process: ``requires_grad`` off, so no backward runs through the U-Net and the optimiser
+    skips its parameters (no gradient: no update, no weight decay). Under DDP, which expects a gradient
+    for every parameter it was built with, the gradients are kept and dropped by an optimiser pre-step
+    hook instead. Either way the frozen parts go to eval mode where they track running statistics
+    (BatchNorm), so nothing outside the heads changes; call after ``network.train()``."""
+    frozen = [p for name, p in network.named_parameters() if not name.startswith(HEAD_PREFIX)]
+    if distributed:
+        handle = getattr(optimizer, "_mtl_heads_only_hook", None)
+        changed = (handle is not None) != heads_only
+        if heads_only and handle is None:
+            ids = {id(p) for p in frozen}
+
+            def drop_unet_grads(opt, _args, _kwargs):
+                for group in opt.param_groups:
+                    for p in group["params"]:
+                        if id(p) in ids:
+                            p.grad = None
+            optimizer._mtl_heads_only_hook = optimizer.register_step_pre_hook(drop_unet_grads)
+        elif not heads_only and handle is not None:
+            handle.remove()
+            optimizer._mtl_heads_only_hook = None
+    else:
+        changed = any(p.requires_grad == heads_only for p in frozen)
+        for p in frozen:
             p.requires_grad_(not heads_only)
-            changed += 1
     if heads_only:
         for name, m in network.named_modules():
             if not name.startswith(HEAD_PREFIX.rstrip(".")) and getattr(m, "track_running_stats", False):

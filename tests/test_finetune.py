@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from nnunet_mtl.finetune import IncompatibleWeights, load_stock_weights, resolve_checkpoint
+from nnunet_mtl.finetune import IncompatibleWeights, load_stock_weights, resolve_checkpoint, set_heads_only
 from nnunet_mtl.network import unwrap
 from tests.helpers import make_trainer
 from tests.test_frozen import stock_model  # noqa: F401  (fixture: a tiny stock nnUNetTrainer, fold 0)
@@ -65,3 +65,20 @@ def test_init_from_stock_then_heads_only_phase_then_joint(stock_model, dataset_2
     trainer.train_step(next(trainer.dataloader_train))
     assert any(not torch.equal(before[k], net.state_dict()[k]) for k in unet_keys)
     assert "Heads-only phase over" in open(trainer.log_file).read()
+
+    # under DDP the U-Net keeps its gradients (DDP expects them) and the optimiser drops them before the step
+    before = {k: v.detach().clone() for k, v in net.state_dict().items()}
+    assert set_heads_only(net, True, trainer.optimizer, distributed=True)
+    trainer.train_step(next(trainer.dataloader_train))
+    after = net.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in unet_keys)
+    assert any(not torch.equal(before[k], after[k]) for k in head_keys)
+    assert set_heads_only(net, False, trainer.optimizer, distributed=True)
+    trainer.train_step(next(trainer.dataloader_train))
+    assert any(not torch.equal(before[k], net.state_dict()[k]) for k in unet_keys)
+
+    # a continued run never reloads the stock weights
+    trainer._continued = True
+    trainer._maybe_init_from_stock()
+    assert any(not torch.equal(stock[k], net.state_dict()[k].cpu()) for k in unet_keys)
+    assert "init_from ignored" in open(trainer.log_file).read()

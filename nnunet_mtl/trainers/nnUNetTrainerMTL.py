@@ -161,7 +161,7 @@ class nnUNetTrainerMTL(nnUNetTrainer):
     def on_train_epoch_start(self):
         super().on_train_epoch_start()
         heads_only = self.current_epoch < self.heads_only_epochs
-        if set_heads_only(unwrap(self.network), heads_only):
+        if set_heads_only(unwrap(self.network), heads_only, self.optimizer, self.is_ddp):
             self.print_to_log_file(f"Heads only until epoch {self.heads_only_epochs}: encoder/decoder frozen" if heads_only
                                    else "Heads-only phase over: training the whole network")
 
