@@ -181,7 +181,8 @@ class FrozenHeads:
         folder = os.path.abspath(folder)
         path = os.path.join(folder, INFO_FILE)
         if not os.path.isfile(path):
-            raise FileNotFoundError(f"{folder}: not a frozen-heads folder (no {INFO_FILE}; made by nnunet_mtl_add_heads)")
+            raise FileNotFoundError(f"{folder}: not a frozen-heads folder (no {INFO_FILE}; "
+                                    f"nnunet_mtl_add_heads writes one)")
         with open(path) as f:
             info = json.load(f)
         stock = StockModel.from_folder(info["stock_model"])
