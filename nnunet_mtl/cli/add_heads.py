@@ -41,6 +41,8 @@ def build_predict_parser() -> argparse.ArgumentParser:
     p.add_argument("-m", "--model", required=True, help="folder written by nnunet_mtl_add_heads")
     p.add_argument("-i", "--input", required=True, help="images in nnU-Net's layout (CASE_0000.nii.gz ...)")
     p.add_argument("-o", "--output", required=True, help="output folder for masks and predictions.csv")
+    p.add_argument("-f", "--folds", nargs="+", type=int, default=None,
+                   help="stock folds for the masks (default: all trained, as nnUNetv2_predict)")
     p.add_argument("-step_size", "--step_size", type=float, default=0.5)
     p.add_argument("--disable_tta", action="store_true", help="no mirroring for the masks")
     p.add_argument("-device", "--device", default=None, choices=["cuda", "cpu", "mps"])
@@ -59,7 +61,8 @@ def main(argv=None) -> int:
             args = build_predict_parser().parse_args(argv[1:])
             from nnunet_mtl.frozen.heads_model import predict_folder
             csv_path = predict_folder(args.model, args.input, args.output, args.device or _device_default(),
-                                      args.step_size, not args.disable_tta, args.npp, args.nps)
+                                      args.step_size, not args.disable_tta, args.npp, args.nps,
+                                      mask_folds=args.folds)
             print(f"predictions: {csv_path}")
             return 0
         args = build_parser().parse_args(argv)

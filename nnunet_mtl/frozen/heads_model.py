@@ -221,9 +221,11 @@ class FrozenHeads:
 
 def predict_folder(heads_dir: str, input_dir: str, output_dir: str, device: str = "cpu", step_size: float = 0.5,
                    use_mirroring: bool = True, num_processes_preprocessing: int = 2,
-                   num_processes_export: int = 2, overwrite: bool = True) -> str:
+                   num_processes_export: int = 2, overwrite: bool = True,
+                   mask_folds: Optional[Sequence[int]] = None) -> str:
     """Masks (nnU-Net's own predictor, stock model, its folds) and ``predictions.csv`` for the images of
-    ``input_dir`` (nnU-Net layout: ``CASE_0000.<ext>``); ``num_processes_preprocessing=0`` predicts the masks
+    ``input_dir`` (nnU-Net layout: ``CASE_0000.<ext>``). The masks ensemble ``mask_folds`` (default: every
+    trained fold of the stock model, as ``nnUNetv2_predict``); ``num_processes_preprocessing=0`` predicts the masks
     in this process (nnU-Net's ``predict_from_files_sequential``, no worker start-up). Returns the CSV path."""
     import torch
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
@@ -242,7 +244,8 @@ def predict_folder(heads_dir: str, input_dir: str, output_dir: str, device: str 
     predictor = nnUNetPredictor(tile_step_size=step_size, use_gaussian=True, use_mirroring=use_mirroring,
                                 perform_everything_on_device=dev.type == "cuda", device=dev, verbose=False,
                                 verbose_preprocessing=False, allow_tqdm=False)
-    predictor.initialize_from_trained_model_folder(stock.folder, heads.info["folds"], heads.info["checkpoint"])
+    folds = list(mask_folds) if mask_folds else stock.folds(heads.info["checkpoint"])
+    predictor.initialize_from_trained_model_folder(stock.folder, folds, heads.info["checkpoint"])
     os.makedirs(output_dir, exist_ok=True)
     if num_processes_preprocessing <= 0:   # in this process, no workers (nnU-Net's sequential loop)
         predictor.predict_from_files_sequential(input_dir, output_dir, save_probabilities=False, overwrite=overwrite)
