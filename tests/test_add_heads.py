@@ -83,3 +83,10 @@ def test_predict_gives_stock_masks_and_a_row_per_case(heads, stock_model, datase
         ours = sitk.GetArrayFromImage(sitk.ReadImage(os.path.join(out, cid + ".nii.gz")))
         theirs = sitk.GetArrayFromImage(sitk.ReadImage(os.path.join(stock_out, cid + ".nii.gz")))
         np.testing.assert_array_equal(ours, theirs)
+
+
+def test_errors_are_one_line_naming_the_folder(tmp_path, capsys):
+    assert add_heads.main(["-m", str(tmp_path), "-o", str(tmp_path / "o")]) == 2
+    assert "no plans.json" in capsys.readouterr().err
+    assert add_heads.main(["predict", "-m", str(tmp_path), "-i", str(tmp_path), "-o", str(tmp_path / "o")]) == 2
+    assert "not a frozen-heads folder" in capsys.readouterr().err
