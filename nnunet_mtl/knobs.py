@@ -62,6 +62,10 @@ KNOBS = (
          "early stopping patience in epochs (default 10%% of the epochs: 100 of 1000, at least 10)", "patience"),
     Knob("selection_seg_weight", float, 0.5, "weight of the pseudo Dice in the combined selection score (default 0.5)",
          "selection_seg_weight"),
+    Knob("init_from", str, None, "start encoder/decoder from a stock nnU-Net model: its folder (fold k from its "
+         "fold_k), a fold folder or a checkpoint .pth; heads start fresh (not applied when continuing)", "init_from"),
+    Knob("heads_only_epochs", int, 0, "first epochs in which only the heads train (encoder/decoder frozen; default 0)",
+         "heads_only_epochs"),
 )
 BY_NAME: Dict[str, Knob] = {k.name: k for k in KNOBS}
 TRAINER_KNOBS = {k.name: k.type for k in KNOBS}  # name -> type (the old overrides.py table)

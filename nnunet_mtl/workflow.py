@@ -277,3 +277,18 @@ def evaluate_validation(base_dir: str, fold: int, output_folder: Optional[str] =
                     prediction_csv=csv_path, output_folder=output_folder, labels=description.table,
                     regions=dict(description.regions), n_bootstrap=n_bootstrap,
                     label_names=dict(description.label_names))
+
+
+# ------------------------------------------------------------------------------- heads on a stock model
+def add_frozen_heads(base_dir: Optional[str], model_dir: str, out_dir: str, labels_csv: Optional[str] = None,
+                     spec_json: Optional[str] = None, device: str = "cuda", **kwargs) -> dict:
+    """Heads on a trained stock nnU-Net model that stays frozen (``nnunet_mtl.frozen.heads_model.fit_heads``):
+    one probe per fold of the model's own split, out-of-fold validation in ``out_dir/fold_k/validation``.
+    ``base_dir`` holds the model's ``nnUNet_preprocessed`` (its split and preprocessed cases); None keeps the
+    nnU-Net folder variables already set."""
+    from nnunet_mtl.frozen.heads_model import fit_heads
+    from nnunet_mtl.targets import load_spec_file
+    if base_dir is not None:
+        use_base_dir(base_dir)
+    spec = load_spec_file(spec_json) if spec_json else None
+    return fit_heads(model_dir, out_dir, labels_csv, spec, device=device, **kwargs)

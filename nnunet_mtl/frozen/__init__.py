@@ -5,4 +5,6 @@
 * ``extract``: the model's own sliding window, with hooks on ``network.encoder``; case sources
   (preprocessed cases or raw images).
 * ``probe``: logistic regression / ridge fitted on cached features (``FrozenEncoderProbe``).
+* ``heads_model``: one probe per fold of a stock model's own split (out-of-fold validation), saved as a
+  frozen-heads folder, and prediction with it (stock masks + predictions.csv); ``nnunet_mtl_add_heads``.
 """

@@ -33,6 +33,7 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.helpers import dummy_context
 
 from nnunet_mtl.data import CaseTargets
+from nnunet_mtl.finetune import load_stock_weights, resolve_checkpoint, set_heads_only
 from nnunet_mtl.heads import PooledHead
 from nnunet_mtl.knobs import apply_knobs, resolve_lrs, resolve_schedule
 from nnunet_mtl.losses import HeadLoss, HeadWeightSchedule
@@ -144,9 +145,27 @@ class nnUNetTrainerMTL(nnUNetTrainer):
         self.regression_stats = self.case_targets.regression_stats(tr_keys)
         store_regression_stats(unwrap(self.network), self.regression_stats)
         self.head_loss = HeadLoss(self.spec, class_weights).to(self.device)
+        self._maybe_init_from_stock()
         w_seg, w_head = self.loss_weights()
         self.print_to_log_file(f"Schedule for {self.num_epochs} epochs: {self.schedule_lengths} (unset ones scale with "
                                f"the budget); loss weights now: seg {w_seg:.3f}, heads {w_head:.3f} ({self.schedule})")
+
+    def _maybe_init_from_stock(self):
+        """``init_from``: stock encoder/decoder weights before the first epoch (never when continuing)."""
+        if not self.init_from or self.current_epoch > 0 or getattr(self, "_continued", False):
+            if self.init_from:
+                self.print_to_log_file(f"init_from ignored: continuing a run from epoch {self.current_epoch}")
+            return
+        report = load_stock_weights(unwrap(self.network), resolve_checkpoint(self.init_from, self.fold))
+        for line in report.lines():
+            self.print_to_log_file(line, also_print_to_console=True)
+
+    def on_train_epoch_start(self):
+        super().on_train_epoch_start()
+        heads_only = self.current_epoch < self.heads_only_epochs
+        if set_heads_only(unwrap(self.network), heads_only, self.optimizer, self.is_ddp):
+            self.print_to_log_file(f"Heads only until epoch {self.heads_only_epochs}: encoder/decoder frozen" if heads_only
+                                   else "Heads-only phase over: training the whole network")
 
     def train_step(self, batch: dict) -> dict:
         data = batch['data'].to(self.device, non_blocking=True)
@@ -274,6 +293,7 @@ class nnUNetTrainerMTL(nnUNetTrainer):
 
     def load_checkpoint(self, filename_or_checkpoint) -> None:
         super().load_checkpoint(filename_or_checkpoint)
+        self._continued = True
         if isinstance(filename_or_checkpoint, str):
             self.mtl_state = {**selection.new_state(), **selection.load_state(filename_or_checkpoint, self.mtl_state)}
 

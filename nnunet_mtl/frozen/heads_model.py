@@ -1,0 +1,261 @@
+"""Heads on a frozen stock nnU-Net model: fit per fold (out-of-fold validation), save, predict.
+
+A *frozen-heads folder* (``fit_heads`` writes it) holds no network, only a pointer to the stock
+model and one fitted probe per fold::
+
+    OUT/frozen_heads.json            stock model folder, its checkpoints' identity, folds, targets,
+                                     features used (stages, pools), scikit-learn version
+    OUT/fold_k/probe.pkl             the fold's LinearProbe (pickle; load it with the same scikit-learn)
+    OUT/fold_k/validation/           predictions.csv|json and mtl_summary.json: the fold's validation
+                                     cases, predicted by a probe that never saw them
+    OUT/validation_summary.json      the same metrics over every fold's validation cases together
+    OUT/feature_cache/               pooled features (``cache``), keyed by checkpoint and case
+
+Fold k uses the stock model's fold-k network for its features and fold k of the stock model's own
+split (``splits_final.json``), so neither the network nor the probe saw a validation case.
+
+``predict_folder``: masks from nnU-Net's own ``nnUNetPredictor`` over the stock model (the same
+masks as ``nnUNetv2_predict``), then per fold the frozen features of each case and that fold's probe;
+probabilities (regression values) are averaged over the folds, as nnU-Net ensembles folds.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pickle
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+from nnunet_mtl import prediction_table
+from nnunet_mtl.frozen.cache import file_signature
+from nnunet_mtl.frozen.extract import EncoderFeatureExtractor, preprocessed_cases, raw_cases
+from nnunet_mtl.frozen.pooling import POOLS, feature_vector
+from nnunet_mtl.frozen.probe import LinearProbe
+from nnunet_mtl.io_utils import atomic_write_json
+from nnunet_mtl.targets import CaseTable, TargetSpec
+
+log = logging.getLogger(__name__)
+
+INFO_FILE = "frozen_heads.json"
+PROBE_FILE = "probe.pkl"
+FORMAT = "nnunet_mtl frozen heads 1"
+
+
+@dataclass
+class StockModel:
+    """A trained nnU-Net results folder ``.../DatasetXXX_Name/TRAINER__PLANS__CONFIGURATION``."""
+    folder: str
+    dataset_name: str
+    configuration: str
+
+    @classmethod
+    def from_folder(cls, folder: str) -> "StockModel":
+        folder = os.path.abspath(folder)
+        if not os.path.isfile(os.path.join(folder, "plans.json")):
+            raise FileNotFoundError(f"{folder}: not an nnU-Net model folder (no plans.json)")
+        parts = os.path.basename(folder).split("__")
+        if len(parts) != 3:
+            raise ValueError(f"{folder}: expected a folder named TRAINER__PLANS__CONFIGURATION")
+        return cls(folder, os.path.basename(os.path.dirname(folder)), parts[2])
+
+    def read_json(self, name: str) -> dict:
+        with open(os.path.join(self.folder, name)) as f:
+            return json.load(f)
+
+    def folds(self, checkpoint: str) -> List[int]:
+        from nnunet_mtl.workflow import trained_folds
+        return trained_folds(self.folder, checkpoint)
+
+    def checkpoint_signature(self, fold: int, checkpoint: str) -> str:
+        return file_signature([os.path.join(self.folder, f"fold_{fold}", checkpoint)])
+
+    def preprocessed_folder(self) -> str:
+        root = os.environ.get("nnUNet_preprocessed")
+        if not root:
+            raise RuntimeError("nnUNet_preprocessed is not set: the stock model's split and preprocessed cases "
+                               "live there")
+        return os.path.join(root, self.dataset_name)
+
+    def splits(self, splits_file: Optional[str] = None) -> list:
+        path = splits_file or os.path.join(self.preprocessed_folder(), "splits_final.json")
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{path}: the stock model's splits not found (pass the splits file)")
+        with open(path) as f:
+            return json.load(f)
+
+    def data_folder(self) -> str:
+        ident = self.read_json("plans.json")["configurations"][self.configuration]["data_identifier"]
+        return os.path.join(self.preprocessed_folder(), ident)
+
+
+def load_labels(stock: StockModel, labels_csv: Optional[str], spec: Optional[TargetSpec]) -> CaseTable:
+    """The labels CSV (with an optional spec), else the ``mtl`` block of the model's dataset.json."""
+    if labels_csv:
+        from nnunet_mtl.targets import read_labels_csv
+        return read_labels_csv(labels_csv, spec)
+    from nnunet_mtl.dataset_spec import DatasetSpec
+    return DatasetSpec.from_file(os.path.join(stock.folder, "dataset.json")).table
+
+
+def _sklearn_version() -> str:
+    import sklearn
+    return sklearn.__version__
+
+
+def fit_heads(model_dir: str, out_dir: str, labels_csv: Optional[str] = None, spec: Optional[TargetSpec] = None,
+              folds: Optional[Sequence[int]] = None, splits_file: Optional[str] = None,
+              checkpoint: str = "checkpoint_final.pth", device: str = "cpu", cache_dir: Optional[str] = None,
+              use_mirroring: bool = False, stages: Optional[Sequence[int]] = None, pools: Sequence[str] = POOLS,
+              seed: int = 0) -> dict:
+    """Fit one probe per fold of the stock model on its training cases; write out-of-fold predictions.
+
+    Returns the pooled out-of-fold summary (also in ``OUT/validation_summary.json``)."""
+    from nnunet_mtl.training.head_metrics import whole_case_summary
+    stock = StockModel.from_folder(model_dir)
+    table = load_labels(stock, labels_csv, spec)
+    spec = table.spec
+    folds = [int(f) for f in folds] if folds else stock.folds(checkpoint)
+    if not folds:
+        raise FileNotFoundError(f"{stock.folder}: no fold_k/{checkpoint}")
+    splits = stock.splits(splits_file)
+    out_dir = os.path.abspath(out_dir)
+    cache_dir = os.path.abspath(cache_dir or os.path.join(out_dir, "feature_cache"))
+    os.makedirs(out_dir, exist_ok=True)
+    data_folder = stock.data_folder()
+    labelled = set(table.case_ids)
+    all_rows, per_fold = [], {}
+    for k in folds:
+        if k >= len(splits):
+            raise ValueError(f"fold {k}: the stock model's split has {len(splits)} folds")
+        train_ids = sorted(c for c in splits[k]["train"] if c in labelled)
+        val_ids = sorted(splits[k]["val"])
+        extractor = EncoderFeatureExtractor(stock.folder, [k], checkpoint, cache_dir, device, use_mirroring)
+        feats = extractor.features(preprocessed_cases(data_folder, train_ids + val_ids))
+        x = {c: feature_vector(feats[c], stages, pools) for c in feats}
+        probe = LinearProbe(spec, seed).fit(np.stack([x[c] for c in train_ids]), train_ids, table)
+        pred = probe.predict(np.stack([x[c] for c in val_ids]), val_ids)
+        rows = [prediction_table.make_row(spec, c, pred[c]) for c in val_ids]
+        fold_dir = os.path.join(out_dir, f"fold_{k}")
+        val_dir = os.path.join(fold_dir, "validation")
+        os.makedirs(val_dir, exist_ok=True)
+        prediction_table.write(os.path.join(val_dir, "predictions.csv"), os.path.join(val_dir, "predictions.json"),
+                               spec, rows)
+        summary = whole_case_summary(spec, [r for r in rows if r["case_id"] in labelled], table)
+        summary.update(frozen_features=extractor.stats, regularisation=probe.chosen, n_train=len(train_ids))
+        atomic_write_json(os.path.join(val_dir, "mtl_summary.json"), summary)
+        _save_probe(os.path.join(fold_dir, PROBE_FILE), probe, k, train_ids)
+        log.info("fold %d: %s (features: %s)", k, summary.get("headline", ""), extractor.stats)
+        per_fold[k] = summary
+        all_rows.extend(rows)
+    overall = whole_case_summary(spec, [r for r in all_rows if r["case_id"] in labelled], table)
+    overall["folds"] = {str(k): v for k, v in per_fold.items()}
+    atomic_write_json(os.path.join(out_dir, "validation_summary.json"), overall)
+    atomic_write_json(os.path.join(out_dir, INFO_FILE), {
+        "format": FORMAT, "stock_model": stock.folder, "checkpoint": checkpoint, "folds": folds,
+        "checkpoint_signatures": {str(k): stock.checkpoint_signature(k, checkpoint) for k in folds},
+        "targets": spec.to_json(), "stages": None if stages is None else list(stages), "pools": list(pools),
+        "use_mirroring": use_mirroring, "feature_cache": cache_dir, "sklearn_version": _sklearn_version()})
+    return overall
+
+
+def _save_probe(path: str, probe: LinearProbe, fold: int, train_ids: Sequence[str]) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        pickle.dump({"probe": probe, "fold": fold, "train_cases": list(train_ids),
+                     "sklearn_version": _sklearn_version()}, f)
+    os.replace(tmp, path)
+
+
+@dataclass
+class FrozenHeads:
+    """A frozen-heads folder, loaded: its info and one probe per fold."""
+    folder: str
+    info: dict
+    probes: Dict[int, LinearProbe]
+
+    @classmethod
+    def load(cls, folder: str) -> "FrozenHeads":
+        folder = os.path.abspath(folder)
+        path = os.path.join(folder, INFO_FILE)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{folder}: not a frozen-heads folder (no {INFO_FILE}; "
+                                    f"nnunet_mtl_add_heads writes one)")
+        with open(path) as f:
+            info = json.load(f)
+        stock = StockModel.from_folder(info["stock_model"])
+        probes = {}
+        for k in info["folds"]:
+            if stock.checkpoint_signature(k, info["checkpoint"]) != info["checkpoint_signatures"][str(k)]:
+                raise RuntimeError(f"{stock.folder}/fold_{k}/{info['checkpoint']} changed since the heads were "
+                                   f"fitted: fit them again (nnunet_mtl_add_heads)")
+            with open(os.path.join(folder, f"fold_{k}", PROBE_FILE), "rb") as f:
+                saved = pickle.load(f)
+            if saved["sklearn_version"] != _sklearn_version():
+                log.warning("fold %d: probe fitted with scikit-learn %s, loaded with %s", k, saved["sklearn_version"],
+                            _sklearn_version())
+            probes[int(k)] = saved["probe"]
+        return cls(folder, info, probes)
+
+    @property
+    def spec(self) -> TargetSpec:
+        return TargetSpec.from_json(self.info["targets"])
+
+    def predict_cases(self, files_per_case: Dict[str, Sequence[str]], device: str = "cpu") -> Dict[str, dict]:
+        """{case: {target: probabilities | [value]}}: each fold's probe on that fold's features, averaged."""
+        info, sums = self.info, {}
+        for k, probe in self.probes.items():
+            extractor = EncoderFeatureExtractor(info["stock_model"], [k], info["checkpoint"], info["feature_cache"],
+                                                device, info["use_mirroring"])
+            feats = extractor.features(raw_cases(files_per_case))
+            ids = sorted(feats)
+            x = np.stack([feature_vector(feats[c], info["stages"], info["pools"]) for c in ids])
+            for c, outputs in probe.predict(x, ids).items():
+                acc = sums.setdefault(c, {})
+                for name, v in outputs.items():
+                    acc[name] = acc.get(name, 0) + np.asarray(v, dtype=np.float64) / len(self.probes)
+        return sums
+
+
+def predict_folder(heads_dir: str, input_dir: str, output_dir: str, device: str = "cpu", step_size: float = 0.5,
+                   use_mirroring: bool = True, num_processes_preprocessing: int = 2,
+                   num_processes_export: int = 2, overwrite: bool = True,
+                   mask_folds: Optional[Sequence[int]] = None) -> str:
+    """Masks (nnU-Net's own predictor, stock model, its folds) and ``predictions.csv`` for the images of
+    ``input_dir`` (nnU-Net layout: ``CASE_0000.<ext>``). The masks ensemble ``mask_folds`` (default: every
+    trained fold of the stock model, as ``nnUNetv2_predict``); ``num_processes_preprocessing=0`` predicts the masks
+    in this process (nnU-Net's ``predict_from_files_sequential``, no worker start-up). Returns the CSV path."""
+    import torch
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+    from nnunetv2.utilities.utils import create_lists_from_splitted_dataset_folder, \
+        get_identifiers_from_splitted_dataset_folder
+    from nnunet_mtl.planning import add_trainer_path
+    heads = FrozenHeads.load(heads_dir)
+    stock = StockModel.from_folder(heads.info["stock_model"])
+    file_ending = stock.read_json("dataset.json")["file_ending"]
+    ids = [str(i) for i in get_identifiers_from_splitted_dataset_folder(input_dir, file_ending)]
+    if not ids:
+        raise FileNotFoundError(f"{input_dir}: no CASE_0000{file_ending} images")
+    files_per_case = dict(zip(ids, create_lists_from_splitted_dataset_folder(input_dir, file_ending, ids, 1)))
+    add_trainer_path()
+    dev = torch.device(device)
+    predictor = nnUNetPredictor(tile_step_size=step_size, use_gaussian=True, use_mirroring=use_mirroring,
+                                perform_everything_on_device=dev.type == "cuda", device=dev, verbose=False,
+                                verbose_preprocessing=False, allow_tqdm=False)
+    folds = list(mask_folds) if mask_folds else stock.folds(heads.info["checkpoint"])
+    predictor.initialize_from_trained_model_folder(stock.folder, folds, heads.info["checkpoint"])
+    os.makedirs(output_dir, exist_ok=True)
+    if num_processes_preprocessing <= 0:   # in this process, no workers (nnU-Net's sequential loop)
+        predictor.predict_from_files_sequential(input_dir, output_dir, save_probabilities=False, overwrite=overwrite)
+    else:
+        predictor.predict_from_files(input_dir, output_dir, save_probabilities=False, overwrite=overwrite,
+                                     num_processes_preprocessing=num_processes_preprocessing,
+                                     num_processes_segmentation_export=num_processes_export)
+    outputs = heads.predict_cases(files_per_case, device)
+    spec = heads.spec
+    rows = [prediction_table.make_row(spec, c, outputs[c]) for c in sorted(outputs)]
+    csv_path = os.path.join(output_dir, "predictions.csv")
+    prediction_table.write(csv_path, os.path.join(output_dir, "predictions.json"), spec, rows)
+    return csv_path
