@@ -27,6 +27,7 @@ PROGRAMS = [(re.compile(r"(?:^|[\s/])pipeline\.py\b|\bnnunet_mtl_pipeline\b"), "
             (re.compile(r"\bnnunet_mtl_predict\b"), "predict"),
             (re.compile(r"\bnnunet_mtl_explain\b"), "explain"),
             (re.compile(r"\bnnunet_mtl_classify\b"), "classify"),
+            (re.compile(r"\bnnunet_mtl_add_heads\b"), "add_heads"),
             (re.compile(r"-m\s+split_tools\b"), "split_tools")]
 # README section heading (substring) -> the CLIs its prose flags belong to; other sections: any CLI
 SECTION_CLIS = {"Set-up": {"pipeline"}, "The pipeline": {"pipeline"}, "Input layouts": {"pipeline"},
@@ -42,10 +43,11 @@ def _options(parser) -> set:
 @functools.lru_cache(maxsize=None)
 def cli_flags() -> dict:
     """CLI name -> its option strings, from the parser builders in nnunet_mtl/cli/."""
-    from nnunet_mtl.cli import classify, evaluate, explain, pipeline, predict, split
+    from nnunet_mtl.cli import add_heads, classify, evaluate, explain, pipeline, predict, split
     return {"pipeline": _options(pipeline.build_parser()), "evaluation": _options(evaluate.build_parser()),
             "predict": _options(predict.build_parser()), "explain": _options(explain.build_parser()),
-            "split_tools": _options(split.build_parser()), "classify": _options(classify.build_parser())}
+            "split_tools": _options(split.build_parser()), "classify": _options(classify.build_parser()),
+            "add_heads": _options(add_heads.build_parser())}
 
 
 # the documented commands and the parser each one runs
