@@ -33,8 +33,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import (knobs_problem, load_average, machine_lines, set_runtime_env, train_in_process,  # noqa: E402
-                    trainer_problem)
+from common import (knobs_problem, load_average, machine_lines, set_runtime_env, stored_setup,  # noqa: E402
+                    train_in_process, trainer_problem)
 
 
 @dataclass(frozen=True)
@@ -116,14 +116,9 @@ def prepare(args, size: dict, base: str) -> dict:
         shrink = {**(shrink or {}), "patch_size": tuple(args.patch)}
     settings = {"dataset": args.dataset, "data": os.path.abspath(args.data), "cases": size["cases"], "seed": args.seed,
                 "shrink": shrink, "test_fraction": args.test_fraction}
-    settings = json.loads(json.dumps(settings))  # tuples -> lists, for comparison with the stored copy
     marker = os.path.join(base, "accuracy_setup.json")
-    if os.path.isfile(marker):
-        with open(marker) as f:
-            stored = json.load(f)
-        if stored["settings"] != settings:
-            raise SystemExit(f"{base} was prepared with other settings:\n  {stored['settings']}\nnow:\n  {settings}\n"
-                             f"use another --base_dir")
+    stored = stored_setup(marker, settings)
+    if stored is not None:
         print(f"[setup] reusing {base}", flush=True)
         return stored
     start = time.perf_counter()

@@ -93,14 +93,8 @@ def prepare_dataset(args) -> BenchDataset:
     settings = {"dataset_id": args.dataset_id, "cases": args.cases, "test_cases": args.test_cases,
                 "shape": list(args.shape), "planner": args.planner, "configuration": args.configuration,
                 "shrink": _shrink(args), "seed": args.seed}
-    settings = json.loads(json.dumps(settings))  # tuples -> lists, for comparison with the stored copy
-    marker = os.path.join(base, MARKER)
-    if os.path.isfile(marker):
-        with open(marker) as f:
-            stored = json.load(f)
-        if stored["settings"] != settings:
-            raise SystemExit(f"{base} was prepared with other settings:\n  {stored['settings']}\nnow:\n  {settings}\n"
-                             f"use another --base_dir")
+    stored = stored_setup(os.path.join(base, MARKER), settings)
+    if stored is not None:
         print(f"[setup] reusing {base} ({stored['name']}, plans {stored['plans']})", flush=True)
         return BenchDataset(args.dataset_id, stored["name"], args.configuration, stored["plans"],
                             stored["raw_folder"], paths)
@@ -114,6 +108,20 @@ def prepare_dataset(args) -> BenchDataset:
     with open(marker, "w") as f:
         json.dump({"settings": settings, "name": ds.name, "plans": plans, "raw_folder": raw}, f, indent=1)
     return ds
+
+
+def stored_setup(marker: str, settings: dict):
+    """What an earlier run prepared under the same settings (None: nothing yet); other settings stop
+    the run, since reusing them would mix two set-ups."""
+    settings = json.loads(json.dumps(settings))  # tuples -> lists, for comparison with the stored copy
+    if not os.path.isfile(marker):
+        return None
+    with open(marker) as f:
+        stored = json.load(f)
+    if stored["settings"] != settings:
+        raise SystemExit(f"{os.path.dirname(marker)} was prepared with other settings:\n  {stored['settings']}\n"
+                         f"now:\n  {settings}\nuse another --base_dir")
+    return stored
 
 
 def ensure_model(ds: BenchDataset, trainer: str, fold: int, iterations: int, device: str) -> str:
