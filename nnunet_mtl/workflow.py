@@ -15,6 +15,7 @@ import sys
 from dataclasses import asdict, dataclass, field
 from typing import List, Optional, Sequence
 
+from nnunet_mtl.case_aggregation import DEFAULT_AGGREGATION, MASKLESS_AGGREGATION
 from nnunet_mtl.dataset_spec import DatasetSpec, targets_from_plans
 from nnunet_mtl.io_utils import atomic_write_json, read_json
 from nnunet_mtl.knobs import knob_overrides
@@ -215,7 +216,7 @@ def infer(base_dir: str, test_input: Optional[str] = None, test_output: Optional
     aggregation = predict_kwargs.pop("aggregation", None)
     if aggregation is None:
         has_masks = DatasetSpec.from_file(os.path.join(folder, "dataset.json")).has_masks
-        aggregation = "foreground_weighted" if has_masks else "mean"
+        aggregation = DEFAULT_AGGREGATION if has_masks else MASKLESS_AGGREGATION
     predictor = load_predictor(folder, folds, checkpoint, device,
                                step_size=predict_kwargs.pop("step_size", 0.5),
                                use_mirroring=predict_kwargs.pop("use_mirroring", True), aggregation=aggregation)

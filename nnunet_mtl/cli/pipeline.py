@@ -13,6 +13,7 @@ import argparse
 import os
 import sys
 
+from nnunet_mtl.case_aggregation import AGGREGATIONS, DEFAULT_AGGREGATION, MASKLESS_AGGREGATION
 from nnunet_mtl.conversion.description import add_description_arguments, description_from_args
 from nnunet_mtl.conversion.registry import LAYOUT_NAMES
 from nnunet_mtl.demo import DEMO_BUDGET, DEMO_SHRINK
@@ -71,8 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     inf.add_argument("--checkpoint", default="checkpoint_final.pth")
     inf.add_argument("--step_size", type=float, default=0.5)
     inf.add_argument("--disable_tta", action="store_true", help="no test-time mirroring")
-    inf.add_argument("--aggregation", choices=["foreground_weighted", "mean"],
-                     help="tile -> case rule for the heads (default foreground_weighted; mean without masks)")
+    inf.add_argument("--aggregation", choices=AGGREGATIONS,
+                     help=f"tile -> case rule for the heads (default {DEFAULT_AGGREGATION}; "
+                          f"{MASKLESS_AGGREGATION} without masks)")
     inf.add_argument("--explain", action="store_true", help="also write Grad-CAM maps and overlays")
     inf.add_argument("--save_probabilities", action="store_true")
 

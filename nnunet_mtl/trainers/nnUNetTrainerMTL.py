@@ -10,13 +10,14 @@ absolutely and keeps the logic in the library. What it changes, hook by hook:
   validation patches (for checkpoint selection only; reported numbers are whole-case).
 * ``configure_optimizers``: AdamW (seed design) or nnU-Net's SGD, heads in their own parameter group.
 * ``on_epoch_end``: best checkpoint by a combined score, early stopping with a patience.
-* ``on_train_end``: checkpoint_final gets the selected (best combined score) weights; the fold is
-  marked finished, so continuing it (``--c``) trains nothing.
+* ``on_train_end``: after early stopping checkpoint_final gets the selected (best combined score)
+  weights; the fold is marked finished, so continuing it (``--c``) trains nothing.
+* ``save_checkpoint``: atomic writes; checkpoint_latest also every ``checkpoint_minutes``.
+* ``perform_actual_validation``: nnU-Net's whole-case validation, with the head outputs collected
+  in the same sliding-window pass (CSV, accuracy / macro-F1).
 
 Knobs (defaults, ``NNUNET_MTL_OVERRIDES``, pipeline flags) are declared once in ``nnunet_mtl/knobs.py``;
 warm-up, ramp and patience scale with the epoch budget unless set.
-* ``perform_actual_validation``: nnU-Net's whole-case segmentation validation, then the
-  whole-case head predictions (CSV) and their accuracy / macro-F1.
 
 Combined score (checkpoint_best, early stopping) =
 ``selection_seg_weight * ema_pseudo_dice + (1 - selection_seg_weight) * ema_head_score``, where the
