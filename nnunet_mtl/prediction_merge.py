@@ -17,20 +17,22 @@ CSV_NAME, JSON_NAME = "predictions.csv", "predictions.json"
 LOCK_NAME = ".predictions.lock"
 
 
-def merge_into_folder(folder: str, spec: TargetSpec, outputs: Mapping[str, Dict[str, np.ndarray]]) -> str:
-    """Add or replace these cases' rows in folder/predictions.csv|json; return the CSV path."""
+def merge_into_folder(folder: str, spec: TargetSpec, outputs: Mapping[str, Dict[str, np.ndarray]],
+                      calibrated: bool = False) -> str:
+    """Add or replace these cases' rows in folder/predictions.csv|json (``calibrated``: these cases'
+    probabilities are temperature-scaled; rows already there keep their own flag); return the CSV path."""
     csv_path = os.path.join(folder, CSV_NAME)
     with _locked(os.path.join(folder, LOCK_NAME)):
         rows = {}
         if os.path.isfile(csv_path):
             try:
                 for cid, entry in prediction_table.read(csv_path, spec).items():
-                    rows[cid] = prediction_table.make_row(spec, cid, _entry_outputs(spec, entry))
+                    rows[cid] = prediction_table.make_row(spec, cid, _entry_outputs(spec, entry), entry["calibrated"])
             except Exception as e:
                 raise RuntimeError(f"{csv_path}: existing predictions table does not match this model ({e}); "
                                    f"move it away or choose another output folder") from None
         for cid, out in outputs.items():
-            rows[cid] = prediction_table.make_row(spec, cid, out)
+            rows[cid] = prediction_table.make_row(spec, cid, out, calibrated)
         prediction_table.write(csv_path, os.path.join(folder, JSON_NAME), spec, list(rows.values()))
     return csv_path
 
