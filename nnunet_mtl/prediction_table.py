@@ -94,7 +94,7 @@ def read(csv_path: str, spec: TargetSpec) -> Dict[str, dict]:
     with open(csv_path, newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
         header = reader.fieldnames or []
-        missing = [c for c in columns(spec) if c not in header]
+        missing = [c for c in columns(spec) if c not in header and c != CALIBRATED_COLUMN]  # optional: older tables
         if missing:
             raise TargetSpecError(f"{csv_path}: missing column(s) {missing}")
         out, lines = {}, {}
