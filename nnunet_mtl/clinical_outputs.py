@@ -2,7 +2,7 @@
 
 - ``write_dicom_folder``: ``OUT/dicom/<case>/<case>_seg.dcm`` + ``<case>_sr.dcm`` for every case
   whose input was DICOM (a radiograph file or a series folder, as recorded in
-  ``OUT/.converted_inputs/conversions.json``); other cases are skipped with one line.
+  ``OUT/.converted_inputs/conversions.json``); the other cases are named in one line and skipped.
 - ``write_report_folder``: ``OUT/report/index.html`` + ``cases/<case>.html|png``, with the
   Grad-CAM overlay of ``OUT/explanations/`` when ``--explain`` ran.
 
@@ -92,11 +92,12 @@ def write_dicom_folder(model_dir: str, output_dir: str, seg_type: str = "binary"
     model = ModelFacts.from_model_folder(model_dir)
     sources = case_sources(output_dir)
     written: Dict[str, Dict[str, str]] = {}
+    not_dicom: List[str] = []
     for row in read_rows(output_dir):
         cid = row[CASE_COLUMN]
         source = (sources.get(cid) or [None])[0]
         if source is None or dicom_source_files(source) is None:
-            print(f"{cid}: input was not DICOM ({source or 'nnU-Net format'}); no DICOM SEG/SR")
+            not_dicom.append(cid)
             continue
         mask = os.path.join(output_dir, cid + model.file_ending) if model.has_masks else None
         if mask is not None and not os.path.isfile(mask):
@@ -112,6 +113,9 @@ def write_dicom_folder(model_dir: str, output_dir: str, seg_type: str = "binary"
                                               calibrated=row.get(CALIBRATED_COLUMN) == YES)
         except DicomOutputError as e:
             print(f"{cid}: no DICOM SEG/SR: {e}")
+    if not_dicom:
+        shown = ", ".join(not_dicom[:5]) + (", ..." if len(not_dicom) > 5 else "")
+        print(f"{len(not_dicom)} case(s) whose input was not DICOM, no DICOM SEG/SR: {shown}")
     if written:
         print(f"{os.path.join(output_dir, DICOM_DIR)}: DICOM SEG/SR for {len(written)} case(s)")
     return written
