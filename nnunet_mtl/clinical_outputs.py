@@ -17,7 +17,7 @@ import glob
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import Dict, List, Mapping, Optional
+from typing import Dict, List, Mapping
 
 from nnunet_mtl.conversion.provenance import load_manifest
 from nnunet_mtl.dataset_spec import DatasetSpec, targets_from_plans

@@ -185,7 +185,8 @@ def test_ct_series_through_a_3d_model_gives_seg_and_sr(trained_3d, dataset_3d_re
         if t.is_classification:
             assert sr[t.name]["class"] == rows["ct_case"][t.name]
             for c in t.classes:
-                assert sr[t.name]["probs"][c] == pytest.approx(float(rows["ct_case"][prediction_table.prob_column(t.name, c)]), abs=1e-6)
+                expected = float(rows["ct_case"][prediction_table.prob_column(t.name, c)])
+                assert sr[t.name]["probs"][c] == pytest.approx(expected, abs=1e-6)
 
 
 def test_dx_radiograph_through_a_2d_model_gives_seg_sr_and_a_report(trained_2d, dataset_2d, tmp_path, capsys):
