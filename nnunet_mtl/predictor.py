@@ -163,10 +163,10 @@ class nnUNetPredictorMTL(nnUNetPredictor):
     def write_case_table(self, folder: str, outputs: Dict[str, Dict[str, np.ndarray]]) -> str:
         """Merge these cases' rows (calibrated when the folds have calibration files) into
         folder/predictions.csv|json; return the CSV path."""
-        spec = self.spec
-        calibrated = self.calibration is not None and bool(spec.classification_targets)
-        outputs = {cid: self.calibrated_outputs(out) for cid, out in outputs.items()}
-        return merge_into_folder(folder, spec, outputs, calibrated)
+        spec, calibration = self.spec, self.calibration
+        if calibration is not None:
+            outputs = {cid: calibration.apply_outputs(spec, out) for cid, out in outputs.items()}
+        return merge_into_folder(folder, spec, outputs, calibration is not None and bool(spec.classification_targets))
 
 
 def aggregation_for(dataset_json: Optional[dict], requested: Aggregation) -> Aggregation:
