@@ -158,7 +158,8 @@ def predict_folder(predictor: nnUNetPredictorMTL, input_dir: str, output_dir: st
 
     def finished(ofile: str, heads) -> None:
         cid = os.path.basename(ofile)
-        record.append(cid, heads.outputs, key, inputs[cid])
+        record.append(cid, predictor.calibrated_outputs(heads.outputs), key, inputs[cid],
+                      calibrated=predictor.calibration is not None and bool(predictor.spec.classification_targets))
 
     lists = [prepared.cases[cid] for cid in todo]
     ofiles = [os.path.join(output_dir, cid) for cid in todo]
@@ -229,7 +230,7 @@ def classify_files(predictor: nnUNetPredictorMTL, files: Sequence[str], work_dir
         except Exception as e:  # noqa: BLE001 - one file's failure is its own line; the others go on
             yield {"file": path, "error": _one_line(e)}
             continue
-        yield {"file": path, "case_id": case_id, "outputs": heads.outputs, "seconds": time.perf_counter() - start}
+        yield {"file": path, "case_id": case_id, "outputs": predictor.calibrated_outputs(heads.outputs), "seconds": time.perf_counter() - start}
 
 
 def _one_line(e: BaseException) -> str:

@@ -37,9 +37,10 @@ class PredictionRecord:
         self.path = os.path.join(folder, RECORD_NAME)
         self.lock_path = os.path.join(folder, LOCK_NAME)
 
-    def append(self, case_id: str, outputs: Mapping[str, np.ndarray], model: str, source: Mapping) -> None:
+    def append(self, case_id: str, outputs: Mapping[str, np.ndarray], model: str, source: Mapping,
+               calibrated: bool = False) -> None:
         """Record one finished case; on disk (fsynced) when this returns."""
-        line = json.dumps({"case_id": case_id, "model": model, "input": dict(source),
+        line = json.dumps({"case_id": case_id, "model": model, "input": dict(source), "calibrated": bool(calibrated),
                            "outputs": {k: np.asarray(v, np.float64).reshape(-1).tolist() for k, v in outputs.items()}})
         with _locked(self.lock_path), open(self.path, "ab+") as f:
             f.seek(0, os.SEEK_END)
@@ -82,7 +83,8 @@ class PredictionRecord:
             self._rewrite(list(latest.values()))
             rows = {cid: e for cid, e in latest.items() if valid(cid, e)}
             prediction_table.write(csv_path, os.path.join(self.folder, JSON_NAME), self.spec,
-                                   [prediction_table.make_row(self.spec, cid, e["outputs"]) for cid, e in rows.items()])
+                                   [prediction_table.make_row(self.spec, cid, e["outputs"], e.get("calibrated", False))
+                                    for cid, e in rows.items()])
             atomic_write_json(os.path.join(self.folder, PROVENANCE_NAME),
                               {**provenance, "cases": {cid: e["input"] for cid, e in sorted(rows.items())}})
         return csv_path
@@ -108,21 +110,23 @@ def remove_case_files(folder: str, case_id: str, file_ending: str) -> None:
             os.remove(path)
 
 
-def merge_into_folder(folder: str, spec: TargetSpec, outputs: Mapping[str, Dict[str, np.ndarray]]) -> str:
+def merge_into_folder(folder: str, spec: TargetSpec, outputs: Mapping[str, Dict[str, np.ndarray]],
+                      calibrated: bool = False) -> str:
     """Add or replace these cases' rows in folder/predictions.csv|json, without provenance (nnU-Net's
-    own entry points called directly; ``inference.predict_folder`` goes through the record)."""
+    own entry points called directly; ``inference.predict_folder`` goes through the record).
+    ``calibrated``: these cases' probabilities are temperature-scaled; rows already there keep their flag."""
     csv_path = os.path.join(folder, CSV_NAME)
     with _locked(os.path.join(folder, LOCK_NAME)):
         rows = {}
         if os.path.isfile(csv_path):
             try:
                 for cid, entry in prediction_table.read(csv_path, spec).items():
-                    rows[cid] = prediction_table.make_row(spec, cid, _entry_outputs(spec, entry))
+                    rows[cid] = prediction_table.make_row(spec, cid, _entry_outputs(spec, entry), entry["calibrated"])
             except Exception as e:
                 raise RuntimeError(f"{csv_path}: existing predictions table does not match this model ({e}); "
                                    f"move it away or choose another output folder") from None
         for cid, out in outputs.items():
-            rows[cid] = prediction_table.make_row(spec, cid, out)
+            rows[cid] = prediction_table.make_row(spec, cid, out, calibrated)
         prediction_table.write(csv_path, os.path.join(folder, JSON_NAME), spec, list(rows.values()))
     return csv_path
 

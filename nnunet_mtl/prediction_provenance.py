@@ -30,7 +30,9 @@ def model_identity(predictor) -> dict:
             "step_size": float(predictor.tile_step_size),
             "use_mirroring": bool(predictor.use_mirroring),
             "aggregation": {"rule": aggregation.rule, "foreground_floor": float(aggregation.floor)},
-            "targets": predictor.spec.to_json()}
+            "targets": predictor.spec.to_json(),
+            "calibration": None if getattr(predictor, "calibration", None) is None
+            else {k: float(v) for k, v in sorted(predictor.calibration.temperatures.items())}}
 
 
 def model_key(identity: Mapping) -> str:

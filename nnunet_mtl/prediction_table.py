@@ -1,8 +1,11 @@
 """The per-case predictions table (``predictions.csv`` / ``predictions.json``): one row per case.
 
 Columns: ``case_id``; per classification target ``T``: ``T`` (predicted class name) and
-``T_prob_<class>`` for every class; per regression target ``T``: ``T`` in original units.
-The predictor writes it, evaluation and the notebook read it; both go through here.
+``T_prob_<class>`` for every class; per regression target ``T``: ``T`` in original units; when
+there is a classification target, ``probabilities_calibrated`` (``yes``: the probabilities went
+through the folds' temperatures, ``calibration/``; ``no``: raw softmax). A table without that
+column (older runs) reads as not calibrated. The predictor writes it, evaluation and the notebook
+read it; both go through here.
 """
 from __future__ import annotations
 
@@ -16,6 +19,8 @@ from nnunet_mtl.io_utils import atomic_write_csv, atomic_write_json
 from nnunet_mtl.targets import CLASSIFICATION, REGRESSION, Target, TargetSpec, TargetSpecError
 
 CASE_COLUMN = "case_id"
+CALIBRATED_COLUMN = "probabilities_calibrated"
+YES, NO = "yes", "no"
 _PROB = "_prob_"
 
 
@@ -28,7 +33,7 @@ def spec_from_header(header: Sequence[str], source: str = "predictions table") -
     (classes in column order, i.e. the model's order), a lone ``T`` is a regression."""
     if CASE_COLUMN not in header:
         raise TargetSpecError(f"{source}: no '{CASE_COLUMN}' column")
-    names = [c for c in header if c != CASE_COLUMN]
+    names = [c for c in header if c not in (CASE_COLUMN, CALIBRATED_COLUMN)]
     prob_cols = {c for c in names for t in names if c.startswith(prob_column(t, ""))}
     targets = []
     try:
@@ -54,12 +59,17 @@ def columns(spec: TargetSpec) -> List[str]:
         cols.append(t.name)
         if t.is_classification:
             cols.extend(prob_column(t.name, c) for c in t.classes)
+    if spec.classification_targets:
+        cols.append(CALIBRATED_COLUMN)
     return cols
 
 
-def make_row(spec: TargetSpec, case_id: str, outputs: Mapping[str, np.ndarray]) -> dict:
-    """outputs: target -> class probabilities (classification) or a value in original units."""
+def make_row(spec: TargetSpec, case_id: str, outputs: Mapping[str, np.ndarray], calibrated: bool = False) -> dict:
+    """outputs: target -> class probabilities (classification) or a value in original units;
+    ``calibrated``: the probabilities are temperature-scaled (the ``probabilities_calibrated`` column)."""
     row = {CASE_COLUMN: case_id}
+    if spec.classification_targets:
+        row[CALIBRATED_COLUMN] = YES if calibrated else NO
     for t in spec:
         value = np.asarray(outputs[t.name], dtype=np.float64).reshape(-1)
         if t.is_classification:
@@ -79,12 +89,12 @@ def write(csv_path: str, json_path: str, spec: TargetSpec, rows: Sequence[Mappin
 
 
 def read(csv_path: str, spec: TargetSpec) -> Dict[str, dict]:
-    """case_id -> {target: predicted value, 'probs': {target: np.ndarray}}; checks the columns, that
+    """case_id -> {target: predicted value, 'probs': {target: np.ndarray}, 'calibrated': bool}; checks the columns, that
     every case has one row and that every probability (and regression value, empty = NaN) is a number."""
     with open(csv_path, newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
         header = reader.fieldnames or []
-        missing = [c for c in columns(spec) if c not in header]
+        missing = [c for c in columns(spec) if c not in header and c != CALIBRATED_COLUMN]  # optional: older tables
         if missing:
             raise TargetSpecError(f"{csv_path}: missing column(s) {missing}")
         out, lines = {}, {}
@@ -96,7 +106,7 @@ def read(csv_path: str, spec: TargetSpec) -> Dict[str, dict]:
                 raise TargetSpecError(f"{csv_path}: case {cid!r} has two rows (lines {lines[cid]} and "
                                       f"{reader.line_num})")
             lines[cid] = reader.line_num
-            entry = {"probs": {}}
+            entry = {"probs": {}, "calibrated": _calibrated(csv_path, cid, r)}
             for t in spec:
                 if t.is_classification:
                     if r[t.name] not in t.classes:
@@ -108,6 +118,13 @@ def read(csv_path: str, spec: TargetSpec) -> Dict[str, dict]:
                     entry[t.name] = _number(csv_path, cid, r, t.name, empty=math.nan)
             out[cid] = entry
     return out
+
+
+def _calibrated(csv_path: str, cid: str, row: Mapping[str, str]) -> bool:
+    text = (row.get(CALIBRATED_COLUMN) or NO).strip().lower()
+    if text not in (YES, NO):
+        raise TargetSpecError(f"{csv_path}: case {cid!r}: {CALIBRATED_COLUMN} is {text!r}, not {YES!r} or {NO!r}")
+    return text == YES
 
 
 def _number(csv_path: str, cid: str, row: Mapping[str, str], column: str, empty=None) -> float:

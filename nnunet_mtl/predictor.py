@@ -11,6 +11,9 @@ nnU-Net's, unchanged.
 
 Results go to ``predictions.csv`` / ``predictions.json`` in the output folder, merged with rows
 already there (``prediction_merge``), so ``-num_parts/-part_id`` processes can share a folder.
+Loading a model folder also loads its folds' ``calibration.json`` (``calibration.store``); each
+case's classification probabilities are then temperature-scaled before its row is made, and the
+row says so (``probabilities_calibrated``). ``calibration = None`` turns that off.
 """
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ from nnunetv2.configuration import default_num_processes
 from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 from nnunetv2.inference.sliding_window_prediction import compute_gaussian
 
+from nnunet_mtl.calibration.store import EnsembleCalibration
 from nnunet_mtl.case_aggregation import (DEFAULT_AGGREGATION, DEFAULT_FOREGROUND_FLOOR, MASKLESS_AGGREGATION,
                                          Aggregation)
 from nnunet_mtl.case_collector import CaseCollector, CaseHeads
@@ -39,6 +43,16 @@ class nnUNetPredictorMTL(nnUNetPredictor):
         super().__init__(*args, **kwargs)
         self.requested_aggregation = Aggregation(head_aggregation, foreground_floor)  # checks the name early
         self.collector = CaseCollector()
+        self.calibration: Optional[EnsembleCalibration] = None  # the folds' temperatures, set on loading
+
+    def initialize_from_trained_model_folder(self, model_training_output_dir: str, use_folds,
+                                             checkpoint_name: str = 'checkpoint_final.pth'):
+        """nnU-Net's loading, then the loaded folds' calibration files (None when no fold has one)."""
+        if use_folds is None:
+            use_folds = nnUNetPredictor.auto_detect_available_folds(model_training_output_dir, checkpoint_name)
+        super().initialize_from_trained_model_folder(model_training_output_dir, use_folds, checkpoint_name)
+        self.calibration = EnsembleCalibration.from_fold_dirs(
+            os.path.join(model_training_output_dir, f"fold_{f}") for f in use_folds)
 
     @property
     def spec(self) -> TargetSpec:
@@ -142,9 +156,17 @@ class nnUNetPredictorMTL(nnUNetPredictor):
         heads = run_cases(self, inputs, ofiles, save_probabilities, export_threads, preprocess_threads)
         return self.write_case_table(output_folder, {h.case_id: h.outputs for h in heads})
 
+    def calibrated_outputs(self, outputs: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+        """One case's outputs with the classification probabilities calibrated (unchanged without calibration)."""
+        return outputs if self.calibration is None else self.calibration.apply_outputs(self.spec, outputs)
+
     def write_case_table(self, folder: str, outputs: Dict[str, Dict[str, np.ndarray]]) -> str:
-        """Merge these cases' rows into folder/predictions.csv|json; return the CSV path."""
-        return merge_into_folder(folder, self.spec, outputs)
+        """Merge these cases' rows (calibrated when the folds have calibration files) into
+        folder/predictions.csv|json; return the CSV path."""
+        spec, calibration = self.spec, self.calibration
+        if calibration is not None:
+            outputs = {cid: calibration.apply_outputs(spec, out) for cid, out in outputs.items()}
+        return merge_into_folder(folder, spec, outputs, calibration is not None and bool(spec.classification_targets))
 
 
 def aggregation_for(dataset_json: Optional[dict], requested: Aggregation) -> Aggregation:

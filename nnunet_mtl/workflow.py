@@ -200,9 +200,15 @@ def trained_folds(folder: str, checkpoint: str) -> List[int]:
 
 def infer(base_dir: str, test_input: Optional[str] = None, test_output: Optional[str] = None,
           folds: Optional[Sequence] = None, checkpoint: str = "checkpoint_final.pth", device: str = "cuda",
-          overwrite: bool = False, explain: bool = False, **predict_kwargs) -> str:
-    """Masks + predictions.csv for a folder of test images (default: the dataset's imagesTs)."""
-    from nnunet_mtl.inference import load_predictor, predict_folder
+          overwrite: bool = False, explain: bool = False, calibration: bool = True,
+          dicom_outputs: Optional[str] = None, report: bool = False, **predict_kwargs) -> str:
+    """Masks + predictions.csv for a folder of test images (default: the dataset's imagesTs).
+
+    ``calibration``: apply the folds' temperatures (``fold_X/calibration.json``) when they exist;
+    ``dicom_outputs`` ('binary' | 'fractional'): DICOM SEG + SR for DICOM inputs under ``dicom/``;
+    ``report``: review pages under ``report/`` (with the Grad-CAM overlays when ``explain``)."""
+    from nnunet_mtl import clinical_outputs
+    from nnunet_mtl.inference import converted_source, load_predictor, predict_folder
     state = load_state(base_dir)
     use_base_dir(base_dir)
     folder = model_folder(base_dir, state)
@@ -217,15 +223,24 @@ def infer(base_dir: str, test_input: Optional[str] = None, test_output: Optional
     if aggregation is None:
         has_masks = DatasetSpec.from_file(os.path.join(folder, "dataset.json")).has_masks
         aggregation = DEFAULT_AGGREGATION if has_masks else MASKLESS_AGGREGATION
+    if dicom_outputs == "fractional":
+        predict_kwargs["save_probabilities"] = True  # the SEG's fractions are nnU-Net's class probabilities
     predictor = load_predictor(folder, folds, checkpoint, device,
                                step_size=predict_kwargs.pop("step_size", 0.5),
                                use_mirroring=predict_kwargs.pop("use_mirroring", True), aggregation=aggregation)
+    if not calibration:
+        predictor.calibration = None
     csv_path = predict_folder(predictor, test_input, test_output, overwrite=overwrite, **predict_kwargs)
-    print(f"{test_output}: masks and {os.path.basename(csv_path)} (folds {folds})")
+    print(f"{test_output}: masks and {os.path.basename(csv_path)} (folds {folds}; probabilities "
+          f"{'calibrated' if predictor.calibration is not None else 'not calibrated'})")
+    source = converted_source(test_input, test_output)
     if explain:
-        from nnunet_mtl.inference import converted_source
-        explain_folder(folder, converted_source(test_input, test_output), os.path.join(test_output, "explanations"),
+        explain_folder(folder, source, os.path.join(test_output, clinical_outputs.EXPLANATIONS_DIR),
                        folds, checkpoint, device, prediction_folder=test_output)
+    if dicom_outputs:
+        clinical_outputs.write_dicom_folder(folder, test_output, dicom_outputs)
+    if report:
+        clinical_outputs.write_report_folder(folder, test_output, source)
     return csv_path
 
 
@@ -253,11 +268,19 @@ def explain_folder(model_dir: str, source_folder: str, out_dir: str, folds, chec
 
 # --------------------------------------------------------------------------------------------- evaluate
 def evaluate_validation(base_dir: str, fold: int, output_folder: Optional[str] = None, n_bootstrap: int = 1000) -> dict:
-    """Score one fold's whole-case validation (masks + heads) with nnunet_mtl.evaluation."""
+    """Score one fold's whole-case validation (masks + heads) with nnunet_mtl.evaluation.
+
+    The validation table holds raw probabilities. When the fold has a ``calibration.json``, each
+    classification target's block gains ``calibration_fitted``: ECE / Brier raw and with the fold's
+    temperature, and ``reliability_<target>.png`` shows both curves; that temperature was fitted on
+    these same cases, so the calibrated scores are optimistic (a note in ``metrics.json`` says so)."""
+    from nnunet_mtl.calibration.evaluation import validation_calibration
     from nnunet_mtl.evaluation.evaluate import evaluate
+    from nnunet_mtl.evaluation.report import json_safe
     state = load_state(base_dir)
     use_base_dir(base_dir)
-    val_dir = os.path.join(model_folder(base_dir, state), f"fold_{fold}", "validation")
+    fold_dir = os.path.join(model_folder(base_dir, state), f"fold_{fold}")
+    val_dir = os.path.join(fold_dir, "validation")
     csv_path = os.path.join(val_dir, "predictions.csv")
     if not os.path.isfile(csv_path):
         raise PipelineError(f"{val_dir}: no whole-case validation yet; train fold {fold} first")
@@ -274,10 +297,21 @@ def evaluate_validation(base_dir: str, fold: int, output_folder: Optional[str] =
             shutil.copyfile(src, dst)
     description = DatasetSpec.from_dataset_json(dataset_json)
     has_masks = description.has_masks
-    return evaluate(gt_dir=gt_dir if has_masks else None, pred_dir=val_dir if has_masks else None,
-                    prediction_csv=csv_path, output_folder=output_folder, labels=description.table,
-                    regions=dict(description.regions), n_bootstrap=n_bootstrap,
-                    label_names=dict(description.label_names))
+    result = evaluate(gt_dir=gt_dir if has_masks else None, pred_dir=val_dir if has_masks else None,
+                      prediction_csv=csv_path, output_folder=output_folder, labels=description.table,
+                      regions=dict(description.regions), n_bootstrap=n_bootstrap,
+                      label_names=dict(description.label_names))
+    fitted = validation_calibration(fold_dir, csv_path, description.targets, description.table, output_folder,
+                                    n_bootstrap)
+    if fitted:
+        for name, block in fitted.items():
+            result.get("classification", {}).get(name, {})["calibration_fitted"] = json_safe(block)
+        result["notes"].append(f"calibration: fold_{fold}/calibration.json was fitted on these validation cases, so "
+                               f"their calibrated ECE/Brier are optimistic; this table holds raw probabilities, so a "
+                               f"threshold tuned on it applies to raw probabilities (calibrate_threshold moves it "
+                               f"onto the calibrated scale of the test predictions)")
+        atomic_write_json(os.path.join(output_folder, "metrics.json"), result)
+    return result
 
 
 # ------------------------------------------------------------------------------- heads on a stock model

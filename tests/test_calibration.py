@@ -185,3 +185,25 @@ def test_a_raw_threshold_moves_onto_the_calibrated_scale_keeping_every_decision(
         calibrated = apply_temperature(probs, temperature)[:, 1]
         assert ((calibrated >= thr) == (p >= 0.3)).all()
     assert calibrate_threshold(0.5, 3.0) == pytest.approx(0.5)
+
+
+def test_fold_validation_scored_with_its_fitted_temperature_is_marked_optimistic(tmp_path):
+    from nnunet_mtl import prediction_table
+    from nnunet_mtl.calibration.evaluation import validation_calibration
+    from nnunet_mtl.calibration.store import calibrate_fold
+    probs, y = synthetic(80, sharpen=3.0, seed=11)
+    rows = [make_row(SPEC, f"case_{i:03d}", {"subtype": p, "age": np.array([1.0])}) for i, p in enumerate(probs)]
+    fold = tmp_path / "fold_0"
+    csv_path = str(fold / "validation" / "predictions.csv")
+    prediction_table.write(csv_path, "", SPEC, rows)
+    labels = CaseTable(SPEC, {f"case_{i:03d}": {"subtype": "abc"[k], "age": 1.0} for i, k in enumerate(y)})
+    assert validation_calibration(str(fold), csv_path, SPEC, labels, None, n_bootstrap=0) == {}  # not fitted yet
+    fit = calibrate_fold(str(fold), SPEC, labels).fits["subtype"]
+    assert fit.nll_after < fit.nll_before
+    out = tmp_path / "evaluation"
+    out.mkdir()
+    blocks = validation_calibration(str(fold), csv_path, SPEC, labels, str(out), n_bootstrap=20)
+    block = blocks["subtype"]
+    assert set(blocks) == {"subtype"} and block["temperature"] == pytest.approx(fit.temperature)
+    assert "optimistic" in block["note"] and block["calibrated"]["ece"] < block["raw"]["ece"]
+    assert (out / "reliability_subtype.png").is_file()

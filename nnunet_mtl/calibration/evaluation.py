@@ -3,7 +3,8 @@
 ``calibration_block`` returns ECE / Brier (with stratified bootstrap CIs) and writes
 ``reliability_<target>.png``. Given the temperature in use, it scores the raw and the calibrated
 probabilities side by side; on the cases the temperature was fitted on that comparison is
-optimistic, and the block says so.
+optimistic, and the block says so. ``validation_calibration`` does that for a fold's validation
+cases with the temperatures in its ``calibration.json``.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import numpy as np
 from nnunet_mtl.calibration.measures import N_BINS, calibration_metrics
 from nnunet_mtl.calibration.reliability import reliability_diagram
 from nnunet_mtl.calibration.temperature import apply_temperature
-from nnunet_mtl.targets import Target
+from nnunet_mtl.targets import CaseTable, Target, TargetSpec
 
 
 def calibration_block(target: Target, y_true: np.ndarray, probs: np.ndarray, output_folder: Optional[str] = None, *,
@@ -44,4 +45,30 @@ def calibration_block(target: Target, y_true: np.ndarray, probs: np.ndarray, out
     if output_folder and y.size:
         path = os.path.join(output_folder, f"reliability_{target.name}.png")
         out["reliability_png"] = os.path.basename(reliability_diagram(curves, path, title=target.name, n_bins=n_bins))
+    return out
+
+
+def validation_calibration(fold_dir: str, prediction_csv: str, spec: TargetSpec, labels: CaseTable,
+                           output_folder: Optional[str], n_bootstrap: int = 1000, seed: int = 0) -> dict:
+    """Target -> ``calibration_block`` of a fold's validation predictions (raw) scored raw and with the
+    fold's fitted temperature, marked optimistic (the temperature was fitted on these same cases);
+    {} when the fold has no ``calibration.json``."""
+    from nnunet_mtl import prediction_table
+    from nnunet_mtl.calibration.store import FoldCalibration
+    calibration = FoldCalibration.load(fold_dir)
+    if calibration is None:
+        return {}
+    preds = prediction_table.read(prediction_csv, spec)
+    out = {}
+    for i, t in enumerate(spec.classification_targets):
+        fit = calibration.fits.get(t.name)
+        cases = [c for c in sorted(preds) if labels.values.get(c, {}).get(t.name) is not None]
+        if fit is None or not cases:
+            continue
+        y = np.array([t.class_index(labels.values[c][t.name]) for c in cases])
+        probs = np.stack([preds[c]["probs"][t.name] for c in cases])
+        block = calibration_block(t, y, probs, output_folder, temperature=fit.temperature, fitted_on_these_cases=True,
+                                  n_bootstrap=n_bootstrap, seed=seed + i)
+        block["fitted"], block["fit_reason"] = fit.fitted, fit.reason
+        out[t.name] = block
     return out

@@ -21,14 +21,13 @@ import numpy as np
 from nnunet_mtl.calibration.temperature import (TemperatureFit, apply_temperature, combine_temperatures,
                                                 fit_temperature, MIN_CASES)
 from nnunet_mtl.io_utils import atomic_write_json, read_json
-from nnunet_mtl.prediction_table import prob_column
+from nnunet_mtl.prediction_table import CALIBRATED_COLUMN, YES, prob_column
 from nnunet_mtl.targets import CaseTable, TargetSpec
 
 log = logging.getLogger(__name__)
 
 FILE_NAME = "calibration.json"
 METHOD = "temperature_scaling"
-CALIBRATED_COLUMN = "probabilities_calibrated"
 
 
 @dataclass
@@ -135,7 +134,7 @@ class EnsembleCalibration:
             probs = self.apply_probs(t.name, np.array([float(row[c]) for c in cols]))
             out.update({c: float(p) for c, p in zip(cols, probs)})
             out[t.name] = t.classes[int(np.argmax(probs))]
-        out[CALIBRATED_COLUMN] = "yes"
+        out[CALIBRATED_COLUMN] = YES
         return out
 
 

@@ -77,6 +77,13 @@ def build_parser() -> argparse.ArgumentParser:
                           f"{MASKLESS_AGGREGATION} without masks)")
     inf.add_argument("--explain", action="store_true", help="also write Grad-CAM maps and overlays")
     inf.add_argument("--save_probabilities", action="store_true")
+    inf.add_argument("--no_calibration", action="store_true",
+                     help="raw probabilities even when the folds have calibration.json (temperature scaling)")
+    inf.add_argument("--dicom_outputs", nargs="?", const="binary", choices=["binary", "fractional"],
+                     help="DICOM SEG + SR under TEST_OUTPUT/dicom/<case>/ for DICOM inputs (default binary SEG; "
+                          "fractional: probabilities, implies --save_probabilities)")
+    inf.add_argument("--report", action="store_true",
+                     help="review pages TEST_OUTPUT/report/index.html + cases/ (Grad-CAM with --explain)")
 
     p.add_argument("--overwrite", action="store_true",
                    help="redo finished steps (re-convert, re-plan, retrain, re-predict) instead of skipping them")
@@ -109,7 +116,8 @@ def main(argv=None) -> int:
         if args.inference_only or run_all:
             workflow.infer(args.base_dir, args.test_input, args.test_output, args.fold, args.checkpoint, device,
                            args.overwrite, args.explain, step_size=args.step_size, use_mirroring=not args.disable_tta,
-                           aggregation=args.aggregation, save_probabilities=args.save_probabilities)
+                           aggregation=args.aggregation, save_probabilities=args.save_probabilities,
+                           calibration=not args.no_calibration, dicom_outputs=args.dicom_outputs, report=args.report)
     except (workflow.PipelineError, ValueError, FileNotFoundError, FileExistsError) as e:
         print(f"{parser.prog}: error: {e}", file=sys.stderr)
         return 2

@@ -25,6 +25,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-part_id", type=int, default=0, help="which part this process predicts (0-based)")
     p.add_argument("--engine", default="threads", choices=["threads", "processes"],
                    help="threads: in-process pipeline, no worker start-up (default); processes: nnU-Net's workers")
+    p.add_argument("--no_calibration", action="store_true",
+                   help="raw probabilities even when the folds have calibration.json (temperature scaling)")
+    p.add_argument("--dicom_outputs", nargs="?", const="binary", choices=["binary", "fractional"],
+                   help="DICOM SEG + SR under OUTPUT/dicom/<case>/ for DICOM inputs (default binary SEG; "
+                        "fractional: probabilities, implies --save_probabilities)")
+    p.add_argument("--report", action="store_true", help="review pages OUTPUT/report/index.html + cases/")
     p.add_argument("--verbose", action="store_true")
     return p
 
@@ -36,14 +42,21 @@ def _cuda() -> bool:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    from nnunet_mtl.inference import load_predictor, predict_folder
+    from nnunet_mtl import clinical_outputs
+    from nnunet_mtl.inference import converted_source, load_predictor, predict_folder
     try:
         predictor = load_predictor(args.model, args.folds, args.checkpoint, args.device, args.step_size,
                                    not args.disable_tta, args.aggregation, args.verbose, args.foreground_floor)
+        if args.no_calibration:
+            predictor.calibration = None
         csv_path = predict_folder(predictor, args.input, args.output, overwrite=args.overwrite,
-                                  save_probabilities=args.save_probabilities, num_processes_preprocessing=args.npp,
-                                  num_processes_export=args.nps, num_parts=args.num_parts, part_id=args.part_id,
-                                  engine=args.engine)
+                                  save_probabilities=args.save_probabilities or args.dicom_outputs == "fractional",
+                                  num_processes_preprocessing=args.npp, num_processes_export=args.nps,
+                                  num_parts=args.num_parts, part_id=args.part_id, engine=args.engine)
+        if args.dicom_outputs:
+            clinical_outputs.write_dicom_folder(args.model, args.output, args.dicom_outputs)
+        if args.report:
+            clinical_outputs.write_report_folder(args.model, args.output, converted_source(args.input, args.output))
     except (FileNotFoundError, ValueError, RuntimeError) as e:
         print(f"nnunet_mtl_predict: error: {e}", file=sys.stderr)
         return 2

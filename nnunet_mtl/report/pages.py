@@ -17,9 +17,8 @@ from urllib.parse import quote
 
 import numpy as np
 
-from nnunet_mtl.calibration.store import CALIBRATED_COLUMN
 from nnunet_mtl.io_utils import atomic_save_image, atomic_write_text
-from nnunet_mtl.prediction_table import CASE_COLUMN, prob_column
+from nnunet_mtl.prediction_table import CALIBRATED_COLUMN, CASE_COLUMN, prob_column
 from nnunet_mtl.report.figure import as_volume, case_figure, slice_figure
 from nnunet_mtl.targets import Target, TargetSpec
 

@@ -10,8 +10,10 @@ window per case for both, and nnU-Net's loop (export, DDP barriers every 20 case
 build its predictor elsewhere, or run a different number of sliding windows than there are
 cases, ``write_validation_heads`` predicts the heads in a second pass, with a warning.
 
-Writes ``validation/predictions.csv|json`` and ``validation/mtl_summary.json`` beside
-nnU-Net's ``summary.json``.
+Writes ``validation/predictions.csv|json`` (raw probabilities) and ``validation/mtl_summary.json``
+beside nnU-Net's ``summary.json``, then fits the classification targets' temperatures on these
+validation cases (``calibration.store.calibrate_fold``) into ``fold_X/calibration.json``, which
+the predictor applies. A fit the cases cannot support (too few, one class) keeps T = 1 and says why.
 """
 import importlib
 import os
@@ -25,6 +27,7 @@ import torch
 from torch import distributed as dist
 
 from nnunet_mtl import prediction_table
+from nnunet_mtl.calibration.store import FILE_NAME as CALIBRATION_FILE, calibrate_fold
 from nnunet_mtl.case_aggregation import DEFAULT_AGGREGATION, DEFAULT_FOREGROUND_FLOOR, Aggregation
 from nnunet_mtl.io_utils import atomic_write_json
 from nnunet_mtl.case_collector import CaseHeads
@@ -119,7 +122,18 @@ def write_validation_heads(trainer, collected: ValidationHeads):
     summary = whole_case_summary(trainer.spec, rows, trainer.case_table)
     summary["aggregation"] = _aggregation_rule(trainer)
     atomic_write_json(os.path.join(folder, "mtl_summary.json"), summary)
+    if trainer.spec.classification_targets:
+        fit_calibration(trainer)
     return summary
+
+
+def fit_calibration(trainer) -> None:
+    """Temperatures from validation/predictions.csv -> fold_X/calibration.json, one log line per target."""
+    calibration = calibrate_fold(trainer.output_folder, trainer.spec, trainer.case_table)
+    for name, fit in calibration.fits.items():
+        what = (f"T = {fit.temperature:.3f} (validation NLL {fit.nll_before:.4f} -> {fit.nll_after:.4f}, "
+                f"{fit.n_cases} cases)" if fit.fitted else f"T = 1 kept: {fit.reason}")
+        trainer.print_to_log_file(f"Calibration of {name!r}: {what}; written to {CALIBRATION_FILE}")
 
 
 def _predict_separately(trainer, keys: List[str]) -> dict:
