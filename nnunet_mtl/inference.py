@@ -230,7 +230,8 @@ def classify_files(predictor: nnUNetPredictorMTL, files: Sequence[str], work_dir
         except Exception as e:  # noqa: BLE001 - one file's failure is its own line; the others go on
             yield {"file": path, "error": _one_line(e)}
             continue
-        yield {"file": path, "case_id": case_id, "outputs": predictor.calibrated_outputs(heads.outputs), "seconds": time.perf_counter() - start}
+        yield {"file": path, "case_id": case_id, "outputs": predictor.calibrated_outputs(heads.outputs),
+               "seconds": time.perf_counter() - start}
 
 
 def _one_line(e: BaseException) -> str:
