@@ -59,11 +59,12 @@ def test_training_validation_and_outputs(trained_2d, dataset_2d):
     splits = json.load(open(os.path.join(dataset_2d.preprocessed_folder, "splits_final.json")))
     val_cases = sorted(splits[0]["val"])
     rows = open(os.path.join(fold, "validation/predictions.csv")).read().splitlines()
-    assert rows[0].split(",") == ["case_id", "finding", "finding_prob_absent", "finding_prob_present"]
+    assert rows[0].split(",") == ["case_id", "finding", "finding_prob_absent", "finding_prob_present",
+                                  "probabilities_calibrated"]
     assert sorted(r.split(",")[0] for r in rows[1:]) == val_cases
-    for r in rows[1:]:
-        probs = [float(v) for v in r.split(",")[2:]]
-        assert abs(sum(probs) - 1) < 1e-5
+    for r in rows[1:]:  # the validation table holds the raw probabilities the temperature is fitted on
+        probs = [float(v) for v in r.split(",")[2:4]]
+        assert abs(sum(probs) - 1) < 1e-5 and r.split(",")[4] == "no"
     summary = json.load(open(os.path.join(fold, "validation/mtl_summary.json")))
     assert summary["n_cases"] == len(val_cases) and 0 <= summary["targets"]["finding"]["macro_f1"] <= 1
     history = json.load(open(os.path.join(fold, "mtl_progress.json")))
@@ -190,4 +191,4 @@ def test_mask_pooling_variant_trains_validates_and_predicts_whole_cases(dataset_
     rows = open(os.path.join(folder, "fold_4", "validation", "predictions.csv")).read().splitlines()
     assert len(rows) > 1
     for r in rows[1:]:
-        assert abs(sum(float(v) for v in r.split(",")[2:]) - 1) < 1e-5
+        assert abs(sum(float(v) for v in r.split(",")[2:4]) - 1) < 1e-5
