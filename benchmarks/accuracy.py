@@ -50,7 +50,7 @@ class Arm:
 ARMS = (
     Arm("stock", "nnUNetTrainer", {}, "nnU-Net as is: SGD lr 1e-2, segmentation only"),
     Arm("mtl", "nnUNetTrainerMTL", {}, "heads on the bottleneck, AdamW lr 1e-4 (seed design)"),
-    Arm("mtl_sgd", "nnUNetTrainerMTL", {"optimizer": "sgd", "initial_lr": 1e-2, "head_lr": 1e-3},
+    Arm("mtl_sgd", "nnUNetTrainerMTL", {"optimizer_name": "sgd", "initial_lr": 1e-2, "head_lr": 1e-3},
         "nnU-Net's SGD lr 1e-2 for the network, heads at lr 1e-3"),
     Arm("multiscale", "nnUNetTrainerMTLMultiScale", {}, "heads on encoder stages 0, 1, 2 and the bottleneck"),
     Arm("mask_pooling", "nnUNetTrainerMTLMaskPooling", {}, "heads pool features weighted by the predicted mask"),
