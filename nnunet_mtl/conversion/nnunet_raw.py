@@ -57,6 +57,18 @@ def dataset_folder_name(dataset_id: int, name: str) -> str:
     return f"Dataset{int(dataset_id):03d}_{name}"
 
 
+def _check_id_is_free(raw_root: str, dataset_id: int, folder: str) -> None:
+    """nnU-Net finds a dataset by its id alone: a second folder with the same id and another name
+    would make every later step fail ("more than one dataset name found")."""
+    prefix = f"Dataset{int(dataset_id):03d}_"
+    taken = sorted(d for d in (os.listdir(raw_root) if os.path.isdir(raw_root) else ())
+                   if d.startswith(prefix) and os.path.join(raw_root, d) != folder)
+    if taken:
+        raise DatasetExistsError(f"{os.path.join(raw_root, taken[0])}: dataset id {int(dataset_id)} is already used "
+                                 f"by this dataset; choose another --dataset_id (or --dataset_name "
+                                 f"{taken[0][len(prefix):]} to reuse it)")
+
+
 def _fingerprint(dataset_json: dict) -> str:
     return hashlib.sha256(json.dumps(dataset_json, sort_keys=True).encode()).hexdigest()
 
@@ -68,6 +80,7 @@ def write_raw_dataset(raw_root: str, dataset_id: int, name: str, train_cases: Se
     """Write the dataset; return its folder. Idempotent: re-writing the same content is a no-op,
     different content in an existing folder is refused unless ``overwrite``."""
     folder = os.path.join(raw_root, dataset_folder_name(dataset_id, name))
+    _check_id_is_free(raw_root, dataset_id, folder)
     table.validate([c.case_id for c in train_cases], source=f"labels of {folder}")
     has_masks = all(c.mask is not None for c in train_cases)
     if not has_masks and any(c.mask is not None for c in train_cases):

@@ -148,3 +148,18 @@ def test_constant_image_is_converted_with_a_warning_naming_it(tmp_path, caplog):
         result = convert_with_report(root, str(tmp_path / "raw"), 807, "Const")
     assert "1 constant image(s)" in result.report.summary() and "v2.nrrd" in result.report.summary()
     assert any("v2.nrrd" in r.getMessage() and "constant" in r.getMessage() for r in caplog.records)
+
+
+def test_a_second_dataset_under_the_same_id_is_refused_before_anything_is_written(tmp_path):
+    """nnU-Net looks datasets up by id: two names under one id would break every later step."""
+    from nnunet_mtl.conversion.detect import convert
+    from nnunet_mtl.conversion.nnunet_raw import DatasetExistsError
+    from nnunet_mtl.synthetic import write_radiograph_layout
+    data = write_radiograph_layout(str(tmp_path / "data"), n=4, n_test=0, size=(32, 32))
+    raw = str(tmp_path / "raw")
+    first = convert(data, raw, 944, "First")
+    before = sorted(os.listdir(raw))
+    with pytest.raises(DatasetExistsError, match=r"Dataset944_First: dataset id 944 is already used"):
+        convert(data, raw, 944, "Second")
+    assert sorted(os.listdir(raw)) == before and os.path.isdir(first)
+    assert convert(data, raw, 944, "First") == first  # the same dataset again is still a no-op
