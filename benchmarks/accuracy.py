@@ -61,7 +61,7 @@ REFERENCE, DEFAULT_MTL = "stock", "mtl"
 DATASETS = {"hippocampus": 960, "synthetic3d": 961, "synthetic2d": 962}
 SIZES = {  # epochs x iterations per epoch, validation iterations, cases (None: all), test-time mirroring
     "quick": dict(epochs=1, iterations=4, val_iterations=1, cases=24, mirroring=False),
-    "default": dict(epochs=8, iterations=20, val_iterations=1, cases=None, mirroring=False),
+    "default": dict(epochs=20, iterations=50, val_iterations=1, cases=100, mirroring=False),
     # GPU: ~5,000 steps per arm (nnU-Net's own default is 250,000); an estimate, not yet measured: a few minutes
     # per arm on an H100; train the arms in separate calls with one --base_dir if a call has a time limit
     "full": dict(epochs=50, iterations=100, val_iterations=10, cases=None, mirroring=True),

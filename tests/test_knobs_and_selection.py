@@ -44,10 +44,11 @@ def test_apply_knobs_sets_defaults_and_overrides_win():
         num_epochs = 1000
     t = T()
     knobs.apply_knobs(t, {knobs.ENV_VAR: '{"ramp_epochs": 4}'})
-    assert t.num_epochs == 1000 and t.optimizer_name == "adamw" and t.weight_decay == 3e-5
+    assert t.num_epochs == 1000 and t.optimizer_name == "sgd" and t.weight_decay == 3e-5
     assert t.ramp_epochs == 4 and t.warmup_epochs is None
     assert knobs.resolve_lrs("adamw", None, None) == (1e-4, 1e-4)
     assert knobs.resolve_lrs("sgd", None, 1e-3) == (1e-2, 1e-3)
+    assert knobs.resolve_lrs("sgd", None, None) == (1e-2, 1e-3)  # the default: nnU-Net's SGD, heads at 1e-3
 
 
 def test_schedule_scales_with_the_budget_and_explicit_values_win():

@@ -150,7 +150,7 @@ def test_schedule_and_patience_follow_the_epoch_budget(dataset_2d):
 
 
 def test_optimizer_choice_and_head_learning_rate(dataset_2d):
-    t = _trainer(dataset_2d, 0, optimizer_name="sgd", head_lr=1e-3)
+    t = _trainer(dataset_2d, 0)  # the default: nnU-Net's SGD for the U-Net, its own lr for the heads
     t.initialize()
     unet_group, head_group = t.optimizer.param_groups
     assert isinstance(t.optimizer, torch.optim.SGD) and t.optimizer.defaults["nesterov"]
@@ -158,7 +158,7 @@ def test_optimizer_choice_and_head_learning_rate(dataset_2d):
     assert {id(p) for p in head_group["params"]} == {id(p) for p in t.network.heads.parameters()}
     t.lr_scheduler.step(t.num_epochs // 2)
     assert head_group["lr"] / unet_group["lr"] == pytest.approx(0.1)
-    t = _trainer(dataset_2d, 0)
+    t = _trainer(dataset_2d, 0, optimizer_name="adamw")  # the seed design, still an option
     t.initialize()
     assert isinstance(t.optimizer, torch.optim.AdamW) and t.optimizer.param_groups[1]["lr"] == pytest.approx(1e-4)
 

@@ -8,7 +8,8 @@ absolutely and keeps the logic in the library. What it changes, hook by hook:
 * ``train_step``: seg loss and head loss from one forward, mixed by the phase schedule.
 * ``validation_step`` / ``on_validation_epoch_end``: head loss, accuracy and macro-F1 on the
   validation patches (for checkpoint selection only; reported numbers are whole-case).
-* ``configure_optimizers``: AdamW (seed design) or nnU-Net's SGD, heads in their own parameter group.
+* ``configure_optimizers``: nnU-Net's SGD (default) or AdamW (seed design), heads in their own parameter
+  group with their own learning rate.
 * ``on_epoch_end``: best checkpoint by a combined score, early stopping with a patience.
 * ``on_train_end``: after early stopping checkpoint_final gets the selected (best combined score)
   weights; the fold is marked finished, so continuing it (``--c``) trains nothing.

@@ -1,7 +1,8 @@
 """Optimiser for the MTL trainer: two parameter groups (U-Net, heads) with their own learning rates.
 
-``adamw`` is the seed design (AdamW, lr 1e-4 for everything); ``sgd`` is nnU-Net's own (nesterov,
-momentum 0.99, lr 1e-2). Both decay with nnU-Net's polynomial schedule, each group from its own lr.
+``sgd`` (the default) is nnU-Net's own (nesterov, momentum 0.99, lr 1e-2; heads 1e-3); ``adamw`` is
+the seed design (AdamW, lr 1e-4 for everything), which the accuracy benchmark found costing most of
+the Dice at an equal budget (docs/benchmarks.md). Both decay with nnU-Net's polynomial schedule, each group from its own lr.
 """
 from typing import Tuple
 
