@@ -13,8 +13,7 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, DigitalXRayImageStorageForPresentation, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import CTImageStorage, DigitalXRayImageStorageForPresentation, generate_uid
 
 from nnunet_mtl import prediction_table
 from nnunet_mtl.calibration.store import FoldCalibration
@@ -24,6 +23,7 @@ from nnunet_mtl.dataset_spec import targets_from_plans
 from nnunet_mtl.dicom_outputs.sr import read_sr_predictions
 from nnunet_mtl.inference import load_predictor, predict_folder
 from tests.helpers import train
+from tests.test_dicom_outputs import _base as dicom_instance
 
 pytestmark = pytest.mark.timeout(900)
 T = 3.0
@@ -40,19 +40,8 @@ def spec_of(model_dir):
 
 # ------------------------------------------------------------------------------- DICOM inputs from test images
 def _dicom_base(sop_class, modality, arr):
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = sop_class
-    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.SOPClassUID, ds.SOPInstanceUID = sop_class, ds.file_meta.MediaStorageSOPInstanceUID
-    ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = "Test^Case", "P1", "", "O"
-    ds.StudyInstanceUID, ds.StudyDate, ds.StudyTime, ds.StudyID = generate_uid(), "20260101", "120000", "1"
-    ds.AccessionNumber, ds.ReferringPhysicianName, ds.Manufacturer = "A1", "", "synthetic"
-    ds.Modality, ds.SeriesNumber, ds.SeriesInstanceUID = modality, 1, generate_uid()
-    ds.Rows, ds.Columns = arr.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    """A minimal DICOM instance (the same header test_dicom_outputs builds) holding ``arr``."""
+    ds = dicom_instance(sop_class, modality, *arr.shape)
     ds.PixelData = np.ascontiguousarray(arr, np.uint16).tobytes()
     return ds
 
