@@ -159,7 +159,7 @@ def predict_folder(predictor: nnUNetPredictorMTL, input_dir: str, output_dir: st
     def finished(ofile: str, heads) -> None:
         cid = os.path.basename(ofile)
         record.append(cid, predictor.calibrated_outputs(heads.outputs), key, inputs[cid],
-                      calibrated=predictor.calibration is not None and bool(predictor.spec.classification_targets))
+                      calibrated=predictor.outputs_calibrated)
 
     lists = [prepared.cases[cid] for cid in todo]
     ofiles = [os.path.join(output_dir, cid) for cid in todo]

@@ -4,8 +4,8 @@ One pass of nnU-Net's sliding window gives both: the segmentation exactly as sto
 computes it (its own tile loop, mirror loop and Gaussian run unchanged), and, for every tile
 and every mirror, the head outputs of the same forward. A ``CaseCollector`` gathers them per
 tile and fold; ``case_aggregation`` combines the tiles (``head_aggregation``), then the folds
-are averaged. Entry points that know the case: ``predict_case`` (one preprocessed case),
-``predict_from_files_threaded`` (the in-process engine) and nnU-Net's own
+are averaged. Entry points that know the case: ``predict_case`` (one preprocessed case; the
+in-process engine ``threaded_engine.run_cases`` calls it) and nnU-Net's own
 ``predict_from_files`` / ``predict_from_data_iterator``. Outside a case the predictor is
 nnU-Net's, unchanged.
 
@@ -143,18 +143,10 @@ class nnUNetPredictorMTL(nnUNetPredictor):
                                            if o is not None and os.path.dirname(o) == folder})
         return ret
 
-    def predict_from_files_threaded(self, source_folder: str, output_folder: str, save_probabilities: bool = False,
-                                    overwrite: bool = True, num_parts: int = 1, part_id: int = 0,
-                                    export_threads: int = 2, preprocess_threads: int = 2) -> str:
-        """Like nnU-Net's predict_from_files (same file discovery, parts and overwrite rules), but
-        in-process (see threaded_engine); returns the predictions CSV path."""
-        from nnunet_mtl.threaded_engine import run_cases
-        inputs, ofiles, _ = self._manage_input_and_output_lists(source_folder, output_folder, None, overwrite,
-                                                                part_id, num_parts, save_probabilities)
-        if not inputs:
-            return os.path.join(output_folder, CSV_NAME)
-        heads = run_cases(self, inputs, ofiles, save_probabilities, export_threads, preprocess_threads)
-        return self.write_case_table(output_folder, {h.case_id: h.outputs for h in heads})
+    @property
+    def outputs_calibrated(self) -> bool:
+        """Whether rows made now carry calibrated probabilities (the ``probabilities_calibrated`` flag)."""
+        return self.calibration is not None and bool(self.spec.classification_targets)
 
     def calibrated_outputs(self, outputs: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
         """One case's outputs with the classification probabilities calibrated (unchanged without calibration)."""
@@ -163,10 +155,8 @@ class nnUNetPredictorMTL(nnUNetPredictor):
     def write_case_table(self, folder: str, outputs: Dict[str, Dict[str, np.ndarray]]) -> str:
         """Merge these cases' rows (calibrated when the folds have calibration files) into
         folder/predictions.csv|json; return the CSV path."""
-        spec, calibration = self.spec, self.calibration
-        if calibration is not None:
-            outputs = {cid: calibration.apply_outputs(spec, out) for cid, out in outputs.items()}
-        return merge_into_folder(folder, spec, outputs, calibration is not None and bool(spec.classification_targets))
+        outputs = {cid: self.calibrated_outputs(out) for cid, out in outputs.items()}
+        return merge_into_folder(folder, self.spec, outputs, self.outputs_calibrated)
 
 
 def aggregation_for(dataset_json: Optional[dict], requested: Aggregation) -> Aggregation:

@@ -203,13 +203,18 @@ class VolumeReader(ImageReader):
         except RuntimeError:
             raise ConversionError(f"{path}: cannot read image (not a valid NIfTI/NRRD/MHA file?)") from None
 
-    def geometry(self, path):
+    def header(self, path) -> sitk.ImageFileReader:
+        """The file's header only (size, dimension, components, geometry), no pixels."""
         reader = sitk.ImageFileReader()
         reader.SetFileName(path)
         try:
             reader.ReadImageInformation()
         except RuntimeError:
             raise ConversionError(f"{path}: cannot read image header (not a valid NIfTI/NRRD/MHA file?)") from None
+        return reader
+
+    def geometry(self, path):
+        reader = self.header(path)
         return Geometry(tuple(reader.GetSize()), tuple(reader.GetSpacing()), tuple(reader.GetOrigin()),
                         tuple(reader.GetDirection()))
 

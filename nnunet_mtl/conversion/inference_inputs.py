@@ -143,12 +143,7 @@ def image_facts(path: str) -> Tuple[int, int, tuple]:
         return 3, 1, ()
     if reader.kind == "2d":
         return 2, 3 if reader.is_colour(path) else 1, tuple(reader.geometry(path).size)
-    info = sitk.ImageFileReader()
-    info.SetFileName(path)
-    try:
-        info.ReadImageInformation()
-    except RuntimeError:
-        raise ConversionError(f"{path}: cannot read image header (not a valid NIfTI/NRRD/MHA file?)") from None
+    info = reader.header(path)
     size, dims = tuple(info.GetSize()), info.GetDimension()
     if dims == 3 and size[2] == 1:
         dims = 2
