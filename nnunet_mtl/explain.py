@@ -316,7 +316,9 @@ def explain_case(model_dir: str, image_files: Sequence[str], output_prefix: str,
     data, props = preprocess(predictor, image_files)
 
     logits, heads = predictor.predict_case(data, _safe(os.path.basename(output_prefix)))
-    outputs = np.asarray(heads.outputs[target], dtype=float)
+    raw_outputs = np.asarray(heads.outputs[target], dtype=float)
+    # what predictions.csv shows for this case: calibrated when the folds have calibration files
+    outputs = np.asarray(predictor.calibrated_outputs(heads.outputs)[target], dtype=float)
     class_index = resolve_class(tgt, class_name, outputs, where)
     mask = _outline(predictor, logits, props, mask_file, image_files[0])
     mirror_axes = predictor.allowed_mirroring_axes if predictor.use_mirroring else None
@@ -336,6 +338,7 @@ def explain_case(model_dir: str, image_files: Sequence[str], output_prefix: str,
     summary = {"images": image_files, "model": str(model_dir), "target": target, "class": label,
                "class_index": class_index, "method": method, "stage": stage_idx,
                "folds": len(predictor.list_of_parameters), "raw_max": raw_max, "outputs": outputs.tolist(),
+               "outputs_uncalibrated": raw_outputs.tolist(), "probabilities_calibrated": predictor.outputs_calibrated,
                "slices_shown": paths.pop("slices"), "outline": "mask_file" if mask_file else "predicted segmentation",
                "aggregation": heads.aggregation.rule}
     if tgt.is_classification:

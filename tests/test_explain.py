@@ -297,3 +297,23 @@ def test_stage_defaults_to_deepest_head_stage_and_refuses_unreachable_ones():
         resolve_stage(net, "finding", -1)
     with pytest.raises(ExplainError, match="unknown target 'age'"):
         resolve_stage(net, "age")
+
+
+def test_2d_probabilities_shown_are_the_calibrated_ones_the_csv_has(model_2d, image_2d, tmp_path):
+    """With calibration files in the folds, the map's title/JSON must show what predictions.csv and
+    nnunet_mtl_classify show for the same image, not the raw head output."""
+    import shutil
+    from nnunet_mtl.calibration.store import FoldCalibration
+    from nnunet_mtl.calibration.temperature import TemperatureFit
+    from nnunet_mtl.inference import classify_files
+    model = str(tmp_path / "model")
+    shutil.copytree(model_2d, model)
+    for fold in (0, 1):
+        FoldCalibration({"finding": TemperatureFit(4.0, 20, 0.9, 0.6, True, "")}).save(
+            os.path.join(model, f"fold_{fold}"))
+    predictor = load_predictor(model, folds=[0, 1], use_mirroring=False)
+    summary = json.load(open(explain_case(model, [image_2d], str(tmp_path / "c"), "finding", predictor=predictor)["json"]))
+    (row,) = list(classify_files(predictor, [image_2d], str(tmp_path / "work")))
+    np.testing.assert_allclose(summary["outputs"], row["outputs"]["finding"], atol=1e-6)
+    assert summary["probabilities_calibrated"] is True
+    assert not np.allclose(summary["outputs"], summary["outputs_uncalibrated"], atol=1e-4)
