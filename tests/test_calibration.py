@@ -56,8 +56,10 @@ def test_logits_in_give_the_same_temperature_as_probabilities():
 @pytest.mark.parametrize("probs,y,reason", [
     (np.zeros((0, 2)), [], "no validation cases"),
     ([[0.9, 0.1], [0.2, 0.8]], [0, 1], "only 2 validation case(s)"),
-    ([[0.9, 0.1]] * 6, [0] * 6, "only one class"),
-    ([[0.9, 0.1]] * 3 + [[0.3, 0.7]] * 3, [0] * 3 + [1] * 3, "perfectly separated"),
+    ([[0.9, 0.1]] * 6, [0] * 6, "only 6 validation case(s)"),  # the demo's fold size: too few to fit
+    ([[0.9, 0.1]] * 24, [0] * 24, "only one class"),
+    ([[0.9, 0.1]] * 22 + [[0.3, 0.7]] * 2, [0] * 22 + [1] * 2, "fewer than two classes have 3"),
+    ([[0.9, 0.1]] * 12 + [[0.3, 0.7]] * 12, [0] * 12 + [1] * 12, "perfectly separated"),
 ])
 def test_cases_that_cannot_support_a_fit_keep_t_1_and_say_why(probs, y, reason):
     fit = fit_temperature(np.asarray(probs, dtype=float), y)

@@ -19,7 +19,8 @@ from scipy.optimize import minimize_scalar
 
 EPS = 1e-12
 LOG_T_BOUNDS = (math.log(0.05), math.log(20.0))
-MIN_CASES = 5
+MIN_CASES = 20  # one temperature from fewer cases is mostly noise (the demo's 6-case fold fitted T=5.4)
+MIN_PER_CLASS = 3
 
 
 @dataclass(frozen=True)
@@ -102,6 +103,9 @@ def fit_temperature(scores: Sequence[Sequence[float]], y_true: Sequence[int], *,
         return _unfitted(n, before, f"only {n} validation case(s) (at least {min_cases} needed)")
     if np.unique(y).size < 2:
         return _unfitted(n, before, "the validation cases hold only one class")
+    counts = np.bincount(y)
+    if np.count_nonzero(counts >= MIN_PER_CLASS) < 2:
+        return _unfitted(n, before, f"fewer than two classes have {MIN_PER_CLASS} or more validation cases")
     res = minimize_scalar(lambda log_t: nll(z, y, math.exp(log_t)), bounds=LOG_T_BOUNDS, method="bounded",
                           options={"xatol": 1e-4})
     log_t = float(res.x)
