@@ -12,8 +12,9 @@ patches. Inputs:
 
 Output folder (``report``): ``metrics.json`` (with a ``provenance`` block: the predictions' model, the
 ground-truth source, every file read, the settings; ``evaluation.provenance``), ``per_case.csv``,
-``classification_report.csv``, PNG plots and, when tuned, ``thresholds.json``. The metric conventions (empty masks, positive
-class, AUC, bootstrap) are those of ``nnunet_mtl.metrics`` and are repeated in ``metrics.json``.
+``classification_report.csv``, PNG plots and, when tuned, ``thresholds.json``. The metric conventions
+(empty masks, positive class, AUC, bootstrap) are those of ``nnunet_mtl.metrics`` and are repeated in
+``metrics.json``.
 With ``gt_dir`` the case set is the set of GT masks and every prediction source must match it
 exactly; without it, the predictions CSV defines the cases (labelled cases it lacks get a note).
 Predictions that cannot be right (``prediction_checks``: probabilities that are not a
