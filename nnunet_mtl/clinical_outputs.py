@@ -21,6 +21,7 @@ from typing import Dict, List, Mapping
 
 from nnunet_mtl.conversion.provenance import load_manifest
 from nnunet_mtl.dataset_spec import DatasetSpec, targets_from_plans
+from nnunet_mtl.file_names import predicted_mask
 from nnunet_mtl.io_utils import read_json
 from nnunet_mtl.prediction_table import CALIBRATED_COLUMN, CASE_COLUMN, YES
 from nnunet_mtl.prediction_merge import CSV_NAME
@@ -99,10 +100,9 @@ def write_dicom_folder(model_dir: str, output_dir: str, seg_type: str = "binary"
         if source is None or dicom_source_files(source) is None:
             not_dicom.append(cid)
             continue
-        mask = os.path.join(output_dir, cid + model.file_ending) if model.has_masks else None
-        if mask is not None and not os.path.isfile(mask):
-            print(f"{cid}: no predicted mask {mask}; SR only")
-            mask = None
+        mask = predicted_mask(output_dir, cid, model.file_ending) if model.has_masks else None
+        if model.has_masks and mask is None:
+            print(f"{cid}: no predicted mask {os.path.join(output_dir, cid + model.file_ending)}; SR only")
         probs = os.path.join(output_dir, cid + ".npz") if seg_type == "fractional" and mask else None
         if probs is not None and not os.path.isfile(probs):
             raise FileNotFoundError(f"{probs}: a fractional DICOM SEG needs the probabilities (--save_probabilities)")
@@ -150,7 +150,7 @@ def write_report_folder(model_dir: str, output_dir: str, image_folder: str) -> s
     images = {c: p for c in case_ids if os.path.isfile(p := os.path.join(image_folder, f"{c}_0000.nii.gz"))}
     masks = None
     if model.has_masks:
-        masks = {c: p for c in case_ids if os.path.isfile(p := os.path.join(output_dir, c + model.file_ending))}
+        masks = {c: p for c in case_ids if (p := predicted_mask(output_dir, c, model.file_ending))}
     calibrated = bool(rows) and all(r.get(CALIBRATED_COLUMN) == YES for r in rows)
     index = write_folder_report(os.path.join(output_dir, REPORT_DIR), os.path.join(output_dir, CSV_NAME),
                                 model.spec, images, mask_files=masks,

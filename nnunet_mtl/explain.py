@@ -32,6 +32,7 @@ from torch import nn
 from nnunet_mtl.case_aggregation import DEFAULT_AGGREGATION, DEFAULT_FOREGROUND_FLOOR
 from nnunet_mtl.heads import resolve_stages
 from nnunet_mtl.io_utils import atomic_save_image, atomic_write_json
+from nnunet_mtl.mask_outputs import read_mask_array
 from nnunet_mtl.network import unwrap
 from nnunet_mtl.targets import Target, TargetSpec, TargetSpecError
 
@@ -354,7 +355,7 @@ def _outline(predictor, logits, props: dict, mask_file: Optional[str], image_fil
     if mask_file is None:
         return convert_predicted_logits_to_segmentation_with_correct_shape(
             logits.float(), predictor.plans_manager, predictor.configuration_manager, predictor.label_manager, props)
-    mask = predictor.plans_manager.image_reader_writer_class().read_seg(mask_file)[0][0]
+    mask = read_mask_array(mask_file, predictor.plans_manager.image_reader_writer_class())  # PNG or nnU-Net's
     expected = tuple(props["shape_before_cropping"][i] for i in predictor.plans_manager.transpose_backward)
     if mask.shape != expected:
         raise ExplainError(f"mask file {mask_file} has shape {mask.shape}, the image {image_file} {expected}")

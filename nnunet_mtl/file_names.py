@@ -1,19 +1,23 @@
 """Image file endings and nnU-Net's channel suffix, spelled once.
 
 nnU-Net names the input channels of case ``CASE`` ``CASE_0000``, ``CASE_0001``, ... and its masks
-``CASE``; every place that turns a file name into a case id goes through here.
+``CASE``; every place that turns a file name into a case id goes through here. A predicted mask is
+``CASE<file_ending>`` (nnU-Net's export) or ``CASE.png`` (masks of PNG/JPG/BMP/TIFF inputs brought
+back to the input's format, ``mask_outputs``): ``predicted_mask`` is the one answer to "which file
+is case X's mask", for resume, evaluation, reports and DICOM outputs alike.
 """
 from __future__ import annotations
 
 import os
 import re
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Tuple
 
 VOLUME_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
 RASTER_ENDINGS = (".png", ".tif", ".tiff", ".bmp", ".jpg", ".jpeg")
 # masks must be stored losslessly in one file: no JPEG, no .mhd header with a separate raw file
 MASK_ENDINGS = (".nii.gz", ".nii", ".png", ".mha", ".nrrd", ".tif", ".tiff", ".bmp")
 IMAGE_ENDINGS = VOLUME_ENDINGS + RASTER_ENDINGS
+PNG_MASK_ENDING = ".png"  # a 2D raster input's mask, in its input's format (lossless, labels as pixel values)
 CHANNEL_SUFFIX = re.compile(r"_\d{4}$")
 CHANNEL_DIGITS = 4
 
@@ -45,3 +49,17 @@ def case_name(path: str) -> str:
     """Case id of an image path: ``dir/CASE_0000.nii.gz`` -> ``CASE``; unknown endings are kept."""
     name = os.path.basename(path.rstrip(os.sep))
     return strip_channel(strip_ending(name) or name)
+
+
+def predicted_mask_endings(file_ending: str) -> Tuple[str, ...]:
+    """Endings a case's predicted mask can have: the model's (nnU-Net's export), then PNG."""
+    return tuple(dict.fromkeys((file_ending, PNG_MASK_ENDING)))
+
+
+def predicted_mask(folder: str, case_id: str, file_ending: str) -> Optional[str]:
+    """Path of case ``case_id``'s predicted mask in ``folder`` (either ending), None when it has none."""
+    for ending in predicted_mask_endings(file_ending):
+        path = os.path.join(folder, case_id + ending)
+        if os.path.isfile(path):
+            return path
+    return None

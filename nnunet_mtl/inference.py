@@ -19,6 +19,7 @@ import torch
 from nnunet_mtl.case_aggregation import DEFAULT_AGGREGATION, DEFAULT_FOREGROUND_FLOOR
 from nnunet_mtl import prediction_provenance as provenance
 from nnunet_mtl.io_utils import read_json
+from nnunet_mtl.mask_outputs import DEFAULT_MASK_FORMAT, MASK_FORMATS, mask_ending, to_mask_format
 from nnunet_mtl.prediction_merge import CSV_NAME, PROVENANCE_NAME, PredictionRecord, remove_case_files, table_case_ids
 from nnunet_mtl.predictor import nnUNetPredictorMTL
 from nnunet_mtl.threaded_engine import run_cases
@@ -116,7 +117,7 @@ def predict_folder(predictor: nnUNetPredictorMTL, input_dir: str, output_dir: st
                    save_probabilities: bool = False, num_processes_preprocessing: int = 2,
                    num_processes_export: int = 2, num_parts: int = 1, part_id: int = 0,
                    clip_percentiles=(0.5, 98.5), engine: str = "threads",
-                   report: Callable[[str], None] = print) -> str:
+                   report: Callable[[str], None] = print, mask_format: str = DEFAULT_MASK_FORMAT) -> str:
     """Masks (nnU-Net layout) + predictions.csv/json in output_dir; returns the CSV path.
 
     A case counts as done only with its mask and a row from this model (checkpoints, step size,
@@ -125,13 +126,18 @@ def predict_folder(predictor: nnUNetPredictorMTL, input_dir: str, output_dir: st
     (``prediction_merge``), so a killed run resumes where it stopped. Masks and rows of inputs that
     are gone are removed; ``report`` gets one line: N predicted, M kept, K removed. ``overwrite``
     reconverts and predicts everything. ``engine='threads'`` runs in-process (threaded_engine);
-    ``'processes'`` uses nnU-Net's multiprocessing ``predict_from_files`` (its rows are recorded when
-    the run ends)."""
+    ``'processes'`` uses nnU-Net's multiprocessing ``predict_from_files`` (rows recorded as each
+    case's export finishes, ``nnUNetPredictorMTL.predict_from_data_iterator``). ``mask_format``
+    'input': masks of PNG/JPG/BMP/TIFF inputs come back as PNG (``mask_outputs``); 'nifti': all in the
+    model's format. A case whose mask is not in the asked format is predicted again."""
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
+    if mask_format not in MASK_FORMATS:
+        raise ValueError(f"mask format must be one of {MASK_FORMATS}, got {mask_format!r}")
     prepared = prepare_folder(input_dir, output_dir, model_inputs(predictor), clip_percentiles, force=overwrite)
     os.makedirs(output_dir, exist_ok=True)
     file_ending = predictor.dataset_json["file_ending"]
+    endings = {cid: mask_ending(sources, file_ending, mask_format) for cid, sources in prepared.sources.items()}
     identity = provenance.model_identity(predictor)
     key = provenance.model_key(identity)
     record = PredictionRecord(output_dir, predictor.spec)
@@ -146,7 +152,7 @@ def predict_folder(predictor: nnUNetPredictorMTL, input_dir: str, output_dir: st
 
     def valid(cid: str, entry: dict) -> bool:
         return (cid in inputs and entry["model"] == key and provenance.same_input(entry["input"], inputs[cid])
-                and os.path.isfile(os.path.join(output_dir, cid + file_ending))
+                and os.path.isfile(os.path.join(output_dir, cid + endings[cid]))
                 and (not save_probabilities or os.path.isfile(os.path.join(output_dir, cid + ".npz"))))
 
     mine = sorted(inputs)[part_id::num_parts]
@@ -158,6 +164,7 @@ def predict_folder(predictor: nnUNetPredictorMTL, input_dir: str, output_dir: st
 
     def finished(ofile: str, heads) -> None:
         cid = os.path.basename(ofile)
+        to_mask_format(output_dir, cid, file_ending, endings[cid], prepared.sources[cid][0])
         record.append(cid, predictor.calibrated_outputs(heads.outputs), key, inputs[cid],
                       calibrated=predictor.outputs_calibrated)
 
@@ -190,8 +197,8 @@ def _model_changes(output_dir: str, identity: dict, latest: Dict[str, dict], key
 
 def _predict_with_processes(predictor: nnUNetPredictorMTL, lists, ofiles, save_probabilities: bool,
                             n_preprocessing: int, n_export: int, finished: Callable) -> None:
-    """nnU-Net's own predict_from_files on exactly these cases; the predictor hands over all rows
-    when its exports are done (its ``write_case_table``, redirected here into the record)."""
+    """nnU-Net's own predict_from_files on exactly these cases; the predictor hands over each case's
+    row once its export has finished (its ``write_case_table``, redirected here into the record)."""
     def record_rows(folder: str, outputs: Dict[str, dict]) -> str:
         for cid, out in outputs.items():
             finished(os.path.join(folder, cid), SimpleNamespace(outputs=out))

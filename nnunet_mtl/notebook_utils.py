@@ -22,7 +22,7 @@ import numpy as np
 from nnunet_mtl import prediction_table
 from nnunet_mtl.dataset_spec import DatasetSpec, targets_from_plans
 from nnunet_mtl.knobs import BUDGETS
-from nnunet_mtl.file_names import CHANNEL_DIGITS, channel_file
+from nnunet_mtl.file_names import CHANNEL_DIGITS, channel_file, predicted_mask
 
 BASE_DIR_ENV = "NNUNET_MTL_NOTEBOOK_BASE_DIR"
 BUDGET_ENV = "NNUNET_MTL_NOTEBOOK_BUDGET"
@@ -209,8 +209,7 @@ def case_files(image_dir: str, mask_dir: Optional[str], file_ending: str = ".nii
     suffix = channel_file("", 0, file_ending)
     for path in sorted(glob.glob(os.path.join(image_dir, "*" + suffix))):
         cid = os.path.basename(path)[:-len(suffix)]
-        mask = os.path.join(mask_dir, cid + file_ending) if mask_dir else None
-        out[cid] = (path, mask if mask and os.path.isfile(mask) else None)
+        out[cid] = (path, predicted_mask(mask_dir, cid, file_ending) if mask_dir else None)
     return out
 
 

@@ -19,6 +19,7 @@ from typing import Callable, Dict, Iterable, List, Mapping
 import numpy as np
 
 from nnunet_mtl import prediction_table
+from nnunet_mtl.file_names import predicted_mask_endings
 from nnunet_mtl.io_utils import atomic_write_json, atomic_write_text
 from nnunet_mtl.targets import TargetSpec
 
@@ -103,8 +104,8 @@ def table_case_ids(folder: str) -> List[str]:
 
 
 def remove_case_files(folder: str, case_id: str, file_ending: str) -> None:
-    """The case's mask and probability files in ``folder``."""
-    for ending in (file_ending,) + SIDE_ENDINGS:
+    """The case's mask (either format, ``file_names.predicted_mask_endings``) and probability files."""
+    for ending in predicted_mask_endings(file_ending) + SIDE_ENDINGS:
         path = os.path.join(folder, case_id + ending)
         if os.path.isfile(path):
             os.remove(path)

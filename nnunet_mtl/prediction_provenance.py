@@ -65,6 +65,12 @@ def input_identities(prepared, previous: Mapping[str, dict]) -> Dict[str, dict]:
     return out
 
 
+def file_identity(path: str) -> dict:
+    """One file (or DICOM-series folder) as a record of what was read: path, size, mtime and SHA-256."""
+    size, mtime_ns = source_stat(path)
+    return {"path": os.path.abspath(path), "size": size, "mtime_ns": mtime_ns, "sha256": content_hash(path)}
+
+
 def same_input(recorded: Optional[Mapping], current: Mapping) -> bool:
     if not recorded:
         return False

@@ -120,16 +120,22 @@ class nnUNetPredictorMTL(nnUNetPredictor):
     # ------------------------------------------------------------------ many cases -> CSV
     def predict_from_data_iterator(self, data_iterator, save_probabilities: bool = False,
                                    num_processes_segmentation_export: int = default_num_processes):
-        """nnU-Net's loop; each item is one case (named after its output file)."""
-        done = []
+        """nnU-Net's loop; each item is one case (named after its output file). nnU-Net exports in
+        worker processes and waits only at the end, so between items the rows of earlier cases whose
+        mask is written are handed to ``write_case_table``, the rest when the loop is done: a killed
+        run keeps the rows of its finished cases, and no row is written before its mask."""
+        waiting = []  # (ofile, heads) of predicted cases whose rows are not handed over yet
 
         def announced():
-            for item in data_iterator:
+            for n, item in enumerate(data_iterator):
+                self._hand_over(waiting, exported_only=True)
                 ofile = item['ofile']
-                name = os.path.basename(ofile) if ofile is not None else f"case_{len(done):04d}"
+                name = os.path.basename(ofile) if ofile is not None else f"case_{n:04d}"
                 self.collector.begin_case(name, self.aggregation)
                 yield item  # nnU-Net predicts this case before it asks for the next one
-                done.append((ofile, self.collector.end_case()))
+                heads = self.collector.end_case()
+                if ofile is not None:  # in-memory results (no file) have no row
+                    waiting.append((ofile, heads))
 
         try:
             ret = super().predict_from_data_iterator(announced(), save_probabilities,
@@ -138,10 +144,30 @@ class nnUNetPredictorMTL(nnUNetPredictor):
             self.collector.abort_case()
             if isinstance(data_iterator, MultiThreadedAugmenter):
                 data_iterator._finish()
-        for folder in sorted({os.path.dirname(o) for o, _ in done if o is not None}):
-            self.write_case_table(folder, {h.case_id: h.outputs for o, h in done
-                                           if o is not None and os.path.dirname(o) == folder})
+        self._hand_over(waiting, exported_only=False)  # nnU-Net has waited for every export
         return ret
+
+    def _hand_over(self, waiting: list, exported_only: bool) -> None:
+        """``write_case_table`` for the waiting cases (only those whose mask is complete when
+        ``exported_only``), per output folder; removes them from ``waiting``."""
+        ready = [w for w in waiting if not exported_only or self._exported(w[0])]
+        if not ready:
+            return
+        handed = {id(w) for w in ready}
+        waiting[:] = [w for w in waiting if id(w) not in handed]
+        for folder in sorted({os.path.dirname(o) for o, _ in ready}):
+            self.write_case_table(folder, {h.case_id: h.outputs for o, h in ready if os.path.dirname(o) == folder})
+
+    def _exported(self, ofile: str) -> bool:
+        """nnU-Net's export writes the mask last and not atomically: done when it exists and reads whole."""
+        path = ofile + self.dataset_json['file_ending']
+        if not os.path.isfile(path):
+            return False
+        try:
+            self.plans_manager.image_reader_writer_class().read_seg(path)
+        except Exception:  # noqa: BLE001 - still being written
+            return False
+        return True
 
     @property
     def outputs_calibrated(self) -> bool:

@@ -17,6 +17,7 @@ from typing import List, Optional, Sequence
 
 from nnunet_mtl.case_aggregation import DEFAULT_AGGREGATION, MASKLESS_AGGREGATION
 from nnunet_mtl.dataset_spec import DatasetSpec, targets_from_plans
+from nnunet_mtl.file_names import predicted_mask
 from nnunet_mtl.io_utils import atomic_write_json, read_json
 from nnunet_mtl.knobs import knob_overrides
 from nnunet_mtl.planning import plan_and_preprocess, plans_identifier, use_base_dir
@@ -206,7 +207,8 @@ def infer(base_dir: str, test_input: Optional[str] = None, test_output: Optional
 
     ``calibration``: apply the folds' temperatures (``fold_X/calibration.json``) when they exist;
     ``dicom_outputs`` ('binary' | 'fractional'): DICOM SEG + SR for DICOM inputs under ``dicom/``;
-    ``report``: review pages under ``report/`` (with the Grad-CAM overlays when ``explain``)."""
+    ``report``: review pages under ``report/`` (with the Grad-CAM overlays when ``explain``);
+    ``mask_format`` ('input' | 'nifti', in ``predict_kwargs``): see ``inference.predict_folder``."""
     from nnunet_mtl import clinical_outputs
     from nnunet_mtl.inference import converted_source, load_predictor, predict_folder
     state = load_state(base_dir)
@@ -257,11 +259,10 @@ def explain_folder(model_dir: str, source_folder: str, out_dir: str, folds, chec
     written = []
     for files in create_lists_from_splitted_dataset_folder(source_folder, file_ending):
         case_id = os.path.basename(files[0])[:-(len(file_ending) + 5)]
-        mask = os.path.join(prediction_folder, case_id + file_ending) if prediction_folder else None
+        mask = predicted_mask(prediction_folder, case_id, file_ending) if prediction_folder else None
         for target in targets:
             paths = explain_case(model_dir, files, os.path.join(out_dir, case_id), target, folds=folds,
-                                 checkpoint=checkpoint, device=device, predictor=predictor,
-                                 mask_file=mask if mask and os.path.isfile(mask) else None)
+                                 checkpoint=checkpoint, device=device, predictor=predictor, mask_file=mask)
             written.extend(paths.values())
     return written
 

@@ -75,7 +75,7 @@ def test_train_only_then_inference_only(prepared, tmp_path):
              "--device", "cpu", "--explain")
     rows = list(csv.DictReader(open(os.path.join(test_out, "predictions.csv"))))
     assert sorted(r["case_id"] for r in rows) == sorted(f[:-4] for f in os.listdir(test_in))
-    assert all(os.path.isfile(os.path.join(test_out, r["case_id"] + ".nii.gz")) for r in rows)
+    assert all(os.path.isfile(os.path.join(test_out, r["case_id"] + ".png")) for r in rows)  # PNG in, PNG out
     overlays = sorted(f for f in os.listdir(os.path.join(test_out, "explanations")) if f.endswith("_overlay.png"))
     assert len(overlays) == len(rows) and all(o.startswith(tuple(r["case_id"] for r in rows)) for o in overlays)
 

@@ -69,7 +69,7 @@ def evaluate_args(args: argparse.Namespace) -> dict:
                     seed=args.seed, threshold_tuning=args.threshold_tuning, apply_thresholds=args.apply_thresholds,
                     surface_metrics=args.surface_metrics, surface_tolerance=args.surface_tolerance,
                     num_processes=args.num_processes, label_names=label_names, seg_labels=sorted(label_names),
-                    make_plots=not args.no_plots)
+                    make_plots=not args.no_plots, labels_source=args.labels_csv or args.dataset_json)
 
 
 def run(argv=None) -> dict:

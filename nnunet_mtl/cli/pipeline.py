@@ -77,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
                           f"{MASKLESS_AGGREGATION} without masks)")
     inf.add_argument("--explain", action="store_true", help="also write Grad-CAM maps and overlays")
     inf.add_argument("--save_probabilities", action="store_true")
+    inf.add_argument("--mask_format", default="input", choices=["input", "nifti"],
+                     help="input: masks of PNG/JPG/BMP/TIFF inputs as PNG, label values as pixel values (default); "
+                          "nifti: every mask in the model's format (DICOM and NIfTI inputs always are)")
     inf.add_argument("--no_calibration", action="store_true",
                      help="raw probabilities even when the folds have calibration.json (temperature scaling)")
     inf.add_argument("--dicom_outputs", nargs="?", const="binary", choices=["binary", "fractional"],
@@ -117,7 +120,8 @@ def main(argv=None) -> int:
             workflow.infer(args.base_dir, args.test_input, args.test_output, args.fold, args.checkpoint, device,
                            args.overwrite, args.explain, step_size=args.step_size, use_mirroring=not args.disable_tta,
                            aggregation=args.aggregation, save_probabilities=args.save_probabilities,
-                           calibration=not args.no_calibration, dicom_outputs=args.dicom_outputs, report=args.report)
+                           calibration=not args.no_calibration, dicom_outputs=args.dicom_outputs, report=args.report,
+                           mask_format=args.mask_format)
     except (workflow.PipelineError, ValueError, FileNotFoundError, FileExistsError) as e:
         print(f"{parser.prog}: error: {e}", file=sys.stderr)
         return 2

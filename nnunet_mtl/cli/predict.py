@@ -25,6 +25,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-part_id", type=int, default=0, help="which part this process predicts (0-based)")
     p.add_argument("--engine", default="threads", choices=["threads", "processes"],
                    help="threads: in-process pipeline, no worker start-up (default); processes: nnU-Net's workers")
+    p.add_argument("--mask_format", default="input", choices=["input", "nifti"],
+                   help="input: masks of PNG/JPG/BMP/TIFF inputs as PNG, label values as pixel values (default); "
+                        "nifti: every mask in the model's format (DICOM and NIfTI inputs always are)")
     p.add_argument("--no_calibration", action="store_true",
                    help="raw probabilities even when the folds have calibration.json (temperature scaling)")
     p.add_argument("--dicom_outputs", nargs="?", const="binary", choices=["binary", "fractional"],
@@ -52,7 +55,8 @@ def main(argv=None) -> int:
         csv_path = predict_folder(predictor, args.input, args.output, overwrite=args.overwrite,
                                   save_probabilities=args.save_probabilities or args.dicom_outputs == "fractional",
                                   num_processes_preprocessing=args.npp, num_processes_export=args.nps,
-                                  num_parts=args.num_parts, part_id=args.part_id, engine=args.engine)
+                                  num_parts=args.num_parts, part_id=args.part_id, engine=args.engine,
+                                  mask_format=args.mask_format)
         if args.dicom_outputs:
             clinical_outputs.write_dicom_folder(args.model, args.output, args.dicom_outputs)
         if args.report:

@@ -10,27 +10,32 @@ patches. Inputs:
 * ``prediction_csv``: the predictor's table (see ``nnunet_mtl.prediction_table``).
 * ``labels``: a ``CaseTable`` with the true image-level values (``ground_truth.load_labels``).
 
-Output folder (``report``): ``metrics.json``, ``per_case.csv``, ``classification_report.csv``,
-PNG plots and, when tuned, ``thresholds.json``. The metric conventions (empty masks, positive
-class, AUC, bootstrap) are those of ``nnunet_mtl.metrics`` and are repeated in ``metrics.json``.
+Output folder (``report``): ``metrics.json`` (with a ``provenance`` block: the predictions' model, the
+ground-truth source, every file read, the settings; ``evaluation.provenance``), ``per_case.csv``,
+``classification_report.csv``, PNG plots and, when tuned, ``thresholds.json``. The metric conventions
+(empty masks, positive class, AUC, bootstrap) are those of ``nnunet_mtl.metrics`` and are repeated in
+``metrics.json``.
 With ``gt_dir`` the case set is the set of GT masks and every prediction source must match it
 exactly; without it, the predictions CSV defines the cases (labelled cases it lacks get a note).
 Predictions that cannot be right (``prediction_checks``: probabilities that are not a
 distribution, a label that is not the argmax, duplicate rows) are refused before anything is
-scored or written.
+scored or written, and so are predictions from more than one model.
 """
 from __future__ import annotations
 
+import os
 from typing import Dict, List, Mapping, Optional, Sequence
 
 from nnunet_mtl import prediction_table
 from nnunet_mtl.conversion.pancreas_layout import PANCREAS_REGIONS
+from nnunet_mtl.prediction_merge import CSV_NAME, table_case_ids
 from nnunet_mtl.calibration.evaluation import calibration_block
 from nnunet_mtl.evaluation import classification, regression, segmentation
 from nnunet_mtl.evaluation.discovery import check_same_cases, find_masks, find_predicted_masks
 from nnunet_mtl.evaluation.errors import EvaluationError
 from nnunet_mtl.evaluation.pairing import evaluated_spec, gather_target
 from nnunet_mtl.evaluation.prediction_checks import PROB_SUM_TOLERANCE, check_predictions
+from nnunet_mtl.evaluation.provenance import check_one_model, evaluation_provenance, prediction_folders
 from nnunet_mtl.evaluation.report import json_safe, write_report
 from nnunet_mtl.targets import CaseTable, TargetSpecError
 
@@ -61,7 +66,7 @@ def evaluate(gt_dir: Optional[str] = None, pred_dir: Optional[str] = None, predi
              n_bootstrap: int = 1000, seed: int = 0, threshold_tuning: Optional[str] = None,
              apply_thresholds: Optional[str] = None, surface_metrics: bool = False, surface_tolerance: float = 1.0,
              num_processes: int = 1, label_names: Optional[Mapping[int, str]] = None,
-             seg_labels: Sequence[int] = (), make_plots: bool = True) -> dict:
+             seg_labels: Sequence[int] = (), make_plots: bool = True, labels_source: Optional[str] = None) -> dict:
     """Score everything the inputs allow and write the review folder.
 
     Args:
@@ -80,6 +85,7 @@ def evaluate(gt_dir: Optional[str] = None, pred_dir: Optional[str] = None, predi
         num_processes: processes for the segmentation scores.
         label_names, seg_labels: label value -> name, and labels scored even when absent everywhere.
         make_plots: write the PNG plots.
+        labels_source: the file the labels were read from (recorded in the provenance block).
 
     Returns:
         metrics.json's content (strict JSON: NaN -> None).
@@ -98,13 +104,18 @@ def evaluate(gt_dir: Optional[str] = None, pred_dir: Optional[str] = None, predi
     result = {"inputs": {"gt_dir": gt_dir, "pred_dir": pred_dir, "prediction_csv": prediction_csv},
               "settings": {"n_bootstrap": n_bootstrap, "seed": seed, "threshold_tuning": threshold_tuning,
                            "apply_thresholds": apply_thresholds, "surface_metrics": surface_metrics,
-                           "surface_tolerance": surface_tolerance, "regions": {k: list(v) for k, v in regions.items()}},
+                           "surface_tolerance": surface_tolerance, "regions": {k: list(v) for k, v in regions.items()},
+                           "targets": list(targets) if targets else None, "seg_labels": [int(v) for v in seg_labels]},
               "rules": dict(RULES), "notes": []}
     per_case: Dict[str, dict] = {c: {"case_id": c} for c in gt_paths}
     seg_columns: List[str] = []
+    folders = prediction_folders(pred_dir, prediction_csv)
+    pred_paths = find_predicted_masks(pred_dir) if pred_dir is not None else {}
+    csv_cases = table_case_ids(folders["csv"]) if prediction_csv and os.path.basename(prediction_csv) == CSV_NAME \
+        else []
+    check_one_model(folders, set(gt_paths) | set(pred_paths) | set(csv_cases), csv_cases)
 
     if pred_dir is not None:
-        pred_paths = find_predicted_masks(pred_dir)
         check_same_cases(gt_paths, pred_paths, f"the ground truth ({gt_dir})", f"the predictions ({pred_dir})")
         rows, found = segmentation.segmentation_rows(gt_paths, pred_paths, seg_labels, regions, surface_metrics,
                                                      surface_tolerance, num_processes)
@@ -119,6 +130,8 @@ def evaluate(gt_dir: Optional[str] = None, pred_dir: Optional[str] = None, predi
         cls_data = _score_targets(result, per_case, gt_dir, gt_paths, prediction_csv, labels, targets, n_bootstrap,
                                   seed, threshold_tuning, apply_thresholds)
     result["n_cases"] = len(per_case)
+    result["provenance"] = evaluation_provenance(folders, gt_dir, gt_paths, pred_paths, prediction_csv, labels,
+                                                 labels_source, result["settings"])
     if output_folder:
         write_report(output_folder, result, per_case, seg_columns, cls_data, threshold_tuning, make_plots, seed)
     return json_safe(result)

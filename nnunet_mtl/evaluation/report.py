@@ -40,7 +40,8 @@ def write_report(out: str, result: dict, per_case: Mapping[str, dict], seg_colum
     atomic_write_csv(os.path.join(out, "classification_report.csv"), report, REPORT_COLUMNS)
     if threshold_tuning and result.get("thresholds"):
         atomic_write_json(os.path.join(out, "thresholds.json"),
-                          {"method": threshold_tuning, "targets": result["thresholds"]})
+                          {"method": threshold_tuning, "targets": result["thresholds"],
+                           "evaluation_key": result.get("provenance", {}).get("key")})  # tuned on what
     if make_plots:
         write_plots(out, result, per_case, cls_data, seed)
     atomic_write_json(os.path.join(out, "metrics.json"), json_safe(result))

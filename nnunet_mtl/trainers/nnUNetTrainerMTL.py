@@ -3,6 +3,8 @@
 Found by stock nnU-Net through ``nnUNet_extTrainer`` (this folder), so this file imports
 absolutely and keeps the logic in the library. What it changes, hook by hook:
 
+* ``do_split``: a fold beyond an existing ``splits_final.json`` is an error (nnU-Net would train a
+  random 80:20 split).
 * ``build_network_architecture``: nnU-Net's own U-Net from the plans, wrapped in MTLNetwork
   (heads read the same encoder pass the decoder uses; one encoder forward per step).
 * ``train_step``: seg loss and head loss from one forward, mixed by the phase schedule.
@@ -46,6 +48,7 @@ from nnunet_mtl.training import selection
 from nnunet_mtl.training.checkpointing import LatestCheckpointClock, save_atomically
 from nnunet_mtl.training.head_metrics import patch_head_metrics, patch_predictions
 from nnunet_mtl.training.optim import build_optimizer
+from nnunet_mtl.training.split_check import check_fold_in_splits
 from nnunet_mtl.training.step_helpers import (class_weights_for_split, gathered_mean, per_target_losses,
                                               store_regression_stats, to_device, zero_with_graph)
 from nnunet_mtl.training.whole_case import heads_during_validation, write_validation_heads
@@ -132,6 +135,11 @@ class nnUNetTrainerMTL(nnUNetTrainer):
         return rotation, dummy_2d, initial_patch_size, mirror_axes
 
     # ------------------------------------------------------------------ training
+    def do_split(self):
+        """nnU-Net's split; a fold beyond an existing splits_final.json is refused (``split_check``)."""
+        check_fold_in_splits(self.fold, os.path.join(self.preprocessed_dataset_folder_base, "splits_final.json"))
+        return super().do_split()
+
     def on_train_start(self):
         super().on_train_start()
         self.latest_clock = LatestCheckpointClock(self.checkpoint_minutes)

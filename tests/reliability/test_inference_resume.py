@@ -40,7 +40,8 @@ def _rows(out):
 
 
 def _masks(out):
-    return sorted(f[:-len(".nii.gz")] for f in os.listdir(out) if f.endswith(".nii.gz"))
+    """Cases with a predicted mask (NIfTI for NIfTI inputs, PNG for PNG inputs)."""
+    return sorted(f[:-len(e)] for f in os.listdir(out) for e in (".nii.gz", ".png") if f.endswith(e))
 
 
 def _record(out):
