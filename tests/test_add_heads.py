@@ -163,3 +163,38 @@ def test_errors_are_one_line_naming_the_folder(stock_model, tmp_path, capsys):  
         assert predict.main(["-m", model, "-i", str(tmp_path), "-o", str(tmp_path / "o"), "-device", "cpu"]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and err.startswith(f"nnunet_mtl_predict: error: {model}: {problem}")
+
+
+def test_pipeline_adds_heads_then_predicts_with_them_and_a_rerun_redoes_nothing(heads, heads_prediction, stock_model,  # noqa: F811
+                                                                               labels_csv, dataset_2d, tmp_path, capsys):
+    from nnunet_mtl.cli import pipeline
+    images, ids = _test_ids(dataset_2d)
+    mine, out = str(tmp_path / "heads"), str(tmp_path / "pred")
+    shutil.copytree(heads, mine)   # its feature cache too: the refit below runs no sliding window
+    probe = os.path.join(mine, "fold_0", "probe.pkl")
+    before = os.stat(probe).st_mtime_ns
+    argv = ["--add_heads", "--stock_model", stock_model, "--labels_csv", labels_csv, "--model_dir", mine,
+            "--inference_only", "--test_input", images, "--test_output", out, "--device", "cpu"]
+    assert pipeline.main(argv + ["--overwrite"]) == 0
+    assert os.stat(probe).st_mtime_ns != before   # fitted again
+    assert f"{out}: {len(ids)} predicted" in capsys.readouterr().out
+    assert [r["case_id"] for r in _rows(os.path.join(out, "predictions.csv"))] == ids
+    for cid in ids:   # the stock model's masks (heads_prediction's equal nnUNetv2_predict's)
+        np.testing.assert_array_equal(_mask(out, cid), _mask(heads_prediction, cid))
+
+    fitted = os.stat(probe).st_mtime_ns
+    assert pipeline.main(argv) == 0
+    said = capsys.readouterr().out
+    assert "heads already fitted from these inputs; kept" in said and f"0 predicted, {len(ids)} kept" in said
+    assert os.stat(probe).st_mtime_ns == fitted
+
+
+def test_pipeline_heads_errors_are_one_line(stock_model, tmp_path, capsys):  # noqa: F811
+    from nnunet_mtl.cli import pipeline
+    assert pipeline.main(["--add_heads", "--model_dir", str(tmp_path / "h")]) == 2
+    assert capsys.readouterr().err.endswith("--add_heads needs --stock_model (the trained nnU-Net model) and "
+                                            "--model_dir (where the heads go)\n")
+    argv = ["--inference_only", "--model_dir", stock_model, "--test_input", str(tmp_path), "--device", "cpu"]
+    assert pipeline.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "a stock nnU-Net model (no image-level heads); fit heads on it first" in err

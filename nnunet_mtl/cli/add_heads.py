@@ -33,6 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pools", nargs="+", default=["global", "foreground"], choices=["global", "foreground"])
     p.add_argument("--mirroring", action="store_true", help="test-time mirroring while extracting features")
     p.add_argument("-device", "--device", default=None, choices=["cuda", "cpu", "mps"])
+    p.add_argument("--overwrite", action="store_true",
+                   help="fit again even when OUTPUT holds heads fitted from the same inputs (they are kept otherwise)")
     return p
 
 
@@ -50,7 +52,8 @@ def main(argv=None) -> int:
         from nnunet_mtl.targets import load_spec_file
         spec = load_spec_file(args.spec_json) if args.spec_json else None
         summary = fit_heads(args.model, args.output, args.labels_csv, spec, args.folds, args.splits, args.checkpoint,
-                            args.device or _device_default(), args.cache_dir, args.mirroring, args.stages, args.pools)
+                            args.device or _device_default(), args.cache_dir, args.mirroring, args.stages, args.pools,
+                            overwrite=args.overwrite)
     except (FileNotFoundError, ValueError, RuntimeError, TargetSpecError) as e:
         print(f"nnunet_mtl_add_heads: error: {e}", file=sys.stderr)
         return 2

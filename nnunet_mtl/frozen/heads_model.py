@@ -23,7 +23,7 @@ import logging
 import os
 import pickle
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -32,7 +32,7 @@ from nnunet_mtl.frozen.cache import file_signature
 from nnunet_mtl.frozen.extract import EncoderFeatureExtractor, preprocessed_cases
 from nnunet_mtl.frozen.pooling import POOLS, feature_vector
 from nnunet_mtl.frozen.probe import LinearProbe
-from nnunet_mtl.io_utils import atomic_write_json
+from nnunet_mtl.io_utils import atomic_write_json, read_json
 from nnunet_mtl.targets import CaseTable, TargetSpec
 
 log = logging.getLogger(__name__)
@@ -74,12 +74,15 @@ class StockModel:
     def preprocessed_folder(self) -> str:
         root = os.environ.get("nnUNet_preprocessed")
         if not root:
-            raise RuntimeError("nnUNet_preprocessed is not set: the stock model's split and preprocessed cases "
+            raise ValueError("nnUNet_preprocessed is not set: the stock model's split and preprocessed cases "
                                "live there")
         return os.path.join(root, self.dataset_name)
 
+    def splits_path(self) -> str:
+        return os.path.join(self.preprocessed_folder(), "splits_final.json")
+
     def splits(self, splits_file: Optional[str] = None) -> list:
-        path = splits_file or os.path.join(self.preprocessed_folder(), "splits_final.json")
+        path = splits_file or self.splits_path()
         if not os.path.isfile(path):
             raise FileNotFoundError(f"{path}: the stock model's splits not found (pass the splits file)")
         with open(path) as f:
@@ -108,10 +111,12 @@ def fit_heads(model_dir: str, out_dir: str, labels_csv: Optional[str] = None, sp
               folds: Optional[Sequence[int]] = None, splits_file: Optional[str] = None,
               checkpoint: str = "checkpoint_final.pth", device: str = "cpu", cache_dir: Optional[str] = None,
               use_mirroring: bool = False, stages: Optional[Sequence[int]] = None, pools: Sequence[str] = POOLS,
-              seed: int = 0) -> dict:
+              seed: int = 0, overwrite: bool = False, report: Callable[[str], None] = print) -> dict:
     """Fit one probe per fold of the stock model on its training cases; write out-of-fold predictions.
 
-    Returns the pooled out-of-fold summary (also in ``OUT/validation_summary.json``)."""
+    Heads already fitted in ``out_dir`` from the same request (stock checkpoints, labels file, targets,
+    split, folds, features, seed) are kept, not refitted (a refit would make every prediction made with
+    them stale); ``overwrite`` refits. Returns the pooled out-of-fold summary (``OUT/validation_summary.json``)."""
     from nnunet_mtl.training.head_metrics import whole_case_summary
     stock = StockModel.from_folder(model_dir)
     table = load_labels(stock, labels_csv, spec)
@@ -119,9 +124,21 @@ def fit_heads(model_dir: str, out_dir: str, labels_csv: Optional[str] = None, sp
     folds = [int(f) for f in folds] if folds else stock.folds(checkpoint)
     if not folds:
         raise FileNotFoundError(f"{stock.folder}: no fold_k/{checkpoint}")
-    splits = stock.splits(splits_file)
+    splits_path = splits_file or stock.splits_path()
+    splits = stock.splits(splits_path)
     out_dir = os.path.abspath(out_dir)
     cache_dir = os.path.abspath(cache_dir or os.path.join(out_dir, "feature_cache"))
+    request = {"format": FORMAT, "stock_model": stock.folder, "checkpoint": checkpoint, "folds": folds,
+               "checkpoint_signatures": {str(k): stock.checkpoint_signature(k, checkpoint) for k in folds},
+               "labels": _file_identity(labels_csv or os.path.join(stock.folder, "dataset.json")),
+               "splits": _file_identity(splits_path), "targets": spec.to_json(),
+               "stages": None if stages is None else list(stages), "pools": list(pools),
+               "use_mirroring": use_mirroring, "step_size": FEATURE_STEP_SIZE, "seed": seed}
+    request = json.loads(json.dumps(request))  # as read back from the info file
+    summary_path = os.path.join(out_dir, "validation_summary.json")
+    if not overwrite and _fitted_from(out_dir, request) and os.path.isfile(summary_path):
+        report(f"{out_dir}: heads already fitted from these inputs; kept (--overwrite fits them again)")
+        return read_json(summary_path)
     os.makedirs(out_dir, exist_ok=True)
     data_folder = stock.data_folder()
     labelled = set(table.case_ids)
@@ -152,14 +169,26 @@ def fit_heads(model_dir: str, out_dir: str, labels_csv: Optional[str] = None, sp
         all_rows.extend(rows)
     overall = whole_case_summary(spec, [r for r in all_rows if r["case_id"] in labelled], table)
     overall["folds"] = {str(k): v for k, v in per_fold.items()}
-    atomic_write_json(os.path.join(out_dir, "validation_summary.json"), overall)
-    atomic_write_json(os.path.join(out_dir, INFO_FILE), {
-        "format": FORMAT, "stock_model": stock.folder, "checkpoint": checkpoint, "folds": folds,
-        "checkpoint_signatures": {str(k): stock.checkpoint_signature(k, checkpoint) for k in folds},
-        "targets": spec.to_json(), "stages": None if stages is None else list(stages), "pools": list(pools),
-        "use_mirroring": use_mirroring, "step_size": FEATURE_STEP_SIZE, "feature_cache": cache_dir,
-        "sklearn_version": _sklearn_version()})
+    atomic_write_json(summary_path, overall)
+    atomic_write_json(os.path.join(out_dir, INFO_FILE), {**request, "feature_cache": cache_dir,
+                                                         "sklearn_version": _sklearn_version()})
     return overall
+
+
+def _file_identity(path: str) -> dict:
+    from nnunet_mtl.conversion.provenance import content_hash
+    return {"path": os.path.abspath(path), "sha256": content_hash(path)}
+
+
+def _fitted_from(out_dir: str, request: dict) -> bool:
+    """Whether ``out_dir`` holds heads fitted from exactly this request, every probe present."""
+    path = os.path.join(out_dir, INFO_FILE)
+    try:
+        info = read_json(path)
+    except (OSError, ValueError):
+        return False
+    return (all(info.get(k) == v for k, v in request.items())
+            and all(os.path.isfile(os.path.join(out_dir, f"fold_{k}", PROBE_FILE)) for k in request["folds"]))
 
 
 def _save_probe(path: str, probe: LinearProbe, fold: int, train_ids: Sequence[str]) -> None:
@@ -194,7 +223,7 @@ class FrozenHeads:
         probes = {}
         for k in chosen:
             if stock.checkpoint_signature(k, info["checkpoint"]) != info["checkpoint_signatures"][str(k)]:
-                raise RuntimeError(f"{stock.folder}/fold_{k}/{info['checkpoint']} changed since the heads were "
+                raise ValueError(f"{stock.folder}/fold_{k}/{info['checkpoint']} changed since the heads were "
                                    f"fitted: fit them again (nnunet_mtl_add_heads)")
             probe_path = os.path.join(folder, f"fold_{k}", PROBE_FILE)
             if not os.path.isfile(probe_path):
