@@ -198,3 +198,30 @@ def test_pipeline_heads_errors_are_one_line(stock_model, tmp_path, capsys):  # n
     assert pipeline.main(argv) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "a stock nnU-Net model (no image-level heads); fit heads on it first" in err
+
+
+class _Killed(BaseException):
+    """Stands for the run being killed right after its first row was recorded."""
+
+
+def test_a_stopped_run_keeps_its_rows_and_gone_inputs_are_removed(heads, dataset_2d, tmp_path, capsys, monkeypatch):
+    from nnunet_mtl import prediction_merge
+    src, ids = _test_ids(dataset_2d)
+    images, out = tmp_path / "images", str(tmp_path / "pred")
+    shutil.copytree(src, images)
+    argv = ["-m", heads, "-i", str(images), "-o", out, "--disable_tta"]
+    append = prediction_merge.PredictionRecord.append
+
+    def append_then_stop(self, *args, **kwargs):
+        append(self, *args, **kwargs)
+        raise _Killed()
+
+    monkeypatch.setattr(prediction_merge.PredictionRecord, "append", append_then_stop)
+    with pytest.raises(_Killed):
+        _predict(argv, capsys)
+    monkeypatch.undo()
+    assert _predict(argv, capsys) == (0, f"{out}: {len(ids) - 1} predicted, 1 kept, 0 removed")
+    os.remove(images / f"{ids[0]}_0000.nii.gz")
+    assert _predict(argv, capsys) == (0, f"{out}: 0 predicted, {len(ids) - 1} kept, 1 removed")
+    assert [r["case_id"] for r in _rows(os.path.join(out, "predictions.csv"))] == ids[1:]
+    assert not os.path.exists(os.path.join(out, ids[0] + ".nii.gz"))
