@@ -100,8 +100,8 @@ def heads_prediction(heads, dataset_2d, tmp_path_factory):
     return out
 
 
-def test_predict_with_heads_gives_stock_masks_and_a_row_per_case(heads_prediction, stock_model, dataset_2d,  # noqa: F811
-                                                                 tmp_path):
+def test_predict_with_heads_gives_stock_masks_and_a_row_per_case(heads_prediction, stock_model,  # noqa: F811
+                                                                 dataset_2d, tmp_path):
     images, ids = _test_ids(dataset_2d)
     rows = _rows(os.path.join(heads_prediction, "predictions.csv"))
     assert [r["case_id"] for r in rows] == ids
@@ -165,8 +165,8 @@ def test_errors_are_one_line_naming_the_folder(stock_model, tmp_path, capsys):  
         assert err.count("\n") == 1 and err.startswith(f"nnunet_mtl_predict: error: {model}: {problem}")
 
 
-def test_pipeline_adds_heads_then_predicts_with_them_and_a_rerun_redoes_nothing(heads, heads_prediction, stock_model,  # noqa: F811
-                                                                               labels_csv, dataset_2d, tmp_path, capsys):
+def test_pipeline_adds_heads_then_predicts_with_them_and_a_rerun_redoes_nothing(
+        heads, heads_prediction, stock_model, labels_csv, dataset_2d, tmp_path, capsys):  # noqa: F811
     from nnunet_mtl.cli import pipeline
     images, ids = _test_ids(dataset_2d)
     mine, out = str(tmp_path / "heads"), str(tmp_path / "pred")

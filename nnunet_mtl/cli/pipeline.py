@@ -70,7 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     tr = p.add_argument_group("training")
     tr.add_argument("--trainer", help="default nnUNetTrainerMTL (orientation-aware when labels are left/right)")
-    tr.add_argument("--fold", type=int, nargs="+", help="fold(s) to train or predict with (default: all)")
+    tr.add_argument("--fold", type=int, nargs="+",
+                    help="fold(s) to train, to fit heads on (--add_heads) or to predict with (default: all)")
     tr.add_argument("--device", default=None, choices=["cuda", "cpu", "mps"], help="default: cuda if available")
     tr.add_argument("--num_gpus", type=int, default=1, help="DDP training on this many GPUs (nnU-Net's launcher)")
     add_knob_arguments(tr)  # --epochs --lr --patience ...: one line each in nnunet_mtl/knobs.py

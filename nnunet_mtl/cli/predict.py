@@ -10,8 +10,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-i", "--input", required=True, help="folder of images (nnU-Net CASE_0000.nii.gz, or PNG/JPG/"
                                                         "DICOM/NIfTI files, or DICOM series folders)")
     p.add_argument("-o", "--output", required=True, help="output folder for masks and predictions.csv")
-    p.add_argument("-m", "--model", required=True, help="trained model folder (holds plans.json and fold_X), or a heads "
-                                                        "folder written by nnunet_mtl_add_heads")
+    p.add_argument("-m", "--model", required=True,
+                   help="trained model folder (holds plans.json and fold_X), or a heads folder of nnunet_mtl_add_heads")
     p.add_argument("-f", "--folds", nargs="+", default=None, help="folds to ensemble (default: all found)")
     p.add_argument("-chk", "--checkpoint", default="checkpoint_final.pth")
     p.add_argument("-step_size", "--step_size", type=float, default=0.5, help="sliding-window step (default 0.5)")
