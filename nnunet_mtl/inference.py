@@ -34,11 +34,14 @@ def load_predictor(model_dir: str, folds: Optional[Sequence] = None, checkpoint:
                    device: str = "cpu", step_size: float = 0.5, use_mirroring: bool = True,
                    aggregation: str = DEFAULT_AGGREGATION, verbose: bool = False,
                    foreground_floor: float = DEFAULT_FOREGROUND_FLOOR) -> nnUNetPredictorMTL:
-    """A predictor for an nnunet_mtl model folder (the folder holding plans.json and fold_X/);
+    """A predictor for an nnunet_mtl model folder (the folder holding plans.json and fold_X/), or for a
+    frozen-heads folder (``nnunet_mtl_add_heads``: ``frozen.heads_predictor``, a stock model's masks);
     ``aggregation`` / ``foreground_floor``: how tiles make a case (see case_aggregation)."""
+    from nnunet_mtl.frozen.heads_predictor import check_model_folder, is_heads_folder, load_heads_predictor
     from nnunet_mtl.planning import add_trainer_path
-    if not os.path.isfile(os.path.join(model_dir, "plans.json")):
-        raise FileNotFoundError(f"{model_dir}: not a trained model folder (no plans.json)")
+    if is_heads_folder(model_dir):
+        return load_heads_predictor(model_dir, folds, checkpoint, device, step_size, use_mirroring, verbose)
+    check_model_folder(model_dir)
     add_trainer_path()  # the checkpoint names our trainer; nnU-Net finds it through nnUNet_extTrainer
     dev = torch.device(device)
     if dev.type == "cpu":

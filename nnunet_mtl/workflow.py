@@ -202,28 +202,41 @@ def trained_folds(folder: str, checkpoint: str) -> List[int]:
 def infer(base_dir: str, test_input: Optional[str] = None, test_output: Optional[str] = None,
           folds: Optional[Sequence] = None, checkpoint: str = "checkpoint_final.pth", device: str = "cuda",
           overwrite: bool = False, explain: bool = False, calibration: bool = True,
-          dicom_outputs: Optional[str] = None, report: bool = False, **predict_kwargs) -> str:
+          dicom_outputs: Optional[str] = None, report: bool = False, model_dir: Optional[str] = None,
+          **predict_kwargs) -> str:
     """Masks + predictions.csv for a folder of test images (default: the dataset's imagesTs).
 
+    ``model_dir``: predict with this model folder, or a heads folder of ``nnunet_mtl_add_heads`` (a stock
+    model's masks), instead of the model trained in ``base_dir`` (which then needs no pipeline state);
     ``calibration``: apply the folds' temperatures (``fold_X/calibration.json``) when they exist;
     ``dicom_outputs`` ('binary' | 'fractional'): DICOM SEG + SR for DICOM inputs under ``dicom/``;
     ``report``: review pages under ``report/`` (with the Grad-CAM overlays when ``explain``);
     ``mask_format`` ('input' | 'nifti', in ``predict_kwargs``): see ``inference.predict_folder``."""
     from nnunet_mtl import clinical_outputs
+    from nnunet_mtl.frozen.heads_predictor import check_model_folder, is_heads_folder
     from nnunet_mtl.inference import converted_source, load_predictor, predict_folder
-    state = load_state(base_dir)
-    use_base_dir(base_dir)
-    folder = model_folder(base_dir, state)
-    folds = list(folds) if folds else trained_folds(folder, checkpoint)
-    if not folds:
-        raise PipelineError(f"{folder}: no trained fold with {checkpoint}; run the training step first")
-    test_input = test_input or os.path.join(state.raw_folder, "imagesTs")
+    folder, raw_folder = _inference_model(base_dir, model_dir)
+    heads = is_heads_folder(folder)
+    if heads and (explain or dicom_outputs or report):
+        raise PipelineError(f"{folder}: a heads folder gives masks and predictions.csv; --explain, --dicom_outputs "
+                            f"and --report need an nnunet_mtl model folder")
+    if heads:
+        folds = list(folds) if folds else None  # the heads' predictor: every trained stock fold, every fitted head
+    elif model_dir is not None:
+        check_model_folder(folder)
+    if not heads:
+        folds = list(folds) if folds else trained_folds(folder, checkpoint)
+        if not folds:
+            raise PipelineError(f"{folder}: no trained fold with {checkpoint}; run the training step first")
+    if test_input is None and raw_folder is None:
+        raise PipelineError("--test_input is required with --model_dir when BASE_DIR holds no prepared dataset")
+    test_input = test_input or os.path.join(raw_folder, "imagesTs")
     if not os.path.isdir(test_input):
         raise PipelineError(f"{test_input}: test input folder not found (give --test_input)")
     test_output = test_output or os.path.join(base_dir, "predictions")
     aggregation = predict_kwargs.pop("aggregation", None)
     if aggregation is None:
-        has_masks = DatasetSpec.from_file(os.path.join(folder, "dataset.json")).has_masks
+        has_masks = heads or DatasetSpec.from_file(os.path.join(folder, "dataset.json")).has_masks
         aggregation = DEFAULT_AGGREGATION if has_masks else MASKLESS_AGGREGATION
     if dicom_outputs == "fractional":
         predict_kwargs["save_probabilities"] = True  # the SEG's fractions are nnU-Net's class probabilities
@@ -233,7 +246,9 @@ def infer(base_dir: str, test_input: Optional[str] = None, test_output: Optional
     if not calibration:
         predictor.calibration = None
     csv_path = predict_folder(predictor, test_input, test_output, overwrite=overwrite, **predict_kwargs)
-    print(f"{test_output}: masks and {os.path.basename(csv_path)} (folds {folds}; probabilities "
+    used = f"stock folds {predictor.mask_folds}, heads of folds {sorted(predictor.heads.probes)}" if heads \
+        else f"folds {folds}"
+    print(f"{test_output}: masks and {os.path.basename(csv_path)} ({used}; probabilities "
           f"{'calibrated' if predictor.calibration is not None else 'not calibrated'})")
     source = converted_source(test_input, test_output)
     if explain:
@@ -244,6 +259,21 @@ def infer(base_dir: str, test_input: Optional[str] = None, test_output: Optional
     if report:
         clinical_outputs.write_report_folder(folder, test_output, source)
     return csv_path
+
+
+def _inference_model(base_dir: str, model_dir: Optional[str]):
+    """(model folder, raw dataset folder or None): ``model_dir`` as given, else the model trained in base_dir.
+    With ``model_dir`` the nnU-Net folder variables are left as they are (only our trainers are added)."""
+    if model_dir is None:
+        state = load_state(base_dir)
+        use_base_dir(base_dir)
+        return model_folder(base_dir, state), state.raw_folder
+    from nnunet_mtl.planning import add_trainer_path
+    if not os.path.isdir(model_dir):
+        raise PipelineError(f"{model_dir}: model folder not found (--model_dir)")
+    add_trainer_path()
+    raw_folder = load_state(base_dir).raw_folder if os.path.isfile(state_path(base_dir)) else None
+    return os.path.abspath(model_dir), raw_folder
 
 
 def explain_folder(model_dir: str, source_folder: str, out_dir: str, folds, checkpoint: str, device: str,
@@ -317,14 +347,19 @@ def evaluate_validation(base_dir: str, fold: int, output_folder: Optional[str] =
 
 # ------------------------------------------------------------------------------- heads on a stock model
 def add_frozen_heads(base_dir: Optional[str], model_dir: str, out_dir: str, labels_csv: Optional[str] = None,
-                     spec_json: Optional[str] = None, device: str = "cuda", **kwargs) -> dict:
+                     spec_json: Optional[str] = None, device: str = "cuda", overwrite: bool = False, **kwargs) -> dict:
     """Heads on a trained stock nnU-Net model that stays frozen (``nnunet_mtl.frozen.heads_model.fit_heads``):
-    one probe per fold of the model's own split, out-of-fold validation in ``out_dir/fold_k/validation``.
-    ``base_dir`` holds the model's ``nnUNet_preprocessed`` (its split and preprocessed cases); None keeps the
-    nnU-Net folder variables already set."""
+    one probe per fold of the model's own split, out-of-fold validation in ``out_dir/fold_k/validation``;
+    heads already fitted there from the same inputs are kept unless ``overwrite``. ``base_dir`` holds the
+    model's ``nnUNet_preprocessed`` (its split and preprocessed cases); None keeps the nnU-Net folder
+    variables already set."""
     from nnunet_mtl.frozen.heads_model import fit_heads
+    from nnunet_mtl.planning import add_trainer_path
     from nnunet_mtl.targets import load_spec_file
     if base_dir is not None:
         use_base_dir(base_dir)
+    add_trainer_path()  # the stock model may be one of ours, or any trainer nnU-Net finds
     spec = load_spec_file(spec_json) if spec_json else None
-    return fit_heads(model_dir, out_dir, labels_csv, spec, device=device, **kwargs)
+    summary = fit_heads(model_dir, out_dir, labels_csv, spec, device=device, overwrite=overwrite, **kwargs)
+    print(f"{out_dir}: heads for {model_dir}; out-of-fold validation: {summary.get('headline', '')}")
+    return summary

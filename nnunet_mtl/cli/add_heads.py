@@ -3,8 +3,9 @@
   nnunet_mtl_add_heads -m STOCK_MODEL_DIR --labels_csv L [--spec_json S] -o HEADS_DIR
       per fold of the model's own split: pooled encoder features of every case (cached), a linear
       probe fitted on the fold's training cases, out-of-fold predictions of its validation cases
-  nnunet_mtl_add_heads predict -m HEADS_DIR -i IMAGES -o OUT
-      masks from the stock model (as nnUNetv2_predict) and predictions.csv from the probes
+  nnunet_mtl_predict -m HEADS_DIR -i IMAGES -o OUT
+      masks from the stock model (as nnUNetv2_predict) and predictions.csv from the heads, with every
+      option of nnunet_mtl_predict (``nnunet_mtl_add_heads predict ...`` is the same command)
 """
 import argparse
 import sys
@@ -32,45 +33,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pools", nargs="+", default=["global", "foreground"], choices=["global", "foreground"])
     p.add_argument("--mirroring", action="store_true", help="test-time mirroring while extracting features")
     p.add_argument("-device", "--device", default=None, choices=["cuda", "cpu", "mps"])
-    return p
-
-
-def build_predict_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="nnunet_mtl_add_heads predict",
-                                description="masks (stock model) + predictions.csv (frozen heads)")
-    p.add_argument("-m", "--model", required=True, help="folder written by nnunet_mtl_add_heads")
-    p.add_argument("-i", "--input", required=True, help="images in nnU-Net's layout (CASE_0000.nii.gz ...)")
-    p.add_argument("-o", "--output", required=True, help="output folder for masks and predictions.csv")
-    p.add_argument("-f", "--folds", nargs="+", type=int, default=None,
-                   help="stock folds for the masks (default: all trained, as nnUNetv2_predict)")
-    p.add_argument("-step_size", "--step_size", type=float, default=0.5)
-    p.add_argument("--disable_tta", action="store_true", help="no mirroring for the masks")
-    p.add_argument("-device", "--device", default=None, choices=["cuda", "cpu", "mps"])
-    p.add_argument("-npp", type=int, default=2, help="processes for preprocessing (0: none, all in this process)")
-    p.add_argument("-nps", type=int, default=2, help="processes for resampling/export")
+    p.add_argument("--overwrite", action="store_true",
+                   help="fit again even when OUTPUT holds heads fitted from the same inputs (they are kept otherwise)")
     return p
 
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["predict"]:  # kept as an alias: a heads folder is a model folder of nnunet_mtl_predict
+        from nnunet_mtl.cli import predict
+        return predict.main(argv[1:])
     from nnunet_mtl.planning import add_trainer_path
     from nnunet_mtl.targets import TargetSpecError
     add_trainer_path()  # the stock model may be one of ours, or any trainer nnU-Net finds
     try:
-        if argv[:1] == ["predict"]:
-            args = build_predict_parser().parse_args(argv[1:])
-            from nnunet_mtl.frozen.heads_model import predict_folder
-            csv_path = predict_folder(args.model, args.input, args.output, args.device or _device_default(),
-                                      args.step_size, not args.disable_tta, args.npp, args.nps,
-                                      mask_folds=args.folds)
-            print(f"predictions: {csv_path}")
-            return 0
         args = build_parser().parse_args(argv)
         from nnunet_mtl.frozen.heads_model import fit_heads
         from nnunet_mtl.targets import load_spec_file
         spec = load_spec_file(args.spec_json) if args.spec_json else None
         summary = fit_heads(args.model, args.output, args.labels_csv, spec, args.folds, args.splits, args.checkpoint,
-                            args.device or _device_default(), args.cache_dir, args.mirroring, args.stages, args.pools)
+                            args.device or _device_default(), args.cache_dir, args.mirroring, args.stages, args.pools,
+                            overwrite=args.overwrite)
     except (FileNotFoundError, ValueError, RuntimeError, TargetSpecError) as e:
         print(f"nnunet_mtl_add_heads: error: {e}", file=sys.stderr)
         return 2

@@ -5,6 +5,8 @@
     python pipeline.py --base_dir W --input_dir DATA --prepare_only
     python pipeline.py --base_dir W --train_only --fold 0
     python pipeline.py --base_dir W --inference_only --test_input IN --test_output OUT [--explain]
+    python pipeline.py --add_heads --stock_model STOCK --labels_csv L --model_dir HEADS   # heads on a stock model
+    python pipeline.py --inference_only --model_dir HEADS --test_input IN --test_output OUT
 
 A thin command line over nnunet_mtl.workflow; see README.md for the input layouts. ``pipeline.py`` at the
 repository root and the console script ``nnunet_mtl_pipeline`` both run ``main`` here.
@@ -19,6 +21,8 @@ from nnunet_mtl.conversion.registry import LAYOUT_NAMES
 from nnunet_mtl.demo import DEMO_BUDGET, DEMO_SHRINK
 from nnunet_mtl.knobs import add_knob_arguments, knobs_from_args
 
+DEFAULT_BASE_DIR = "nnunet_mtl_work"
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -26,12 +30,17 @@ def build_parser() -> argparse.ArgumentParser:
     steps.add_argument("--prepare_only", action="store_true", help="convert, plan, preprocess and split, then stop")
     steps.add_argument("--train_only", action="store_true", help="train (needs a prepared base_dir)")
     steps.add_argument("--inference_only", action="store_true", help="predict with trained folds")
+    steps.add_argument("--add_heads", action="store_true",
+                       help="fit image-level heads on a trained stock nnU-Net model (--stock_model) into --model_dir "
+                            "(as nnunet_mtl_add_heads); with --inference_only, then predict with them")
     steps.add_argument("--demo", nargs="?", const="2d", choices=["2d", "3d"],
                        help="make a small synthetic dataset (2d radiographs by default, or 3d pancreas layout) and run every step")
 
     data = p.add_argument_group("data")
-    data.add_argument("--base_dir", default="nnunet_mtl_work",
-                      help="nnUNet_raw/_preprocessed/_results and outputs go here (default ./nnunet_mtl_work)")
+    data.add_argument("--base_dir", default=None,
+                      help=f"nnUNet_raw/_preprocessed/_results and outputs go here (default ./{DEFAULT_BASE_DIR}; "
+                           f"--add_heads without it reads the stock model's split from the nnUNet_preprocessed "
+                           f"already set)")
     data.add_argument("--input_dir", help="the user's data (pancreas layout, or images/ masks/ labels.csv)")
     data.add_argument("--layout", default="auto", choices=LAYOUT_NAMES, help="input layout (default: detected)")
     data.add_argument("--labels_csv", help="case_id + one column per image-level target")
@@ -61,12 +70,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     tr = p.add_argument_group("training")
     tr.add_argument("--trainer", help="default nnUNetTrainerMTL (orientation-aware when labels are left/right)")
-    tr.add_argument("--fold", type=int, nargs="+", help="fold(s) to train or predict with (default: all)")
+    tr.add_argument("--fold", type=int, nargs="+",
+                    help="fold(s) to train, to fit heads on (--add_heads) or to predict with (default: all)")
     tr.add_argument("--device", default=None, choices=["cuda", "cpu", "mps"], help="default: cuda if available")
     tr.add_argument("--num_gpus", type=int, default=1, help="DDP training on this many GPUs (nnU-Net's launcher)")
     add_knob_arguments(tr)  # --epochs --lr --patience ...: one line each in nnunet_mtl/knobs.py
 
     inf = p.add_argument_group("inference")
+    inf.add_argument("--model_dir", help="--inference_only: predict with this model folder, or a heads folder of "
+                                         "--add_heads / nnunet_mtl_add_heads (default: the model trained in "
+                                         "BASE_DIR); --add_heads: where the heads are written")
+    inf.add_argument("--stock_model", help="--add_heads: the trained nnU-Net model folder "
+                                           "(.../DatasetXXX_Name/TRAINER__PLANS__CONFIGURATION)")
     inf.add_argument("--test_input", help="folder of test images (default: the dataset's imagesTs)")
     inf.add_argument("--test_output", help="output folder (default: BASE_DIR/predictions)")
     inf.add_argument("--checkpoint", default="checkpoint_final.pth")
@@ -102,10 +117,19 @@ def main(argv=None) -> int:
     os.environ.setdefault("nnUNet_def_n_proc", "2")
     from nnunet_mtl import workflow
     device = args.device or _default_device()
+    base_given = args.base_dir is not None
+    args.base_dir = args.base_dir or DEFAULT_BASE_DIR
     try:
         if args.demo:
             return run_demo(args, device)
-        run_all = not (args.prepare_only or args.train_only or args.inference_only)
+        run_all = not (args.prepare_only or args.train_only or args.inference_only or args.add_heads)
+        if args.add_heads:
+            if not (args.stock_model and args.model_dir):
+                raise workflow.PipelineError("--add_heads needs --stock_model (the trained nnU-Net model) and "
+                                             "--model_dir (where the heads go)")
+            stock_base = args.base_dir if base_given or not os.environ.get("nnUNet_preprocessed") else None
+            workflow.add_frozen_heads(stock_base, args.stock_model, args.model_dir, args.labels_csv, args.spec_json,
+                                      device, args.overwrite, folds=args.fold, checkpoint=args.checkpoint)
         if args.prepare_only or run_all:
             if not args.input_dir:
                 raise workflow.PipelineError("--input_dir is required to prepare a dataset (or use --demo)")
@@ -121,7 +145,7 @@ def main(argv=None) -> int:
                            args.overwrite, args.explain, step_size=args.step_size, use_mirroring=not args.disable_tta,
                            aggregation=args.aggregation, save_probabilities=args.save_probabilities,
                            calibration=not args.no_calibration, dicom_outputs=args.dicom_outputs, report=args.report,
-                           mask_format=args.mask_format)
+                           mask_format=args.mask_format, model_dir=args.model_dir)
     except (workflow.PipelineError, ValueError, FileNotFoundError, FileExistsError) as e:
         print(f"{parser.prog}: error: {e}", file=sys.stderr)
         return 2

@@ -10,7 +10,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-i", "--input", required=True, help="folder of images (nnU-Net CASE_0000.nii.gz, or PNG/JPG/"
                                                         "DICOM/NIfTI files, or DICOM series folders)")
     p.add_argument("-o", "--output", required=True, help="output folder for masks and predictions.csv")
-    p.add_argument("-m", "--model", required=True, help="trained model folder (holds plans.json and fold_X)")
+    p.add_argument("-m", "--model", required=True,
+                   help="trained model folder (holds plans.json and fold_X), or a heads folder of nnunet_mtl_add_heads")
     p.add_argument("-f", "--folds", nargs="+", default=None, help="folds to ensemble (default: all found)")
     p.add_argument("-chk", "--checkpoint", default="checkpoint_final.pth")
     p.add_argument("-step_size", "--step_size", type=float, default=0.5, help="sliding-window step (default 0.5)")
@@ -43,11 +44,20 @@ def _cuda() -> bool:
     return torch.cuda.is_available()
 
 
+def _check_heads_options(args) -> None:
+    """A heads folder (nnunet_mtl_add_heads) predicts masks and rows; the clinical outputs need our model folder."""
+    from nnunet_mtl.frozen.heads_predictor import is_heads_folder
+    if (args.dicom_outputs or args.report) and is_heads_folder(args.model):
+        raise ValueError(f"{args.model}: a heads folder gives masks and predictions.csv; --dicom_outputs and "
+                         f"--report need an nnunet_mtl model folder")
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     from nnunet_mtl import clinical_outputs
     from nnunet_mtl.inference import converted_source, load_predictor, predict_folder
     try:
+        _check_heads_options(args)
         predictor = load_predictor(args.model, args.folds, args.checkpoint, args.device, args.step_size,
                                    not args.disable_tta, args.aggregation, args.verbose, args.foreground_floor)
         if args.no_calibration:

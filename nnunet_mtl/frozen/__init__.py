@@ -6,5 +6,7 @@
   (preprocessed cases or raw images).
 * ``probe``: logistic regression / ridge fitted on cached features (``FrozenEncoderProbe``).
 * ``heads_model``: one probe per fold of a stock model's own split (out-of-fold validation), saved as a
-  frozen-heads folder, and prediction with it (stock masks + predictions.csv); ``nnunet_mtl_add_heads``.
+  frozen-heads folder (``nnunet_mtl_add_heads``, ``pipeline.py --add_heads``).
+* ``heads_predictor``: a frozen-heads folder as a predictor (stock masks + the probes' outputs) that
+  ``inference.load_predictor`` returns and ``inference.predict_folder`` drives (``nnunet_mtl_predict -m``).
 """

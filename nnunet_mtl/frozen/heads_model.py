@@ -14,9 +14,7 @@ model and one fitted probe per fold::
 Fold k uses the stock model's fold-k network for its features and fold k of the stock model's own
 split (``splits_final.json``), so neither the network nor the probe saw a validation case.
 
-``predict_folder``: masks from nnU-Net's own ``nnUNetPredictor`` over the stock model (the same
-masks as ``nnUNetv2_predict``), then per fold the frozen features of each case and that fold's probe;
-probabilities (regression values) are averaged over the folds, as nnU-Net ensembles folds.
+Prediction: ``FrozenHeads.load`` + ``heads_predictor`` (``nnunet_mtl_predict -m OUT``).
 """
 from __future__ import annotations
 
@@ -25,22 +23,23 @@ import logging
 import os
 import pickle
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
 from nnunet_mtl import prediction_table
 from nnunet_mtl.frozen.cache import file_signature
-from nnunet_mtl.frozen.extract import EncoderFeatureExtractor, preprocessed_cases, raw_cases
+from nnunet_mtl.frozen.extract import EncoderFeatureExtractor, preprocessed_cases
 from nnunet_mtl.frozen.pooling import POOLS, feature_vector
 from nnunet_mtl.frozen.probe import LinearProbe
-from nnunet_mtl.io_utils import atomic_write_json
+from nnunet_mtl.io_utils import atomic_write_json, read_json
 from nnunet_mtl.targets import CaseTable, TargetSpec
 
 log = logging.getLogger(__name__)
 
 INFO_FILE = "frozen_heads.json"
 PROBE_FILE = "probe.pkl"
+FEATURE_STEP_SIZE = 0.5   # sliding-window step of the features (fitting and prediction)
 FORMAT = "nnunet_mtl frozen heads 1"
 
 
@@ -75,12 +74,15 @@ class StockModel:
     def preprocessed_folder(self) -> str:
         root = os.environ.get("nnUNet_preprocessed")
         if not root:
-            raise RuntimeError("nnUNet_preprocessed is not set: the stock model's split and preprocessed cases "
+            raise ValueError("nnUNet_preprocessed is not set: the stock model's split and preprocessed cases "
                                "live there")
         return os.path.join(root, self.dataset_name)
 
+    def splits_path(self) -> str:
+        return os.path.join(self.preprocessed_folder(), "splits_final.json")
+
     def splits(self, splits_file: Optional[str] = None) -> list:
-        path = splits_file or os.path.join(self.preprocessed_folder(), "splits_final.json")
+        path = splits_file or self.splits_path()
         if not os.path.isfile(path):
             raise FileNotFoundError(f"{path}: the stock model's splits not found (pass the splits file)")
         with open(path) as f:
@@ -109,10 +111,12 @@ def fit_heads(model_dir: str, out_dir: str, labels_csv: Optional[str] = None, sp
               folds: Optional[Sequence[int]] = None, splits_file: Optional[str] = None,
               checkpoint: str = "checkpoint_final.pth", device: str = "cpu", cache_dir: Optional[str] = None,
               use_mirroring: bool = False, stages: Optional[Sequence[int]] = None, pools: Sequence[str] = POOLS,
-              seed: int = 0) -> dict:
+              seed: int = 0, overwrite: bool = False, report: Callable[[str], None] = print) -> dict:
     """Fit one probe per fold of the stock model on its training cases; write out-of-fold predictions.
 
-    Returns the pooled out-of-fold summary (also in ``OUT/validation_summary.json``)."""
+    Heads already fitted in ``out_dir`` from the same request (stock checkpoints, labels file, targets,
+    split, folds, features, seed) are kept, not refitted (a refit would make every prediction made with
+    them stale); ``overwrite`` refits. Returns the pooled out-of-fold summary (``OUT/validation_summary.json``)."""
     from nnunet_mtl.training.head_metrics import whole_case_summary
     stock = StockModel.from_folder(model_dir)
     table = load_labels(stock, labels_csv, spec)
@@ -120,9 +124,21 @@ def fit_heads(model_dir: str, out_dir: str, labels_csv: Optional[str] = None, sp
     folds = [int(f) for f in folds] if folds else stock.folds(checkpoint)
     if not folds:
         raise FileNotFoundError(f"{stock.folder}: no fold_k/{checkpoint}")
-    splits = stock.splits(splits_file)
+    splits_path = splits_file or stock.splits_path()
+    splits = stock.splits(splits_path)
     out_dir = os.path.abspath(out_dir)
     cache_dir = os.path.abspath(cache_dir or os.path.join(out_dir, "feature_cache"))
+    request = {"format": FORMAT, "stock_model": stock.folder, "checkpoint": checkpoint, "folds": folds,
+               "checkpoint_signatures": {str(k): stock.checkpoint_signature(k, checkpoint) for k in folds},
+               "labels": _file_identity(labels_csv or os.path.join(stock.folder, "dataset.json")),
+               "splits": _file_identity(splits_path), "targets": spec.to_json(),
+               "stages": None if stages is None else list(stages), "pools": list(pools),
+               "use_mirroring": use_mirroring, "step_size": FEATURE_STEP_SIZE, "seed": seed}
+    request = json.loads(json.dumps(request))  # as read back from the info file
+    summary_path = os.path.join(out_dir, "validation_summary.json")
+    if not overwrite and _fitted_from(out_dir, request) and os.path.isfile(summary_path):
+        report(f"{out_dir}: heads already fitted from these inputs; kept (--overwrite fits them again)")
+        return read_json(summary_path)
     os.makedirs(out_dir, exist_ok=True)
     data_folder = stock.data_folder()
     labelled = set(table.case_ids)
@@ -132,7 +148,8 @@ def fit_heads(model_dir: str, out_dir: str, labels_csv: Optional[str] = None, sp
             raise ValueError(f"fold {k}: the stock model's split has {len(splits)} folds")
         train_ids = sorted(c for c in splits[k]["train"] if c in labelled)
         val_ids = sorted(splits[k]["val"])
-        extractor = EncoderFeatureExtractor(stock.folder, [k], checkpoint, cache_dir, device, use_mirroring)
+        extractor = EncoderFeatureExtractor(stock.folder, [k], checkpoint, cache_dir, device, use_mirroring,
+                                            FEATURE_STEP_SIZE)
         feats = extractor.features(preprocessed_cases(data_folder, train_ids + val_ids))
         x = {c: feature_vector(feats[c], stages, pools) for c in feats}
         probe = LinearProbe(spec, seed).fit(np.stack([x[c] for c in train_ids]), train_ids, table)
@@ -152,13 +169,26 @@ def fit_heads(model_dir: str, out_dir: str, labels_csv: Optional[str] = None, sp
         all_rows.extend(rows)
     overall = whole_case_summary(spec, [r for r in all_rows if r["case_id"] in labelled], table)
     overall["folds"] = {str(k): v for k, v in per_fold.items()}
-    atomic_write_json(os.path.join(out_dir, "validation_summary.json"), overall)
-    atomic_write_json(os.path.join(out_dir, INFO_FILE), {
-        "format": FORMAT, "stock_model": stock.folder, "checkpoint": checkpoint, "folds": folds,
-        "checkpoint_signatures": {str(k): stock.checkpoint_signature(k, checkpoint) for k in folds},
-        "targets": spec.to_json(), "stages": None if stages is None else list(stages), "pools": list(pools),
-        "use_mirroring": use_mirroring, "feature_cache": cache_dir, "sklearn_version": _sklearn_version()})
+    atomic_write_json(summary_path, overall)
+    atomic_write_json(os.path.join(out_dir, INFO_FILE), {**request, "feature_cache": cache_dir,
+                                                         "sklearn_version": _sklearn_version()})
     return overall
+
+
+def _file_identity(path: str) -> dict:
+    from nnunet_mtl.conversion.provenance import content_hash
+    return {"path": os.path.abspath(path), "sha256": content_hash(path)}
+
+
+def _fitted_from(out_dir: str, request: dict) -> bool:
+    """Whether ``out_dir`` holds heads fitted from exactly this request, every probe present."""
+    path = os.path.join(out_dir, INFO_FILE)
+    try:
+        info = read_json(path)
+    except (OSError, ValueError):
+        return False
+    return (all(info.get(k) == v for k, v in request.items())
+            and all(os.path.isfile(os.path.join(out_dir, f"fold_{k}", PROBE_FILE)) for k in request["folds"]))
 
 
 def _save_probe(path: str, probe: LinearProbe, fold: int, train_ids: Sequence[str]) -> None:
@@ -171,13 +201,13 @@ def _save_probe(path: str, probe: LinearProbe, fold: int, train_ids: Sequence[st
 
 @dataclass
 class FrozenHeads:
-    """A frozen-heads folder, loaded: its info and one probe per fold."""
+    """A frozen-heads folder, loaded: its info and one probe per fold (``folds``: only these)."""
     folder: str
     info: dict
     probes: Dict[int, LinearProbe]
 
     @classmethod
-    def load(cls, folder: str) -> "FrozenHeads":
+    def load(cls, folder: str, folds: Optional[Sequence[int]] = None) -> "FrozenHeads":
         folder = os.path.abspath(folder)
         path = os.path.join(folder, INFO_FILE)
         if not os.path.isfile(path):
@@ -186,76 +216,54 @@ class FrozenHeads:
         with open(path) as f:
             info = json.load(f)
         stock = StockModel.from_folder(info["stock_model"])
+        fitted = [int(k) for k in info["folds"]]
+        chosen = fitted if folds is None else [k for k in fitted if k in {int(f) for f in folds}]
+        if not chosen:
+            raise ValueError(f"{folder}: no heads fitted for folds {list(folds)} (fitted: {fitted})")
         probes = {}
-        for k in info["folds"]:
+        for k in chosen:
             if stock.checkpoint_signature(k, info["checkpoint"]) != info["checkpoint_signatures"][str(k)]:
-                raise RuntimeError(f"{stock.folder}/fold_{k}/{info['checkpoint']} changed since the heads were "
+                raise ValueError(f"{stock.folder}/fold_{k}/{info['checkpoint']} changed since the heads were "
                                    f"fitted: fit them again (nnunet_mtl_add_heads)")
-            with open(os.path.join(folder, f"fold_{k}", PROBE_FILE), "rb") as f:
+            probe_path = os.path.join(folder, f"fold_{k}", PROBE_FILE)
+            if not os.path.isfile(probe_path):
+                raise FileNotFoundError(f"{probe_path}: missing (fit the heads again: nnunet_mtl_add_heads)")
+            with open(probe_path, "rb") as f:
                 saved = pickle.load(f)
             if saved["sklearn_version"] != _sklearn_version():
                 log.warning("fold %d: probe fitted with scikit-learn %s, loaded with %s", k, saved["sklearn_version"],
                             _sklearn_version())
-            probes[int(k)] = saved["probe"]
+            probes[k] = saved["probe"]
         return cls(folder, info, probes)
 
     @property
     def spec(self) -> TargetSpec:
         return TargetSpec.from_json(self.info["targets"])
 
-    def predict_cases(self, files_per_case: Dict[str, Sequence[str]], device: str = "cpu") -> Dict[str, dict]:
-        """{case: {target: probabilities | [value]}}: each fold's probe on that fold's features, averaged."""
+    @property
+    def stock_folder(self) -> str:
+        return self.info["stock_model"]
+
+    @property
+    def step_size(self) -> float:
+        """The sliding-window step of the features the probes were fitted on."""
+        return float(self.info.get("step_size", FEATURE_STEP_SIZE))
+
+    def files(self) -> List[str]:
+        """What the heads' predictions depend on besides the stock checkpoints: the info and each probe used."""
+        return [os.path.join(self.folder, INFO_FILE)] + [os.path.join(self.folder, f"fold_{k}", PROBE_FILE)
+                                                          for k in self.probes]
+
+    def feature_checkpoints(self) -> Dict[int, str]:
+        """Per fold of the probes, the stock checkpoint its features come from."""
+        return {k: os.path.join(self.stock_folder, f"fold_{k}", self.info["checkpoint"]) for k in self.probes}
+
+    def predict(self, pooled_per_fold: Dict[int, Dict[str, np.ndarray]]) -> Dict[str, np.ndarray]:
+        """One case's outputs ``{target: probabilities | [value]}``: each fold's probe on that fold's pooled
+        features, averaged over the folds (as nnU-Net averages its folds)."""
         info, sums = self.info, {}
         for k, probe in self.probes.items():
-            extractor = EncoderFeatureExtractor(info["stock_model"], [k], info["checkpoint"], info["feature_cache"],
-                                                device, info["use_mirroring"])
-            feats = extractor.features(raw_cases(files_per_case))
-            ids = sorted(feats)
-            x = np.stack([feature_vector(feats[c], info["stages"], info["pools"]) for c in ids])
-            for c, outputs in probe.predict(x, ids).items():
-                acc = sums.setdefault(c, {})
-                for name, v in outputs.items():
-                    acc[name] = acc.get(name, 0) + np.asarray(v, dtype=np.float64) / len(self.probes)
+            x = feature_vector(pooled_per_fold[k], info["stages"], info["pools"])[None]
+            for name, v in probe.predict(x, ["case"])["case"].items():
+                sums[name] = sums.get(name, 0) + np.asarray(v, dtype=np.float64) / len(self.probes)
         return sums
-
-
-def predict_folder(heads_dir: str, input_dir: str, output_dir: str, device: str = "cpu", step_size: float = 0.5,
-                   use_mirroring: bool = True, num_processes_preprocessing: int = 2,
-                   num_processes_export: int = 2, overwrite: bool = True,
-                   mask_folds: Optional[Sequence[int]] = None) -> str:
-    """Masks (nnU-Net's own predictor, stock model, its folds) and ``predictions.csv`` for the images of
-    ``input_dir`` (nnU-Net layout: ``CASE_0000.<ext>``). The masks ensemble ``mask_folds`` (default: every
-    trained fold of the stock model, as ``nnUNetv2_predict``); ``num_processes_preprocessing=0`` predicts the masks
-    in this process (nnU-Net's ``predict_from_files_sequential``, no worker start-up). Returns the CSV path."""
-    import torch
-    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
-    from nnunetv2.utilities.utils import create_lists_from_splitted_dataset_folder, \
-        get_identifiers_from_splitted_dataset_folder
-    from nnunet_mtl.planning import add_trainer_path
-    heads = FrozenHeads.load(heads_dir)
-    stock = StockModel.from_folder(heads.info["stock_model"])
-    file_ending = stock.read_json("dataset.json")["file_ending"]
-    ids = [str(i) for i in get_identifiers_from_splitted_dataset_folder(input_dir, file_ending)]
-    if not ids:
-        raise FileNotFoundError(f"{input_dir}: no CASE_0000{file_ending} images")
-    files_per_case = dict(zip(ids, create_lists_from_splitted_dataset_folder(input_dir, file_ending, ids, 1)))
-    add_trainer_path()
-    dev = torch.device(device)
-    predictor = nnUNetPredictor(tile_step_size=step_size, use_gaussian=True, use_mirroring=use_mirroring,
-                                perform_everything_on_device=dev.type == "cuda", device=dev, verbose=False,
-                                verbose_preprocessing=False, allow_tqdm=False)
-    folds = list(mask_folds) if mask_folds else stock.folds(heads.info["checkpoint"])
-    predictor.initialize_from_trained_model_folder(stock.folder, folds, heads.info["checkpoint"])
-    os.makedirs(output_dir, exist_ok=True)
-    if num_processes_preprocessing <= 0:   # in this process, no workers (nnU-Net's sequential loop)
-        predictor.predict_from_files_sequential(input_dir, output_dir, save_probabilities=False, overwrite=overwrite)
-    else:
-        predictor.predict_from_files(input_dir, output_dir, save_probabilities=False, overwrite=overwrite,
-                                     num_processes_preprocessing=num_processes_preprocessing,
-                                     num_processes_segmentation_export=num_processes_export)
-    outputs = heads.predict_cases(files_per_case, device)
-    spec = heads.spec
-    rows = [prediction_table.make_row(spec, c, outputs[c]) for c in sorted(outputs)]
-    csv_path = os.path.join(output_dir, "predictions.csv")
-    prediction_table.write(csv_path, os.path.join(output_dir, "predictions.json"), spec, rows)
-    return csv_path
