@@ -113,19 +113,25 @@ def test_predict_with_heads_gives_stock_masks_and_a_row_per_case(heads_predictio
 
 def test_predicted_rows_equal_the_out_of_fold_rows_of_the_same_cases(heads, dataset_2d, tmp_path):
     """Prediction pools the features the probes were fitted on: a validation case predicted from its raw
-    image gets the probabilities its out-of-fold validation row has."""
+    image gets the probabilities of its out-of-fold validation row, whether its features come from the
+    mask pass itself (no mirroring, as the heads were fitted) or from a pass of their own (mirrored masks)."""
+    from nnunet_mtl.inference import load_predictor, predict_folder
     val_rows = {r["case_id"]: r for r in _rows(os.path.join(heads, "fold_0", "validation", "predictions.csv"))}
     images = tmp_path / "val_images"
     images.mkdir()
     for cid in val_rows:
         os.symlink(os.path.join(dataset_2d.raw_folder, "imagesTr", cid + "_0000.nii.gz"),
                    images / (cid + "_0000.nii.gz"))
-    out = str(tmp_path / "pred")
-    assert predict.main(["-m", heads, "-i", str(images), "-o", out, "-device", "cpu", "-npp", "1", "-nps", "1",
-                         "--disable_tta"]) == 0
-    for row in _rows(os.path.join(out, "predictions.csv")):
-        probs = {k: float(v) for k, v in row.items() if "_prob_" in k}
-        assert probs and all(abs(p - float(val_rows[row["case_id"]][k])) < 1e-5 for k, p in probs.items())
+    for mirroring, feature_passes in ((False, 0), (True, len(val_rows))):
+        predictor = load_predictor(heads, use_mirroring=mirroring)
+        out = str(tmp_path / f"pred_{mirroring}")
+        csv_path = predict_folder(predictor, str(images), out, num_processes_preprocessing=1, num_processes_export=1)
+        assert predictor.stats["feature_passes"] == feature_passes
+        rows = _rows(csv_path)
+        assert sorted(r["case_id"] for r in rows) == sorted(val_rows)
+        for row in rows:
+            probs = {k: float(v) for k, v in row.items() if "_prob_" in k}
+            assert probs and all(abs(p - float(val_rows[row["case_id"]][k])) < 1e-5 for k, p in probs.items())
 
 
 def test_rerun_keeps_rows_and_refitted_heads_predict_again(heads, stock_model, labels_csv, dataset_2d,  # noqa: F811

@@ -167,17 +167,17 @@ class EncoderFeatureExtractor:
     def _compute(self, src: CaseSource) -> Dict[str, np.ndarray]:
         predictor = self.predictor
         data = torch.from_numpy(np.ascontiguousarray(src.load(predictor)))
-        pooler = pool_case(predictor, data, predictor.predict_logits_from_preprocessed_data)
+        pooler, _ = pool_case(predictor, data, predictor.predict_logits_from_preprocessed_data)
         self.stats["forwards"] += pooler.n_forwards
         log.debug("%s: %d forwards", src.case_id, pooler.n_forwards)
         return pooler.result()
 
 
-def pool_case(predictor, data: torch.Tensor, run: Callable[[torch.Tensor], torch.Tensor]) -> StagePooler:
-    """The pools of one preprocessed case: ``run(data)`` (nnU-Net's sliding window of ``predictor``) under
-    the encoder hooks. One function for fitting and for prediction, so a probe sees at prediction
+def pool_case(predictor, data: torch.Tensor, run: Callable[[torch.Tensor], torch.Tensor]):
+    """(pools, logits) of one preprocessed case: ``run(data)`` (nnU-Net's sliding window of ``predictor``)
+    under the encoder hooks. One function for fitting and for prediction, so a probe sees at prediction
     exactly the kind of features it was fitted on."""
     ref = {"pooler": StagePooler(), "use_gaussian": predictor.use_gaussian}
     with capture_encoder(predictor.network, ref, predictor.label_manager.has_regions):
-        run(data)
-    return ref["pooler"]
+        logits = run(data)
+    return ref["pooler"], logits

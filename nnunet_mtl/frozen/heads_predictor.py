@@ -2,9 +2,10 @@
 
 ``FrozenHeadsPredictor`` is nnU-Net's own ``nnUNetPredictor`` loaded from the stock model folder
 (the folds and checkpoint asked for), so masks are computed as ``nnUNetv2_predict`` computes them.
-After each case's logits, one more sliding window per fold of the heads, with the settings the
-probes were fitted with (that fold's weights, the heads' step size and mirroring: ``pool_case``, the
-function fitting used), gives the pooled encoder features; that fold's probe reads them, and the
+Each heads fold's pooled encoder features come from a sliding window with the settings its probe was
+fitted with (that fold's weights, the heads' step size and mirroring: ``pool_case``, the function
+fitting used): the mask pass of that fold itself when its settings are those (e.g. no mirroring for
+heads fitted without), else one more pass after the masks. That fold's probe reads them, and the
 folds' outputs are averaged. It offers what ``predict_folder`` and ``prediction_provenance`` ask of a
 predictor: ``spec``, ``aggregation``, ``checkpoint_files`` (the stock checkpoints and the heads'
 files, so refitted heads make earlier rows stale), ``calibration`` (none: the probes' own
@@ -66,6 +67,9 @@ class FrozenHeadsPredictor(nnUNetPredictor):
         self.mask_folds: List = []
         self.feature_parameters: Dict[int, dict] = {}
         self.last_outputs: Optional[Dict[str, np.ndarray]] = None
+        self._mask_position: Dict[int, int] = {}   # heads fold -> its position among the mask folds' weights
+        self._shared: Optional[dict] = None
+        self.stats = {"feature_passes": 0}          # sliding windows run for the heads alone
 
     def initialize(self, mask_folds: Sequence, checkpoint: str) -> None:
         """Stock folds (masks) through nnU-Net's loading; each heads fold's weights for its features
@@ -77,6 +81,7 @@ class FrozenHeadsPredictor(nnUNetPredictor):
         feature_files = self.heads.feature_checkpoints()
         for k, path in feature_files.items():
             if path in mask_files:
+                self._mask_position[k] = mask_files.index(path)
                 self.feature_parameters[k] = self.list_of_parameters[mask_files.index(path)]
             else:
                 self.feature_parameters[k] = torch.load(path, map_location="cpu", weights_only=False)["network_weights"]
@@ -107,17 +112,39 @@ class FrozenHeadsPredictor(nnUNetPredictor):
 
     # ------------------------------------------------------------------ one case: stock logits, then the heads
     def predict_logits_from_preprocessed_data(self, data: torch.Tensor) -> torch.Tensor:
-        """nnU-Net's ensemble of the mask folds, unchanged; the case's head outputs go to ``last_outputs``."""
-        logits = super().predict_logits_from_preprocessed_data(data)
-        self.last_outputs = self.head_outputs(data)
+        """nnU-Net's ensemble of the mask folds, unchanged; the case's head outputs go to ``last_outputs``.
+        A mask fold whose pass is a feature pass (the same weights, step size and mirroring as the probes
+        were fitted with) is pooled as it runs; the other heads folds get a pass of their own."""
+        self._shared = {"plan": self._shared_positions(), "next": 0, "pools": {}}
+        try:
+            logits = super().predict_logits_from_preprocessed_data(data)
+            pooled = self._shared["pools"]
+        finally:
+            self._shared = None
+        for k in self.heads.probes:
+            if k not in pooled:
+                with self._feature_pass(k):
+                    pooled[k], _ = pool_case(self, data, super().predict_logits_from_preprocessed_data)
+                self.stats["feature_passes"] += 1
+        self.last_outputs = self.heads.predict({k: p.result() for k, p in pooled.items()})
         return logits
 
-    def head_outputs(self, data: torch.Tensor) -> Dict[str, np.ndarray]:
-        pooled = {}
-        for k in self.heads.probes:
-            with self._feature_pass(k):
-                pooled[k] = pool_case(self, data, super().predict_logits_from_preprocessed_data).result()
-        return self.heads.predict(pooled)
+    def predict_sliding_window_return_logits(self, input_image: torch.Tensor):
+        """nnU-Net's, once per mask fold (in ``list_of_parameters`` order); pooled when it is a feature pass."""
+        shared = getattr(self, "_shared", None)
+        fold = None if shared is None else shared["plan"].get(shared["next"])
+        if shared is not None:
+            shared["next"] += 1
+        if fold is None:
+            return super().predict_sliding_window_return_logits(input_image)
+        shared["pools"][fold], logits = pool_case(self, input_image, super().predict_sliding_window_return_logits)
+        return logits
+
+    def _shared_positions(self) -> Dict[int, int]:
+        """{position in list_of_parameters: heads fold} of the mask passes that are feature passes."""
+        same = (bool(self.use_mirroring) == bool(self.heads.info["use_mirroring"])
+                and float(self.tile_step_size) == self.heads.step_size)
+        return {i: k for k, i in self._mask_position.items()} if same else {}
 
     @contextmanager
     def _feature_pass(self, fold: int):
