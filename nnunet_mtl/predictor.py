@@ -124,18 +124,19 @@ class nnUNetPredictorMTL(nnUNetPredictor):
         worker processes and waits only at the end, so between items the rows of earlier cases whose
         mask is written are handed to ``write_case_table``, the rest when the loop is done: a killed
         run keeps the rows of its finished cases, and no row is written before its mask."""
-        waiting = []  # (ofile, heads) of predicted cases whose rows are not handed over yet
+        waiting = []  # (ofile, heads, stat of a mask there before) of cases whose rows are not handed over yet
 
         def announced():
             for n, item in enumerate(data_iterator):
                 self._hand_over(waiting, exported_only=True)
                 ofile = item['ofile']
                 name = os.path.basename(ofile) if ofile is not None else f"case_{n:04d}"
+                before = self._mask_stat(ofile) if ofile is not None else None
                 self.collector.begin_case(name, self.aggregation)
                 yield item  # nnU-Net predicts this case before it asks for the next one
                 heads = self.collector.end_case()
                 if ofile is not None:  # in-memory results (no file) have no row
-                    waiting.append((ofile, heads))
+                    waiting.append((ofile, heads, before))
 
         try:
             ret = super().predict_from_data_iterator(announced(), save_probabilities,
@@ -150,18 +151,29 @@ class nnUNetPredictorMTL(nnUNetPredictor):
     def _hand_over(self, waiting: list, exported_only: bool) -> None:
         """``write_case_table`` for the waiting cases (only those whose mask is complete when
         ``exported_only``), per output folder; removes them from ``waiting``."""
-        ready = [w for w in waiting if not exported_only or self._exported(w[0])]
+        ready = [w for w in waiting if not exported_only or self._exported(w[0], w[2])]
         if not ready:
             return
         handed = {id(w) for w in ready}
         waiting[:] = [w for w in waiting if id(w) not in handed]
-        for folder in sorted({os.path.dirname(o) for o, _ in ready}):
-            self.write_case_table(folder, {h.case_id: h.outputs for o, h in ready if os.path.dirname(o) == folder})
+        for folder in sorted({os.path.dirname(o) for o, _, _ in ready}):
+            self.write_case_table(folder, {h.case_id: h.outputs for o, h, _ in ready if os.path.dirname(o) == folder})
 
-    def _exported(self, ofile: str) -> bool:
-        """nnU-Net's export writes the mask last and not atomically: done when it exists and reads whole."""
+    def _mask_stat(self, ofile: str) -> Optional[tuple]:
+        """Identity of the mask file at ``ofile`` now (None when there is none)."""
+        try:
+            st = os.stat(ofile + self.dataset_json['file_ending'])
+        except OSError:
+            return None
+        return st.st_ino, st.st_size, st.st_mtime_ns
+
+    def _exported(self, ofile: str, before: Optional[tuple] = None) -> bool:
+        """nnU-Net's export writes the mask last and not atomically: done when it exists, is not the
+        file that was there before the case was predicted (``before``: a stale mask of an older run),
+        and reads whole."""
         path = ofile + self.dataset_json['file_ending']
-        if not os.path.isfile(path):
+        stat = self._mask_stat(ofile)
+        if stat is None or stat == before:
             return False
         try:
             self.plans_manager.image_reader_writer_class().read_seg(path)

@@ -51,3 +51,37 @@ def test_rows_are_handed_over_as_their_masks_are_written(trained_2d, dataset_2d,
     predictor.predict_from_data_iterator(items(), num_processes_segmentation_export=1)
     a, b, c = cases
     assert events == [("case", a), ("case", b), ("row", a, True), ("case", c), ("row", b, True), ("row", c, True)]
+
+
+def test_a_stale_mask_from_an_older_run_does_not_count_as_exported(trained_2d, dataset_2d, tmp_path):
+    """Masks of an older run are in the folder (nnU-Net's own predict_from_files overwrites them):
+    a row is handed over only once this run's export has replaced its case's mask."""
+    predictor = load_predictor(trained_2d, folds=[0], use_mirroring=False)
+    out, rows = str(tmp_path), []
+    preprocessor = predictor.configuration_manager.preprocessor_class(verbose=False)
+    files = sorted(glob.glob(os.path.join(dataset_2d.raw_folder, "imagesTs", "*_0000.nii.gz")))
+    cases = [os.path.basename(f)[:-len("_0000.nii.gz")] for f in files]
+    stale = {}
+    for cid, path in zip(cases, files):
+        mask = os.path.join(out, cid + ".nii.gz")
+        sitk.WriteImage(sitk.Cast(sitk.ReadImage(path) * 0, sitk.sitkUInt8), mask)
+        st = os.stat(mask)
+        stale[cid] = (st.st_ino, st.st_size, st.st_mtime_ns)
+        time.sleep(0.01)
+
+    def write_case_table(folder, outputs):
+        for cid in outputs:
+            st = os.stat(os.path.join(folder, cid + ".nii.gz"))
+            rows.append((cid, (st.st_ino, st.st_size, st.st_mtime_ns) != stale[cid]))
+        return os.path.join(folder, "predictions.csv")
+
+    predictor.write_case_table = write_case_table
+
+    def items():
+        for cid, path in zip(cases, files):
+            data, _, props = preprocessor.run_case([path], None, predictor.plans_manager,
+                                                   predictor.configuration_manager, predictor.dataset_json)
+            yield {"data": torch.from_numpy(data), "data_properties": props, "ofile": os.path.join(out, cid)}
+
+    predictor.predict_from_data_iterator(items(), num_processes_segmentation_export=1)
+    assert sorted(rows) == [(cid, True) for cid in sorted(cases)]
