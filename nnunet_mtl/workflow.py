@@ -298,8 +298,12 @@ def explain_folder(model_dir: str, source_folder: str, out_dir: str, folds, chec
 
 
 # --------------------------------------------------------------------------------------------- evaluate
-def evaluate_validation(base_dir: str, fold: int, output_folder: Optional[str] = None, n_bootstrap: int = 1000) -> dict:
+def evaluate_validation(base_dir: str, fold: int, output_folder: Optional[str] = None, n_bootstrap: int = 1000,
+                        heads: str = "joint") -> dict:
     """Score one fold's whole-case validation (masks + heads) with nnunet_mtl.evaluation.
+
+    ``heads='probe'``: the image-level numbers are those of the fold's probe heads (``fit_probe_heads``,
+    out-of-fold rows in ``probe_heads/fold_k/validation``); masks are the model's either way.
 
     The validation table holds raw probabilities. When the fold has a ``calibration.json``, each
     classification target's block gains ``calibration_fitted``: ECE / Brier raw and with the fold's
@@ -312,9 +316,14 @@ def evaluate_validation(base_dir: str, fold: int, output_folder: Optional[str] =
     use_base_dir(base_dir)
     fold_dir = os.path.join(model_folder(base_dir, state), f"fold_{fold}")
     val_dir = os.path.join(fold_dir, "validation")
-    csv_path = os.path.join(val_dir, "predictions.csv")
-    if not os.path.isfile(csv_path):
+    if heads not in HEADS_CHOICES:
+        raise ValueError(f"heads must be one of {HEADS_CHOICES}, got {heads!r}")
+    if not os.path.isfile(os.path.join(val_dir, "predictions.csv")):
         raise PipelineError(f"{val_dir}: no whole-case validation yet; train fold {fold} first")
+    rows_dir = val_dir if heads == "joint" else os.path.join(probe_heads_folder(base_dir), f"fold_{fold}", "validation")
+    csv_path = os.path.join(rows_dir, "predictions.csv")
+    if not os.path.isfile(csv_path):
+        raise PipelineError(f"{rows_dir}: no probe heads for fold {fold}; fit them first (--heads probe)")
     dataset_json = read_json(os.path.join(state.raw_folder, "dataset.json"))
     case_ids = [os.path.basename(p)[:-len(dataset_json["file_ending"])]
                 for p in glob.glob(os.path.join(val_dir, "*" + dataset_json["file_ending"]))]
@@ -332,8 +341,8 @@ def evaluate_validation(base_dir: str, fold: int, output_folder: Optional[str] =
                       prediction_csv=csv_path, output_folder=output_folder, labels=description.table,
                       regions=dict(description.regions), n_bootstrap=n_bootstrap,
                       label_names=dict(description.label_names))
-    fitted = validation_calibration(fold_dir, csv_path, description.targets, description.table, output_folder,
-                                    n_bootstrap)
+    fitted = None if heads == "probe" else validation_calibration(  # the temperatures belong to the joint heads
+        fold_dir, csv_path, description.targets, description.table, output_folder, n_bootstrap)
     if fitted:
         for name, block in fitted.items():
             result.get("classification", {}).get(name, {})["calibration_fitted"] = json_safe(block)
@@ -346,6 +355,32 @@ def evaluate_validation(base_dir: str, fold: int, output_folder: Optional[str] =
 
 
 # ------------------------------------------------------------------------------- heads on a stock model
+PROBE_HEADS_DIR = "probe_heads"
+HEADS_CHOICES = ("joint", "probe")
+
+
+def probe_heads_folder(base_dir: str) -> str:
+    """Where ``fit_probe_heads`` puts the probes of the model trained in ``base_dir``."""
+    return os.path.join(os.path.abspath(base_dir), PROBE_HEADS_DIR)
+
+
+def fit_probe_heads(base_dir: str, folds: Optional[Sequence] = None, device: str = "cuda",
+                    overwrite: bool = False, checkpoint: str = "checkpoint_final.pth") -> dict:
+    """Linear probes on the trained model's own pooled whole-case features, per fold on that fold's
+    training cases (``add_frozen_heads`` with our model as the frozen one): the accuracy benchmark found
+    them above the jointly trained heads at the same budget (docs/benchmarks.md). Masks stay the model's;
+    probes fitted from the same checkpoints are kept, a retrained fold is fitted again."""
+    state = load_state(base_dir)
+    folder = model_folder(base_dir, state)
+    folds = list(folds) if folds else trained_folds(folder, checkpoint)
+    missing = [f for f in folds if not os.path.isfile(os.path.join(folder, f"fold_{f}", checkpoint))]
+    if not folds or missing:
+        which = f"fold {missing[0]}" if missing else "no fold"
+        raise PipelineError(f"{folder}: {which} has no {checkpoint}; train it before fitting probe heads")
+    return add_frozen_heads(base_dir, folder, probe_heads_folder(base_dir), device=device, overwrite=overwrite,
+                            folds=folds, checkpoint=checkpoint)
+
+
 def add_frozen_heads(base_dir: Optional[str], model_dir: str, out_dir: str, labels_csv: Optional[str] = None,
                      spec_json: Optional[str] = None, device: str = "cuda", overwrite: bool = False, **kwargs) -> dict:
     """Heads on a trained stock nnU-Net model that stays frozen (``nnunet_mtl.frozen.heads_model.fit_heads``):

@@ -85,3 +85,38 @@ def test_clear_errors(tmp_path):
     assert out.returncode == 2 and "nnunet_mtl_pipeline.json: not found" in out.stderr
     out = pipeline("--base_dir", str(tmp_path), "--prepare_only", ok=False)
     assert out.returncode == 2 and "--input_dir is required" in out.stderr
+
+
+def test_probe_heads_fitted_on_the_trained_model_predict_with_its_masks(prepared, tmp_path):
+    """--heads probe: after training, linear probes on the trained model's own features (out-of-fold
+    validation); inference writes their rows beside the model's own masks; a re-run keeps the probes."""
+    base, _ = prepared
+    work = str(base / "work")
+    budget = ["--device", "cpu", "--epochs", "1", "--iterations_per_epoch", "3", "--val_iterations_per_epoch", "1"]
+    pipeline("--base_dir", work, "--train_only", "--fold", "0", "--heads", "probe", *budget)
+    probe = base / "work" / "probe_heads" / "fold_0" / "probe.pkl"
+    assert probe.is_file() and (probe.parent / "validation" / "predictions.csv").is_file()
+    fitted = probe.stat().st_mtime_ns
+    out = pipeline("--base_dir", work, "--train_only", "--fold", "0", "--heads", "probe", *budget)
+    assert "heads already fitted from these inputs; kept" in out.stdout and probe.stat().st_mtime_ns == fitted
+
+    test_in = str(base / "data" / "test_images")
+    joint, probed = str(tmp_path / "joint"), str(tmp_path / "probe")
+    pipeline("--base_dir", work, "--inference_only", "--fold", "0", "--test_input", test_in, "--test_output", joint,
+             "--device", "cpu")
+    pipeline("--base_dir", work, "--inference_only", "--heads", "probe", "--test_input", test_in,
+             "--test_output", probed, "--device", "cpu")
+    rows = list(csv.DictReader(open(os.path.join(probed, "predictions.csv"))))
+    assert sorted(r["case_id"] for r in rows) == sorted(f[:-4] for f in os.listdir(test_in))
+    from PIL import Image
+    import numpy as np
+    for r in rows:  # the trained model's masks either way
+        np.testing.assert_array_equal(np.asarray(Image.open(os.path.join(probed, r["case_id"] + ".png"))),
+                                      np.asarray(Image.open(os.path.join(joint, r["case_id"] + ".png"))))
+    provenance = json.load(open(os.path.join(probed, "predictions_provenance.json")))
+    assert "probe_heads" in json.dumps(provenance["model"])
+
+    from nnunet_mtl import workflow
+    metrics = workflow.evaluate_validation(work, 0, str(tmp_path / "eval"), n_bootstrap=20, heads="probe")
+    assert metrics["classification"]["finding"]["n"] == len(
+        list(csv.DictReader(open(probe.parent / "validation" / "predictions.csv"))))

@@ -74,6 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="fold(s) to train, to fit heads on (--add_heads) or to predict with (default: all)")
     tr.add_argument("--device", default=None, choices=["cuda", "cpu", "mps"], help="default: cuda if available")
     tr.add_argument("--num_gpus", type=int, default=1, help="DDP training on this many GPUs (nnU-Net's launcher)")
+    tr.add_argument("--heads", default="joint", choices=["joint", "probe"],
+                    help="image-level predictions from the heads trained with the network (joint, default) or from "
+                         "linear probes fitted after training on the trained network's pooled whole-case features "
+                         "(probe: BASE_DIR/probe_heads, out-of-fold validated; see docs/benchmarks.md)")
     add_knob_arguments(tr)  # --epochs --lr --patience ...: one line each in nnunet_mtl/knobs.py
 
     inf = p.add_argument_group("inference")
@@ -140,7 +144,11 @@ def main(argv=None) -> int:
         if args.train_only or run_all:
             knobs = knobs_from_args(args)
             workflow.train(args.base_dir, args.fold, device, args.num_gpus, args.overwrite, **knobs)
+            if args.heads == "probe":
+                workflow.fit_probe_heads(args.base_dir, args.fold, device, args.overwrite)
         if args.inference_only or run_all:
+            if args.heads == "probe" and not args.model_dir:
+                args.model_dir = _probe_heads(args.base_dir)
             workflow.infer(args.base_dir, args.test_input, args.test_output, args.fold, args.checkpoint, device,
                            args.overwrite, args.explain, step_size=args.step_size, use_mirroring=not args.disable_tta,
                            aggregation=args.aggregation, save_probabilities=args.save_probabilities,
@@ -150,6 +158,14 @@ def main(argv=None) -> int:
         print(f"{parser.prog}: error: {e}", file=sys.stderr)
         return 2
     return 0
+
+
+def _probe_heads(base_dir: str) -> str:
+    from nnunet_mtl import workflow
+    folder = workflow.probe_heads_folder(base_dir)
+    if not os.path.isdir(folder):
+        raise workflow.PipelineError(f"{folder}: no probe heads yet; run the training step with --heads probe")
+    return folder
 
 
 def _shrink(args):
