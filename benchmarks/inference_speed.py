@@ -40,13 +40,15 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from common import (add_dataset_args, describe, ensure_model, load_average, machine_lines,  # noqa: E402
                     prepare_dataset, set_runtime_env)
-from speed_parts import (PRESETS, check_sizes, compare_mask_folders, format_summary, max_probability_difference,  # noqa: E402,E501
-                         parse_classify_lines, per_image_seconds, ratio, replicate_cases, repeats_per_size)
+from speed_parts import (PRESETS, check_sizes, compare_mask_folders, format_summary,  # noqa: E402
+                         max_probability_difference, parse_classify_lines, per_image_seconds, ratio,
+                         replicate_cases, repeats_per_size)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 STOCK_PY = ("import sys; from nnunetv2.inference.predict_from_raw_data import predict_entry_point as m; "
             "sys.argv[0] = 'nnUNetv2_predict'; m()")
-CLIS = {"stock": ("nnUNetv2_predict", ["-c", STOCK_PY]), "ours": ("nnunet_mtl_predict", ["-m", "nnunet_mtl.cli.predict"]),
+CLIS = {"stock": ("nnUNetv2_predict", ["-c", STOCK_PY]),
+        "ours": ("nnunet_mtl_predict", ["-m", "nnunet_mtl.cli.predict"]),
         "classify": ("nnunet_mtl_classify", ["-m", "nnunet_mtl.cli.classify"])}
 
 
@@ -88,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--profile", action="store_true", help="after timing: one timed-phases run of each side")
     g.add_argument("--profile_size", type=int, default=None, help="3D cases of the profile runs (default: 16 or "
                                                                     "the smallest size)")
+    g.add_argument("--profile_images", type=int, default=None, help="PNGs of the 2D profile runs (default: all)")
     g.add_argument("--work_dir", default=None, help="outputs and logs (default: BASE_DIR/inference_bench)")
     return p
 
@@ -213,6 +216,59 @@ def convert_for_stock(png_dir: str, model: str, dst_parent: str, fold: str) -> t
 
 
 # ---------------------------------------------------------------------------------------------- main
+class Run:
+    """What every timed command shares: launcher, nnU-Net environment, the settings both sides get."""
+
+    def __init__(self, args, device: str, work: str):
+        self.args, self.device, self.work = args, device, work
+        self.launcher = args.launcher or default_launcher()
+        self.env = dict(os.environ)  # nnUNet_raw/_preprocessed/_results and nnUNet_extTrainer (use_base_dir)
+        self.common = ["-f", args.fold, "-device", device, "-step_size", "0.5"]  # mirroring on: the default
+        self.stock_extra, self.ours_extra = shlex.split(args.stock_args), shlex.split(args.ours_args)
+
+    def side_args(self, ds, model: str) -> dict:
+        """Arguments after -i/-o: stock names the dataset, plans and trainer; ours the model folder."""
+        return {"stock": ["-d", str(ds.id), "-c", ds.configuration, "-tr", self.args.trainer, "-p", ds.plans]
+                + self.common + self.stock_extra, "ours": ["-m", model] + self.common + self.ours_extra}
+
+    def time_inputs(self, tag: str, kind: str, n: int, inputs: dict, ds, model: str, repeats: int) -> dict:
+        """Time both sides on their inputs ({side: folder}); the row of the table."""
+        side = self.side_args(ds, model)
+        variants = {k: cli(k, self.launcher) + ["-i", inputs[k], "-o", "{out}"] + side[k] for k in side}
+        for k, v in variants.items():
+            print(f"[bench] {tag} {k}: {shlex.join(v)}", flush=True)
+        times = run_pair(tag, variants, repeats, self.work, self.env)
+        outs = {k: os.path.join(self.work, f"out_{tag}_{k}") for k in variants}
+        return dict(tag=tag, kind=kind, n=n, times=times,
+                    dice=compare_mask_folders(outs["stock"], outs["ours"], labels_of(ds.raw_folder)),
+                    probs=keep_probabilities(outs["ours"], tag, self.work, self.args.reference_probabilities))
+
+    def classify_args(self, model: str, files: list) -> list:
+        return ["-m", model, "--target", "finding", "-f", self.args.fold, "-device", self.device] + files
+
+    def profile(self, label: str, inputs: dict, ds, model: str) -> dict:
+        """One profiled run of each side ({label side: phases})."""
+        out = {}
+        for which, extra in self.side_args(ds, model).items():
+            folder = os.path.join(self.work, f"profile_{label}_{which}")
+            shutil.rmtree(folder, ignore_errors=True)
+            out[f"{label} {which}"] = run_profiled(which, ["-i", inputs[which], "-o", folder] + extra,
+                                                   os.path.join(self.work, f"log_profile_{label}_{which}.txt"),
+                                                   self.env)
+        return out
+
+
+def linked_pngs(pngs: list, folder: str) -> str:
+    """A folder holding exactly these PNGs (hard links), the input folder of both predict commands."""
+    names = sorted(os.path.basename(p) for p in pngs)
+    if not os.path.isdir(folder) or sorted(os.listdir(folder)) != names:
+        shutil.rmtree(folder, ignore_errors=True)
+        os.makedirs(folder)
+        for p in pngs:
+            os.link(p, os.path.join(folder, os.path.basename(p)))
+    return folder
+
+
 def main(argv=None):
     args = parse_args(argv)
     import torch
@@ -229,29 +285,15 @@ def main(argv=None):
     model3d = ensure_model(ds, args.trainer, fold, args.train_iterations, device)
     work = os.path.abspath(args.work_dir or os.path.join(base, "inference_bench"))
     os.makedirs(work, exist_ok=True)
-    launcher = args.launcher or default_launcher()
-    env = dict(os.environ)  # nnUNet_raw/_preprocessed/_results and nnUNet_extTrainer set by prepare_dataset
-    common = ["-f", args.fold, "-device", device, "-step_size", "0.5"]  # mirroring: on (the default) on both sides
-    stock_extra, ours_extra = shlex.split(args.stock_args), shlex.split(args.ours_args)
+    run = Run(args, device, work)
 
-    rows, summary = [], {}
+    rows, summary, profiles = [], {}, {}
     for n in args.sizes:
         inputs = os.path.join(base, f"inputs_3d_{n}")
         replicate_cases(ds.test_images, inputs, n)
-        variants = {
-            "stock": cli("stock", launcher) + ["-i", inputs, "-o", "{out}", "-d", str(ds.id), "-c", ds.configuration,
-                                               "-tr", args.trainer, "-p", ds.plans] + common + stock_extra,
-            "ours": cli("ours", launcher) + ["-i", inputs, "-o", "{out}", "-m", model3d] + common + ours_extra}
-        if n == args.sizes[0]:
-            for k, v in variants.items():
-                print(f"[bench] {k}: {shlex.join(v)}", flush=True)
-        tag = f"3d_{n}"
-        times = run_pair(tag, variants, args.repeats_by_size[n], work, env)
-        outs = {k: os.path.join(work, f"out_{tag}_{k}") for k in variants}
-        rows.append(dict(tag=tag, kind="3D", n=n, times=times, dice=compare_mask_folders(outs["stock"], outs["ours"],
-                                                                                             labels_of(ds.raw_folder)),
-                         probs=keep_probabilities(outs["ours"], tag, work, args.reference_probabilities)))
-        summary[f"ratio_{tag}"] = ratio(times["stock"], times["ours"])
+        rows.append(run.time_inputs(f"3d_{n}", "3D", n, {"stock": inputs, "ours": inputs}, ds, model3d,
+                                    args.repeats_by_size[n]))
+        summary[f"ratio_3d_{n}"] = ratio(rows[-1]["times"]["stock"], rows[-1]["times"]["ours"])
 
     classify = conversion_s = ds2 = None
     if args.images_2d or args.classify_images:
@@ -261,63 +303,46 @@ def main(argv=None):
         n_png = max(args.images_2d, args.classify_images)
         pngs = write_pngs(os.path.join(base, f"png_{n_png}"), n_png, seed=args.seed + 1000)
     if args.images_2d:
-        png_dir = os.path.join(base, f"png_only_{args.images_2d}")
-        if sorted(os.listdir(png_dir) if os.path.isdir(png_dir) else []) != sorted(map(os.path.basename, pngs[:args.images_2d])):
-            shutil.rmtree(png_dir, ignore_errors=True)
-            os.makedirs(png_dir)
-            for p in pngs[:args.images_2d]:
-                os.link(p, os.path.join(png_dir, os.path.basename(p)))
+        png_dir = linked_pngs(pngs[:args.images_2d], os.path.join(base, f"png_only_{args.images_2d}"))
         stock_dir = os.path.join(base, f"stock_inputs_2d_{args.images_2d}")
         shutil.rmtree(stock_dir, ignore_errors=True)
         stock_in, conversion_s = convert_for_stock(png_dir, model2d, stock_dir, args.fold)
-        print(f"[bench] 2D: {args.images_2d} PNGs converted for stock in {conversion_s:.2f} s -> {stock_in}", flush=True)
+        print(f"[bench] 2D: {args.images_2d} PNGs converted for stock in {conversion_s:.2f} s: {stock_in}", flush=True)
         tag = f"2d_{args.images_2d}"
-        variants = {
-            "stock": cli("stock", launcher) + ["-i", stock_in, "-o", "{out}", "-d", str(ds2.id), "-c", "2d",
-                                               "-tr", args.trainer, "-p", ds2.plans] + common + stock_extra,
-            "ours": cli("ours", launcher) + ["-i", png_dir, "-o", "{out}", "-m", model2d] + common + ours_extra}
-        for k, v in variants.items():
-            print(f"[bench] {k}: {shlex.join(v)}", flush=True)
-        times = run_pair(tag, variants, args.repeats_2d, work, env)
-        outs = {k: os.path.join(work, f"out_{tag}_{k}") for k in variants}
-        rows.append(dict(tag=tag, kind="2D PNG", n=args.images_2d, times=times,
-                         dice=compare_mask_folders(outs["stock"], outs["ours"], labels_of(ds2.raw_folder)),
-                         probs=keep_probabilities(outs["ours"], tag, work, args.reference_probabilities)))
+        rows.append(run.time_inputs(tag, "2D PNG", args.images_2d, {"stock": stock_in, "ours": png_dir}, ds2, model2d,
+                                    args.repeats_2d))
+        times = rows[-1]["times"]
         summary[f"ratio_{tag}"] = ratio(times["stock"], times["ours"])
         summary[f"ratio_{tag}_incl_conversion"] = ratio([t + conversion_s for t in times["stock"]], times["ours"])
     if args.classify_images:
-        cmd = cli("classify", launcher) + ["-m", model2d, "--target", "finding", "-f", args.fold, "-device", device]
-        print(f"[bench] classify: {shlex.join(cmd)} <{args.classify_images} PNGs>", flush=True)
+        cmd = cli("classify", run.launcher) + run.classify_args(model2d, pngs[:args.classify_images])
+        print(f"[bench] classify: {shlex.join(cmd[:-args.classify_images])} <{args.classify_images} PNGs>", flush=True)
         before = load_average()
-        classify = run_classify(cmd + pngs[:args.classify_images], os.path.join(work, "log_classify.txt"), env)
+        classify = run_classify(cmd, os.path.join(work, "log_classify.txt"), run.env)
         classify["load"] = f"{before} -> {load_average()}"
         print(f"[bench] classify: {classify}", flush=True)
 
-    profiles = {}
     if args.profile:
         n = args.profile_size or (16 if 16 in args.sizes else args.sizes[0])
         inputs = os.path.join(base, f"inputs_3d_{n}")
         replicate_cases(ds.test_images, inputs, n)
-        for which, extra in (("stock", ["-d", str(ds.id), "-c", ds.configuration, "-tr", args.trainer, "-p", ds.plans]
-                              + stock_extra), ("ours", ["-m", model3d] + ours_extra)):
-            out = os.path.join(work, f"profile_3d_{n}_{which}")
-            shutil.rmtree(out, ignore_errors=True)
-            profiles[f"3d_{n} {which}"] = run_profiled(which, ["-i", inputs, "-o", out] + extra + common,
-                                                       os.path.join(work, f"log_profile_3d_{which}.txt"), env)
+        profiles.update(run.profile(f"3d_{n}", {"stock": inputs, "ours": inputs}, ds, model3d))
         if args.images_2d:
-            for which, src, extra in (("stock", stock_in, ["-d", str(ds2.id), "-c", "2d", "-tr", args.trainer, "-p",
-                                                          ds2.plans] + stock_extra),
-                                      ("ours", png_dir, ["-m", model2d] + ours_extra)):
-                out = os.path.join(work, f"profile_2d_{which}")
-                shutil.rmtree(out, ignore_errors=True)
-                profiles[f"2d_{args.images_2d} {which}"] = run_profiled(
-                    which, ["-i", src, "-o", out] + extra + common, os.path.join(work, f"log_profile_2d_{which}.txt"), env)
+            k = min(args.profile_images or args.images_2d, args.images_2d)
+            sub = linked_pngs(pngs[:k], os.path.join(base, f"png_only_{k}"))
+            sub_stock = os.path.join(base, f"stock_inputs_2d_{k}")
+            shutil.rmtree(sub_stock, ignore_errors=True)
+            profiles.update(run.profile(f"2d_{k}", {"stock": convert_for_stock(sub, model2d, sub_stock, args.fold)[0],
+                                                    "ours": sub}, ds2, model2d))
         if args.classify_images:
             profiles[f"classify_{args.classify_images}"] = run_profiled(
-                "classify", ["-m", model2d, "--target", "finding", "-f", args.fold, "-device", device]
-                + pngs[:args.classify_images], os.path.join(work, "log_profile_classify.txt"), env)
+                "classify", run.classify_args(model2d, pngs[:args.classify_images]),
+                os.path.join(work, "log_profile_classify.txt"), run.env)
     loads["end"] = load_average()
-    report(args, ds, ds2, rows, conversion_s, classify, profiles, loads, device, launcher, work,
+    with open(os.path.join(work, "results.json"), "w") as f:  # the raw numbers, whatever the report below does
+        json.dump({"rows": rows, "summary": summary, "classify": classify, "profiles": profiles, "loads": loads,
+                   "conversion_2d_s": conversion_s}, f, indent=1, default=str)
+    report(args, ds, ds2, rows, conversion_s, classify, profiles, loads, device, run.launcher, work,
            time.perf_counter() - wall_start, summary)
 
 
