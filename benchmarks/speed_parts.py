@@ -20,7 +20,7 @@ import numpy as np
 
 PRESETS = {  # what --quick / --full change; explicit flags still win
     "default": dict(sizes=[4, 16, 64], images_2d=200, classify_images=50, repeats=[2], repeats_2d=2),
-    "quick": dict(sizes=[4], images_2d=8, classify_images=4, repeats=[1], repeats_2d=1, cases_2d=6),
+    "quick": dict(sizes=[4], images_2d=8, classify_images=4, repeats=[1], repeats_2d=1),
     "full": dict(sizes=[10, 40], images_2d=200, classify_images=100, repeats=[3], repeats_2d=3,
                  shape=(64, 128, 160), cases=20, test_cases=10, full_size=True, num_processes=8),
 }
