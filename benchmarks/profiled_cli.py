@@ -4,10 +4,11 @@ to say what bounded it; not used for the timed runs.
     python benchmarks/profiled_cli.py stock|ours|classify ARGS...
 
 Timers (wall seconds, main process): imports, model loading (``initialize_from_trained_model_folder``),
-network forward (every ``_internal_maybe_mirror_and_predict`` call: the network on a tile with its
-mirrors; nnU-Net makes no other network call at inference) and everything else (preprocessing, export,
-spawning and waiting for worker processes, conversion, writing). One ``[profile] {json}`` line goes to
-stderr at exit. The parent adds interpreter start-up and exit: its launch-to-exit wall minus ``total``.
+network forward (forward hooks on the loaded network and its encoder, outermost call only: every pass,
+mirrored or batched or encoder-only, whoever makes it) and everything else (preprocessing, mirroring and
+Gaussian accumulation, export, spawning and waiting for worker processes, conversion, writing). One
+``[profile] {json}`` line goes to stderr at exit. The parent adds interpreter start-up and exit: its
+launch-to-exit wall minus ``total``.
 """
 import atexit
 import json
@@ -22,25 +23,48 @@ ENTRIES = {
 }
 
 
-def _timed(cls, name: str, acc: dict, key: str) -> None:
-    """Wrap ``cls.name`` (where defined on cls itself) to add its wall time to ``acc[key]``; nested
-    calls (a subclass calling super()) are counted once."""
+def _timed(cls, name: str, acc: dict, after=None) -> None:
+    """Wrap ``cls.name`` (where defined on cls itself) to add its wall time to ``acc[name]``; nested calls
+    (a subclass calling super()) count once; ``after(self)`` runs when the outermost call returns."""
     if name not in cls.__dict__:
         return
     inner = cls.__dict__[name]
 
-    def wrapper(*a, **k):
-        if acc["_depth_" + key]:
-            return inner(*a, **k)
-        acc["_depth_" + key] += 1
+    def wrapper(self, *a, **k):
+        if acc["_depth_" + name]:
+            return inner(self, *a, **k)
+        acc["_depth_" + name] += 1
         start = time.perf_counter()
         try:
-            return inner(*a, **k)
+            return inner(self, *a, **k)
         finally:
-            acc[key] += time.perf_counter() - start
-            acc["calls_" + key] += 1
-            acc["_depth_" + key] -= 1
+            acc[name] += time.perf_counter() - start
+            acc["_depth_" + name] -= 1
+            if after is not None:
+                after(self)
     setattr(cls, name, wrapper)
+
+
+def _hook_network(acc: dict):
+    """``after`` for model loading: time every outermost forward of the network or its encoder."""
+    def attach(predictor):
+        state = {"depth": 0, "start": 0.0}
+
+        def pre(module, args):
+            if state["depth"] == 0:
+                state["start"] = time.perf_counter()
+            state["depth"] += 1
+
+        def post(module, args, output):
+            state["depth"] -= 1
+            if state["depth"] == 0:
+                acc["network"] += time.perf_counter() - state["start"]
+                acc["network_calls"] += 1
+        modules = [predictor.network] + ([predictor.network.encoder] if hasattr(predictor.network, "encoder") else [])
+        for m in modules:
+            m.register_forward_pre_hook(pre)
+            m.register_forward_hook(post)
+    return attach
 
 
 def main() -> None:
@@ -53,18 +77,18 @@ def main() -> None:
         from nnunet_mtl.predictor import nnUNetPredictorMTL
         classes.append(nnUNetPredictorMTL)
     entry = getattr(importlib.import_module(module), func)
-    acc = {k: 0.0 for k in ("network", "load")}
-    acc.update({"calls_network": 0, "calls_load": 0, "_depth_network": 0, "_depth_load": 0})
+    acc = {"network": 0.0, "network_calls": 0, "initialize_from_trained_model_folder": 0.0,
+           "_depth_initialize_from_trained_model_folder": 0}
     for cls in classes:
-        _timed(cls, "_internal_maybe_mirror_and_predict", acc, "network")
-        _timed(cls, "initialize_from_trained_model_folder", acc, "load")
+        _timed(cls, "initialize_from_trained_model_folder", acc, after=_hook_network(acc))
     imported = time.perf_counter() - T0
 
     def report():
         total = time.perf_counter() - T0
-        out = {"cli": which, "total": round(total, 3), "imports": round(imported, 3), "load": round(acc["load"], 3),
-               "network": round(acc["network"], 3), "network_calls": acc["calls_network"],
-               "other": round(total - imported - acc["load"] - acc["network"], 3)}
+        load = acc["initialize_from_trained_model_folder"]
+        out = {"cli": which, "total": round(total, 3), "imports": round(imported, 3), "load": round(load, 3),
+               "network": round(acc["network"], 3), "network_calls": acc["network_calls"],
+               "other": round(total - imported - load - acc["network"], 3)}
         print("[profile] " + json.dumps(out), file=sys.stderr, flush=True)
     atexit.register(report)
     sys.argv = [prog] + args
