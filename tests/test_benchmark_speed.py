@@ -141,3 +141,41 @@ def test_summary_line_round_trips():
     assert sp.parse_summary(line)["dice_min"] == "0.9999"
     with pytest.raises(ValueError):
         sp.format_summary({"bad key": 1.0})
+
+
+def test_profiled_cli_counts_outermost_forwards_and_loading_once():
+    """The profile's network timer: hooks attached after loading count each outermost forward of the network or
+    of its encoder alone (encoder-only heads path), never the encoder inside a full forward twice."""
+    import torch
+    import profiled_cli as pc
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.encoder = torch.nn.Linear(3, 3)
+            self.head = torch.nn.Linear(3, 1)
+
+        def forward(self, x):
+            return self.head(self.encoder(x))
+
+    class Base:
+        def initialize_from_trained_model_folder(self):
+            self.network = Net()
+
+    class Sub(Base):
+        def initialize_from_trained_model_folder(self):  # calls super(): loading must count once
+            super().initialize_from_trained_model_folder()
+
+    acc = {"network": 0.0, "network_calls": 0, "initialize_from_trained_model_folder": 0.0,
+           "_depth_initialize_from_trained_model_folder": 0}
+    for cls in (Base, Sub):
+        pc._timed(cls, "initialize_from_trained_model_folder", acc, after=pc._hook_network(acc))
+    p = Sub()
+    p.initialize_from_trained_model_folder()
+    assert acc["network_calls"] == 0 and acc["initialize_from_trained_model_folder"] > 0
+    x = torch.zeros(2, 3)
+    p.network(x)
+    p.network(x)
+    p.network.encoder(x)
+    assert acc["network_calls"] == 3 and acc["network"] > 0
+    assert len(p.network._forward_hooks) == 1  # hooks attached once, by the outermost load only
