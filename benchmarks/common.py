@@ -93,7 +93,8 @@ def prepare_dataset(args) -> BenchDataset:
     settings = {"dataset_id": args.dataset_id, "cases": args.cases, "test_cases": args.test_cases,
                 "shape": list(args.shape), "planner": args.planner, "configuration": args.configuration,
                 "shrink": _shrink(args), "seed": args.seed}
-    stored = stored_setup(os.path.join(base, MARKER), settings)
+    marker = os.path.join(base, MARKER)
+    stored = stored_setup(marker, settings)
     if stored is not None:
         print(f"[setup] reusing {base} ({stored['name']}, plans {stored['plans']})", flush=True)
         return BenchDataset(args.dataset_id, stored["name"], args.configuration, stored["plans"],
