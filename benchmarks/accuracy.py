@@ -1,22 +1,29 @@
-"""Accuracy benchmark: multi-task heads vs stock nnU-Net vs a frozen-encoder probe, on whole held-out cases.
+"""Accuracy benchmark: multi-task heads vs stock nnU-Net vs frozen-encoder probes, on whole held-out cases.
 
 One run, one dataset (default: the real hippocampus MRI crops in ../shared/data/hippocampus),
 one split (70 % train / 30 % held-out test, stratified by the first classification target, by case),
 the same plans and the same training budget for every arm:
 
-* arms (table ``ARMS``): stock ``nnUNetTrainer`` (segmentation only) and our trainers / knobs;
-  an arm whose trainer or knob this checkout does not know is skipped with a printed line;
-* baselines: ``trivial`` (majority class / training mean) and ``probe`` (logistic regression /
-  ridge on the stock model's pooled encoder features, ``nnunet_mtl.frozen``, fitted on the
-  training split only);
+* arms (table ``ARMS``): stock ``nnUNetTrainer`` (segmentation only), ``mtl`` (the library default
+  trainer from scratch), ``finetune`` (the same trainer started from the trained stock arm with
+  ``init_from``; its cost is the stock training plus its own) and variants added by name (``adamw``,
+  ``multiscale``, ``mask_pooling``, ``balanced``); an arm whose trainer or knob this checkout does not
+  know is skipped with a printed line;
+* baselines: ``trivial`` (majority class / training mean) and the probes (``PROBES``): logistic
+  regression / ridge on the pooled encoder features (``nnunet_mtl.frozen``, fitted on the training
+  split only) of the stock model (``probe``: the frozen path) and of the ``mtl`` model (``probe_mtl``:
+  did joint training hurt the encoder, or only the head?);
 * scores on the test cases: Dice per structure (and each arm's ratio to stock), macro-F1, balanced
   accuracy and ROC AUC per classification target, MAE and Pearson r per regression target;
+* wall time per path (training; a probe's feature extraction + fitting), and the frozen path's time over
+  the from-scratch MTL training (``frozen_vs_scratch_time``);
 * ``--aggregation``: the default MTL arm's head metrics under each case-aggregation rule.
 
-Sizes: default (2-core CPU, ~15-20 min: shrunk plans, short budget, no test-time mirroring),
+Without ``--arms`` the run is ``DEFAULT_RUN`` (stock, mtl, finetune, probe, probe_mtl).
+Sizes: default (2-core CPU, ~15-25 min: shrunk plans, short budget, no test-time mirroring),
 ``--quick`` (a smoke run of a few minutes on a subset), ``--full`` (a GPU: planned network,
 real budget, mirroring on). The last line is ``summary: key=value ...``; results also go to
-``--out``/accuracy.json.
+``--out``/accuracy.json. The printed report is ``accuracy_report.py``.
 """
 from __future__ import annotations
 
