@@ -1,22 +1,29 @@
-"""Accuracy benchmark: multi-task heads vs stock nnU-Net vs a frozen-encoder probe, on whole held-out cases.
+"""Accuracy benchmark: multi-task heads vs stock nnU-Net vs frozen-encoder probes, on whole held-out cases.
 
 One run, one dataset (default: the real hippocampus MRI crops in ../shared/data/hippocampus),
 one split (70 % train / 30 % held-out test, stratified by the first classification target, by case),
 the same plans and the same training budget for every arm:
 
-* arms (table ``ARMS``): stock ``nnUNetTrainer`` (segmentation only) and our trainers / knobs;
-  an arm whose trainer or knob this checkout does not know is skipped with a printed line;
-* baselines: ``trivial`` (majority class / training mean) and ``probe`` (logistic regression /
-  ridge on the stock model's pooled encoder features, ``nnunet_mtl.frozen``, fitted on the
-  training split only);
+* arms (table ``ARMS``): stock ``nnUNetTrainer`` (segmentation only), ``mtl`` (the library default
+  trainer from scratch), ``finetune`` (the same trainer started from the trained stock arm with
+  ``init_from``; its cost is the stock training plus its own) and variants added by name (``adamw``,
+  ``multiscale``, ``mask_pooling``, ``balanced``); an arm whose trainer or knob this checkout does not
+  know is skipped with a printed line;
+* baselines: ``trivial`` (majority class / training mean) and the probes (``PROBES``): logistic
+  regression / ridge on the pooled encoder features (``nnunet_mtl.frozen``, fitted on the training
+  split only) of the stock model (``probe``: the frozen path) and of the ``mtl`` model (``probe_mtl``:
+  did joint training hurt the encoder, or only the head?);
 * scores on the test cases: Dice per structure (and each arm's ratio to stock), macro-F1, balanced
   accuracy and ROC AUC per classification target, MAE and Pearson r per regression target;
+* wall time per path (training; a probe's feature extraction + fitting), and the frozen path's time over
+  the from-scratch MTL training (``frozen_vs_scratch_time``);
 * ``--aggregation``: the default MTL arm's head metrics under each case-aggregation rule.
 
-Sizes: default (2-core CPU, ~15-20 min: shrunk plans, short budget, no test-time mirroring),
+Without ``--arms`` the run is ``DEFAULT_RUN`` (stock, mtl, finetune, probe, probe_mtl).
+Sizes: default (2-core CPU, ~15-25 min: shrunk plans, short budget, no test-time mirroring),
 ``--quick`` (a smoke run of a few minutes on a subset), ``--full`` (a GPU: planned network,
 real budget, mirroring on). The last line is ``summary: key=value ...``; results also go to
-``--out``/accuracy.json.
+``--out``/accuracy.json. The printed report is ``accuracy_report.py``.
 """
 from __future__ import annotations
 
@@ -35,6 +42,8 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import (knobs_problem, load_average, machine_lines, set_runtime_env, stored_setup,  # noqa: E402
                     train_in_process, trainer_problem)
+from accuracy_report import (DEFAULT_MTL, REFERENCE, fmt, frozen_vs_scratch, summary_pairs,  # noqa: E402,F401
+                             table_lines, time_lines)
 
 
 @dataclass(frozen=True)
@@ -43,20 +52,29 @@ class Arm:
     trainer: str
     knobs: dict = field(default_factory=dict)
     note: str = ""
+    starts_from: str = ""   # an arm whose trained checkpoint this one starts from (``init_from``)
 
 
 # The arms, in order. "stock" is the reference for Dice ratios and the probe's model; "mtl" is the
-# default multi-task arm (summary keys, aggregation rules).
+# library's default multi-task trainer (summary keys, aggregation rules).
 ARMS = (
     Arm("stock", "nnUNetTrainer", {}, "nnU-Net as is: SGD lr 1e-2, segmentation only"),
-    Arm("mtl", "nnUNetTrainerMTL", {}, "heads on the bottleneck, AdamW lr 1e-4 (seed design)"),
-    Arm("mtl_sgd", "nnUNetTrainerMTL", {"optimizer_name": "sgd", "initial_lr": 1e-2, "head_lr": 1e-3},
-        "nnU-Net's SGD lr 1e-2 for the network, heads at lr 1e-3"),
+    Arm("mtl", "nnUNetTrainerMTL", {}, "the library default, from scratch: nnU-Net's SGD lr 1e-2 for the U-Net, "
+        "heads on the bottleneck at lr 1e-3"),
+    # Fine-tuning from the trained stock arm: the segmentation is already trained, so no segmentation-first
+    # warm-up (heads at their full loss weight from the start); the first quarter of the epochs trains the heads
+    # alone (encoder/decoder frozen). Same step budget as the others, on top of the stock arm's training.
+    Arm("finetune", "nnUNetTrainerMTL", {"warmup_epochs": 0, "ramp_epochs": 1},
+        "the library default started from the stock arm's checkpoint (init_from), heads only for the first "
+        "quarter of the epochs; its cost is the stock training plus this one", starts_from="stock"),
+    Arm("adamw", "nnUNetTrainerMTL", {"optimizer_name": "adamw"}, "the seed design: AdamW lr 1e-4 for all"),
     Arm("multiscale", "nnUNetTrainerMTLMultiScale", {}, "heads on encoder stages 0, 1, 2 and the bottleneck"),
     Arm("mask_pooling", "nnUNetTrainerMTLMaskPooling", {}, "heads pool features weighted by the predicted mask"),
     Arm("balanced", "nnUNetTrainerMTLBalancedSampling", {}, "class-balanced case sampling"),
 )
-REFERENCE, DEFAULT_MTL = "stock", "mtl"
+# Frozen-encoder probes (nnunet_mtl.frozen): name -> the trained arm whose encoder they read.
+PROBES = {"probe": "stock", "probe_mtl": "mtl"}
+DEFAULT_RUN = ("stock", "mtl", "finetune", "probe", "probe_mtl")  # without --arms; the others by name
 
 DATASETS = {"hippocampus": 960, "synthetic3d": 961, "synthetic2d": 962}
 SIZES = {  # epochs x iterations per epoch, validation iterations, cases (None: all), test-time mirroring
@@ -180,31 +198,60 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def train_arm(arm: Arm, setup: dict, base: str, budget: dict, device: str, seed: int) -> dict:
+def select(names) -> tuple:
+    """(training arms, probes) for ``--arms`` (None: the default run), in table order; an arm another one
+    starts from or a probe reads is added (printed); an unknown name is an error."""
+    known = [a.name for a in ARMS] + list(PROBES)
+    names = list(DEFAULT_RUN if names is None else names)
+    unknown = sorted(set(names) - set(known))
+    if unknown:
+        raise SystemExit(f"unknown arm(s) {unknown}; known: {known}")
+    needed = set(names)
+    for n in names:
+        dep = PROBES.get(n) or next((a.starts_from for a in ARMS if a.name == n), "")
+        if dep and dep not in needed:
+            print(f"[{n}] needs the {dep} arm: added", flush=True)
+            needed.add(dep)
+    return [a for a in ARMS if a.name in needed], [p for p in PROBES if p in needed]
+
+
+def arm_knobs(arm: Arm, budget: dict, folders: dict) -> dict:
+    """The knobs an arm trains with: our trainers' phase schedule scaled to the budget (no early stop), the
+    arm's own knobs, and for an arm that starts from another the ``init_from`` / ``heads_only_epochs`` knobs."""
+    knobs = dict(arm.knobs)
+    if arm.trainer.startswith("nnUNetTrainerMTL"):
+        epochs = budget["num_epochs"]
+        knobs = {"warmup_epochs": max(1, epochs // 5), "ramp_epochs": max(1, epochs // 4),
+                 "early_stopping_patience": epochs + 1, **knobs}
+        if arm.starts_from:
+            knobs = {"init_from": folders[arm.starts_from], "heads_only_epochs": max(1, epochs // 4), **knobs}
+    return knobs
+
+
+def train_arm(arm: Arm, setup: dict, base: str, budget: dict, device: str, seed: int, folders=None) -> dict:
     """Train (or reuse) one arm in its own nnUNet_results tree; returns {'folder', 'train_s'}."""
     from nnunet_mtl.planning import use_base_dir
     results = os.path.join(base, "results", arm.name)
     use_base_dir(base, results=results)
     folder = os.path.join(results, setup["name"], f"{arm.trainer}__{setup['plans']}__{setup['configuration']}")
-    record = {"trainer": arm.trainer, "knobs": arm.knobs, "budget": budget, "seed": seed}
+    knobs = arm_knobs(arm, budget, folders or {})
+    record = {"trainer": arm.trainer, "knobs": knobs, "budget": budget, "seed": seed}
+    if arm.starts_from:  # a retrained starting model invalidates this arm
+        ckpt = os.path.join(folders[arm.starts_from], "fold_0", "checkpoint_final.pth")
+        record["starts_from_mtime"] = os.path.getmtime(ckpt)
     marker = os.path.join(results, "arm.json")
     if os.path.isfile(os.path.join(folder, "fold_0", "checkpoint_final.pth")) and os.path.isfile(marker):
         with open(marker) as f:
             stored = json.load(f)
         if stored["record"] == record:
             print(f"[{arm.name}] reusing {folder}", flush=True)
-            return {"folder": folder, "train_s": stored["train_s"]}
+            return {"folder": folder, "train_s": stored["train_s"], "knobs": knobs}
     seed_everything(seed)
-    knobs = dict(arm.knobs)
-    if arm.trainer.startswith("nnUNetTrainerMTL"):  # the phase schedule scaled to the budget, no early stop
-        epochs = budget["num_epochs"]
-        knobs = {"warmup_epochs": max(1, epochs // 5), "ramp_epochs": max(1, epochs // 4),
-                 "early_stopping_patience": epochs + 1, **knobs}
     seconds = train_in_process(setup["dataset_id"], setup["configuration"], setup["plans"], arm.trainer, 0, budget,
                                knobs, device)
     with open(marker, "w") as f:
         json.dump({"record": record, "train_s": seconds}, f, indent=1)
-    return {"folder": folder, "train_s": seconds}
+    return {"folder": folder, "train_s": seconds, "knobs": knobs}
 
 
 # ---------------------------------------------------------------------------------------- predicting
@@ -298,8 +345,10 @@ def heads_under_rule(folder: str, setup: dict, device: str, mirroring: bool, rul
     for src in preprocessed_cases(data_folder(setup), setup["test"]):
         data = src.load(predictor)
         tiles.append(n_tiles(data.shape[1:], predictor.configuration_manager.patch_size, predictor.tile_step_size))
-        out[src.case_id] = (known[src.case_id] if known is not None else
-                            predictor.predict_case(torch.from_numpy(np.ascontiguousarray(data)), src.case_id)[1].outputs)
+        if known is not None:
+            out[src.case_id] = known[src.case_id]
+        else:
+            out[src.case_id] = predictor.predict_case(torch.from_numpy(np.ascontiguousarray(data)), src.case_id)[1].outputs
     return {"heads": out, "tiles_per_case": float(np.mean(tiles))}
 
 
@@ -371,77 +420,6 @@ def trivial_outputs(table, train, test) -> dict:
     return outs
 
 
-# ------------------------------------------------------------------------------------------- report
-def fmt(x, digits=3) -> str:
-    return "-" if x is None or (isinstance(x, float) and not np.isfinite(x)) else f"{x:.{digits}f}"
-
-
-def table_lines(rows: list, spec, struct_names, runs: bool = True) -> list:
-    """A markdown table: one row per arm/baseline; ``runs=False`` leaves out times and Dice."""
-    head = ["arm"] + (["trainer", "train s", "pred s"] + [f"Dice {s}" for s in struct_names] + ["Dice/stock min"]
-                      if runs else [])
-    for t in spec:
-        auc = f"{t.name} AUC" + (" [95% CI]" if len(t.classes) == 2 else "")
-        head += ([f"{t.name} F1", f"{t.name} bal.acc", auc] if t.is_classification
-                 else [f"{t.name} MAE", f"{t.name} r [95% CI]"])
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in rows:
-        cells = [r["arm"]]
-        if runs:
-            cells += [r.get("trainer", "-"), fmt(r.get("train_s"), 0), fmt(r.get("predict_s"), 0)]
-            cells += [fmt(r.get("dice", {}).get(s)) for s in struct_names] + [fmt(r.get("dice_ratio_min"))]
-        for t in spec:
-            h = r.get("heads", {}).get(t.name)
-            if h is None:
-                cells += ["-"] * (3 if t.is_classification else 2)
-            elif t.is_classification:
-                ci = h.get("roc_auc_ci")
-                cells += [fmt(h["macro_f1"]), fmt(h["balanced_accuracy"]),
-                          fmt(h["roc_auc"]) + (f" [{fmt(ci['low'], 2)}, {fmt(ci['high'], 2)}]" if ci else "")]
-            else:
-                ci = h["pearson_r_ci"]
-                r_text = fmt(h["pearson_r"])
-                if r_text != "-":
-                    r_text += f" [{fmt(ci['low'], 2)}, {fmt(ci['high'], 2)}]"
-                cells += [fmt(h["mae"]), r_text]
-        lines.append("| " + " | ".join(cells) + " |")
-    return lines
-
-
-def summary_pairs(results: dict, spec) -> list:
-    cls = next((t.name for t in spec if t.is_classification), None)
-    reg = next((t.name for t in spec if not t.is_classification), None)
-    rows = {r["arm"]: r for r in results["rows"]}
-    pairs = [("dataset", results["dataset"]), ("n_train", len(results["train"])), ("n_test", len(results["test"])),
-             ("epochs", results["budget"]["num_epochs"]), ("iterations", results["budget"]["num_iterations_per_epoch"]),
-             ("mirroring", results["mirroring"])]
-    mtl = rows.get(DEFAULT_MTL, {})
-    pairs.append(("dice_ratio_min", fmt(mtl.get("dice_ratio_min"), 4)))
-    for s, v in rows.get(REFERENCE, {}).get("dice", {}).items():
-        pairs.append((f"dice_{s}_stock", fmt(v, 4)))
-    for s, v in mtl.get("dice", {}).items():
-        pairs.append((f"dice_{s}_mtl", fmt(v, 4)))
-    for name, r in rows.items():
-        h = r.get("heads", {})
-        if cls and cls in h:
-            pairs.append((f"auc_{name}", fmt(h[cls]["roc_auc"])))
-            pairs.append((f"f1_{name}", fmt(h[cls]["macro_f1"])))
-        if reg and reg in h:
-            pairs.append((f"r_{name}", fmt(h[reg]["pearson_r"])))
-            pairs.append((f"mae_{name}", fmt(h[reg]["mae"])))
-        if name not in (DEFAULT_MTL, REFERENCE) and r.get("dice_ratio_min") is not None:
-            pairs.append((f"dice_ratio_min_{name}", fmt(r["dice_ratio_min"], 4)))
-    for name, r in rows.items():
-        if r.get("wall_s") is not None:
-            pairs.append((f"time_{name}_s", fmt(r["wall_s"], 0)))
-    for rule, h in results.get("aggregation", {}).items():
-        if cls and cls in h.get("heads", {}):
-            pairs.append((f"auc_mtl_{rule.replace(':', '_').replace('=', '')}", fmt(h["heads"][cls]["roc_auc"])))
-    pairs.append(("skipped", ",".join(results["skipped"]) or "none"))
-    pairs.append(("total_s", fmt(results["total_s"], 0)))
-    return pairs
-
-
 # --------------------------------------------------------------------------------------------- main
 def build_parser() -> argparse.ArgumentParser:
     here = os.path.dirname(os.path.abspath(__file__))
@@ -459,11 +437,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test_fraction", type=float, default=0.3)
     p.add_argument("--patch", type=int, nargs="+", default=None, help="patch size for every arm (default: the "
                                                                       "CPU size's, or nnU-Net's plan with --full)")
-    p.add_argument("--arms", nargs="+", default=None, help=f"subset of {[a.name for a in ARMS]}")
+    p.add_argument("--arms", nargs="+", default=None,
+                   help=f"arms and probes to run, of {[a.name for a in ARMS] + list(PROBES)} (default: "
+                        f"{' '.join(DEFAULT_RUN)}); an arm another needs is added")
     p.add_argument("--aggregation", nargs="+", default=["foreground_weighted", "mean"],
                    help="case aggregation rules for the default MTL arm's heads, NAME or NAME:key=value,... "
                         "(the first is the one used in the main table)")
-    p.add_argument("--no_probe", action="store_true", help="skip the frozen-encoder probe baseline")
+    p.add_argument("--no_probe", action="store_true", help="skip the frozen-encoder probes")
     p.add_argument("--base_dir", default=None, help="work folder; prepared data and trained arms with the same "
                                                     "settings are reused (default: a new temporary folder)")
     p.add_argument("--out", default=None, help="folder for accuracy.json (default: BASE_DIR/accuracy_results)")
@@ -501,10 +481,9 @@ def main():
     table, spec = spec_all.table, spec_all.targets
     struct_names = list(structures(setup))
 
-    wanted = [a for a in ARMS if args.arms is None or a.name in args.arms]
-    unknown = sorted(set(args.arms or []) - {a.name for a in ARMS})
-    if unknown:
-        raise SystemExit(f"unknown arm(s) {unknown}; known: {[a.name for a in ARMS]}")
+    wanted, probes = select(args.arms)
+    if args.no_probe:
+        probes = []
     results = {"dataset": args.dataset, "size": size_name, "budget": budget, "mirroring": size["mirroring"],
                "machine": machine_lines(device), "plans": describe_plans(setup), "train": setup["train"],
                "test": setup["test"], "rows": [], "skipped": [], "aggregation": {}}
@@ -515,10 +494,13 @@ def main():
         raise SystemExit(f"--aggregation {args.aggregation[0]}: {problem} (the first rule is used for every arm)")
     folders, main_heads = run_arms(wanted, setup, base, budget, device, size["mirroring"], args, table, rows,
                                    results["skipped"])
-    if REFERENCE in folders and not args.no_probe:
-        rows.insert(1, run_probe(folders[REFERENCE], setup, base, device, table, args.seed))
-    elif not args.no_probe:
-        print("[probe] skipped: needs the stock arm", flush=True)
+    for i, name in enumerate(probes):
+        if PROBES[name] not in folders:
+            print(f"[{name}] skipped: the {PROBES[name]} arm was not trained", flush=True)
+            results["skipped"].append(name)
+            continue
+        rows.insert(1 + i, run_probe(name, PROBES[name], folders[PROBES[name]], setup, base, device, table,
+                                     args.seed))
     if DEFAULT_MTL in folders:
         results["aggregation"] = compare_aggregation(folders[DEFAULT_MTL], setup, device, size["mirroring"],
                                                      args.aggregation, main_heads, table)
@@ -530,6 +512,10 @@ def main():
     print(f"Held-out test cases: {len(setup['test'])} (whole cases), training cases: {len(setup['train'])}; "
           f"{describe_plans(setup)}")
     print("\n".join(table_lines(rows, spec, struct_names)))
+    print(f"\nWall time per path to image-level outputs (own: this arm's training, or for a probe its feature "
+          f"extraction + fitting + test prediction; frozen path / from-scratch {DEFAULT_MTL} = "
+          f"{fmt(frozen_vs_scratch(rows))}):")
+    print("\n".join(time_lines(rows)))
     if results["aggregation"]:
         print(f"\nHead case-aggregation rules, arm '{DEFAULT_MTL}' (mean tiles per case: "
               f"{next(iter(results['aggregation'].values()))['tiles_per_case']:.1f}; with one tile per case every "
@@ -555,12 +541,14 @@ def run_arms(wanted, setup, base, budget, device, mirroring, args, table, rows, 
             skipped.append(arm.name)
             continue
         print(f"[{arm.name}] {arm.trainer} {arm.knobs or ''}: {arm.note}", flush=True)
-        trained = train_arm(arm, setup, base, budget, device, args.seed)
+        trained = train_arm(arm, setup, base, budget, device, args.seed, folders)
         folders[arm.name] = trained["folder"]
         pred = predict_arm(trained["folder"], setup, device, mirroring, args.aggregation[0])
         if arm.name == DEFAULT_MTL:
             main_heads = pred["heads"]
-        row = {"arm": arm.name, "trainer": arm.trainer, "knobs": arm.knobs, "train_s": trained["train_s"],
+        row = {"arm": arm.name, "trainer": arm.trainer, "knobs": trained["knobs"], "needs": arm.starts_from or None,
+               "path": f"{arm.trainer} training" + (f", from the {arm.starts_from} model" if arm.starts_from else ""),
+               "train_s": trained["train_s"],
                "predict_s": pred["predict_s"], "wall_s": trained["train_s"] + pred["predict_s"],
                "dice": dice_scores(pred["masks"], setup)}
         if pred["heads"]:
@@ -593,25 +581,29 @@ def compare_aggregation(folder, setup, device, mirroring, rules, main_heads, tab
     return out
 
 
-def run_probe(stock_folder: str, setup: dict, base: str, device: str, table, seed: int) -> dict:
-    """The frozen-encoder probe on the stock model: features of every case (cached), fitted on the
-    training split, scored on the test split."""
+def run_probe(name: str, source: str, model_folder: str, setup: dict, base: str, device: str, table,
+              seed: int) -> dict:
+    """A frozen-encoder probe on the trained ``source`` arm's model: features of every case (cached per
+    checkpoint), fitted on the training split, scored on the test split; its seconds are the frozen path's
+    cost on top of that model's training (features from the cache are flagged: they make it look cheaper)."""
     from nnunet_mtl.frozen.extract import preprocessed_cases
     from nnunet_mtl.frozen.probe import FrozenEncoderProbe
     start = time.perf_counter()
-    probe = FrozenEncoderProbe(stock_folder, cache_dir=os.path.join(base, "probe_cache"), device=device,
+    probe = FrozenEncoderProbe(model_folder, cache_dir=os.path.join(base, "probe_cache"), device=device,
                                table=table, spec=table.spec, seed=seed)
     folder = data_folder(setup)
     probe.fit(preprocessed_cases(folder, setup["train"]))
     outputs = probe.predict(preprocessed_cases(folder, setup["test"]))
     seconds = time.perf_counter() - start
     stats = probe.extractor.stats
-    print(f"[probe] {seconds:.0f} s: features of {stats['computed']} cases computed ({stats['forwards']} forwards), "
+    print(f"[{name}] {seconds:.0f} s: features of {stats['computed']} cases computed ({stats['forwards']} forwards), "
           f"{stats['cached']} from the cache; regularisation chosen by CV: "
           + ", ".join(f"{k} {v:.3g}" for k, v in probe.probe.chosen.items()), flush=True)
-    return {"arm": "probe", "trainer": "stock features + linear", "train_s": seconds, "wall_s": seconds,
-            "heads": head_scores(outputs, table, setup["test"]), "probe_regularisation": probe.probe.chosen,
-            "feature_stats": stats}
+    note = f"features of {stats['cached']} cases read from an earlier run's cache" if stats["cached"] else ""
+    return {"arm": name, "trainer": f"{source} features + linear", "needs": source,
+            "path": f"frozen: features of the {source} model + linear probes", "train_s": seconds, "wall_s": seconds,
+            "time_note": note, "heads": head_scores(outputs, table, setup["test"]),
+            "probe_regularisation": probe.probe.chosen, "feature_stats": stats}
 
 
 if __name__ == "__main__":
