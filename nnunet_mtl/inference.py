@@ -35,11 +35,11 @@ def load_predictor(model_dir: str, folds: Optional[Sequence] = None, checkpoint:
                    device: str = "cpu", step_size: float = 0.5, use_mirroring: bool = True,
                    aggregation: str = DEFAULT_AGGREGATION, verbose: bool = False,
                    foreground_floor: float = DEFAULT_FOREGROUND_FLOOR,
-                   tile_batch: int = DEFAULT_TILE_BATCH) -> nnUNetPredictorMTL:
+                   tile_batch: Optional[int] = None) -> nnUNetPredictorMTL:
     """A predictor for an nnunet_mtl model folder (the folder holding plans.json and fold_X/), or for a
     frozen-heads folder (``nnunet_mtl_add_heads``: ``frozen.heads_predictor``, a stock model's masks);
     ``aggregation`` / ``foreground_floor``: how tiles make a case (see case_aggregation); ``tile_batch``:
-    network inputs (tiles x mirrors) per forward (``batched_window``; 1 is nnU-Net's own loop)."""
+    network inputs (tiles x mirrors) per forward (``batched_window``; None: its default, nnU-Net's own loop)."""
     from nnunet_mtl.frozen.heads_predictor import check_model_folder, is_heads_folder, load_heads_predictor
     from nnunet_mtl.planning import add_trainer_path
     if is_heads_folder(model_dir):
@@ -52,7 +52,8 @@ def load_predictor(model_dir: str, folds: Optional[Sequence] = None, checkpoint:
     predictor = nnUNetPredictorMTL(tile_step_size=step_size, use_gaussian=True, use_mirroring=use_mirroring,
                                    perform_everything_on_device=dev.type == "cuda", device=dev, verbose=verbose,
                                    verbose_preprocessing=False, allow_tqdm=verbose, head_aggregation=aggregation,
-                                   foreground_floor=foreground_floor, tile_batch=tile_batch)
+                                   foreground_floor=foreground_floor,
+                                   tile_batch=DEFAULT_TILE_BATCH if tile_batch is None else tile_batch)
     if folds is None:
         folds = nnUNetPredictorMTL.auto_detect_available_folds(model_dir, checkpoint)
     folds = [f if f == "all" else int(f) for f in folds]

@@ -9,6 +9,12 @@ in-process engine ``threaded_engine.run_cases`` calls it) and nnU-Net's own
 ``predict_from_files`` / ``predict_from_data_iterator``. Outside a case the predictor is
 nnU-Net's, unchanged.
 
+``tile_batch`` > 1 sends that many network inputs (tiles x mirrors) through each forward
+(``batched_window``: nnU-Net's accumulation, in its order; results equal to about 1e-6).
+``predict_heads`` (classify) gives the head outputs alone: from the encoder only, without the
+decoder, where that equals the full pass (no head reads the segmentation, and one tile or a rule
+that weights tiles equally); otherwise it is ``predict_case``.
+
 Results go to ``predictions.csv`` / ``predictions.json`` in the output folder, merged with rows
 already there (``prediction_merge``), so ``-num_parts/-part_id`` processes can share a folder.
 Loading a model folder also loads its folds' ``calibration.json`` (``calibration.store``); each
