@@ -1,6 +1,7 @@
 """nnunet_mtl_classify -m MODEL_DIR FILE [FILE ...]: one line per file as it finishes: name, class,
 probability, seconds; or name, ERROR and the reason (the other files go on; exit code 1 at the end).
-Only these lines go to stdout; nnU-Net's messages go to stderr."""
+Only these lines go to stdout; nnU-Net's messages go to stderr. Only the heads are needed: where the
+encoder alone gives the same probabilities it runs without the decoder (``predict_heads``)."""
 import argparse
 import contextlib
 import sys
@@ -9,6 +10,7 @@ import tempfile
 from nnunet_mtl.cli.aggregation_args import add_aggregation_arguments
 
 PROG = "nnunet_mtl_classify"
+MIRRORS_2D = 4  # an image and its three mirrored copies
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -21,6 +23,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-device", "--device", default="cpu", choices=["cuda", "cpu", "mps"])
     p.add_argument("--disable_tta", action="store_true")
     add_aggregation_arguments(p)
+    p.add_argument("--tile_batch", type=int, default=None,
+                   help=f"network inputs (tiles x mirrors) per forward (default {MIRRORS_2D} for 2D models: an "
+                        f"image's mirrored copies in one forward; 1 for 3D)")
     return p
 
 
@@ -37,7 +42,9 @@ def main(argv=None) -> int:
         with contextlib.redirect_stdout(sys.stderr):
             predictor = load_predictor(args.model, args.folds, args.checkpoint, args.device,
                                        use_mirroring=not args.disable_tta, aggregation=args.aggregation,
-                                       foreground_floor=args.foreground_floor)
+                                       foreground_floor=args.foreground_floor, tile_batch=args.tile_batch)
+        if args.tile_batch is None and len(predictor.configuration_manager.patch_size) == 2:
+            predictor.tile_batch = MIRRORS_2D
         spec = predictor.spec
         targets = spec.classification_targets
         if not targets:
