@@ -98,7 +98,8 @@ def sliding_window(network: Callable, data: torch.Tensor, slicers: Sequence[tupl
         heads = heads_of(raw) if raw is not None else None
         for i, (t, m) in enumerate(chunk):
             tile = open_tiles.setdefault(t, _TileSum(len(flips)))
-            tile.add(_flip(seg[i:i + 1], flips[m]), None if heads is None else {k: v[i:i + 1] for k, v in heads.items()})
+            tile_heads = None if heads is None else {k: v[i:i + 1] for k, v in heads.items()}
+            tile.add(_flip(seg[i:i + 1], flips[m]), tile_heads)
         while next_tile in open_tiles and open_tiles[next_tile].complete:
             tile = open_tiles.pop(next_tile)
             tile_seg = tile.mean_seg()

@@ -39,7 +39,6 @@ from torch._dynamo import OptimizedModule
 
 from nnunet_mtl import batched_window
 from nnunet_mtl.batched_window import DEFAULT_TILE_BATCH
-
 from nnunet_mtl.calibration.store import EnsembleCalibration
 from nnunet_mtl.case_aggregation import (DEFAULT_AGGREGATION, DEFAULT_FOREGROUND_FLOOR, MASKLESS_AGGREGATION,
                                          Aggregation)

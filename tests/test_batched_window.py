@@ -7,7 +7,7 @@ import torch
 from dynamic_network_architectures.architectures.unet import PlainConvUNet
 
 from nnunet_mtl.batched_window import mirror_combinations
-from nnunet_mtl.heads import MaskPooledHead, PooledHead
+from nnunet_mtl.heads import PooledHead
 from nnunet_mtl.network import MTLNetwork
 from nnunet_mtl.predictor import nnUNetPredictorMTL
 from nnunet_mtl.targets import Target, TargetSpec
