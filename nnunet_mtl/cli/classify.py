@@ -10,7 +10,6 @@ import tempfile
 from nnunet_mtl.cli.aggregation_args import add_aggregation_arguments
 
 PROG = "nnunet_mtl_classify"
-MIRRORS_2D = 4  # an image and its three mirrored copies
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,8 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--disable_tta", action="store_true")
     add_aggregation_arguments(p)
     p.add_argument("--tile_batch", type=int, default=None,
-                   help=f"network inputs (tiles x mirrors) per forward (default {MIRRORS_2D} for 2D models: an "
-                        f"image's mirrored copies in one forward; 1 for 3D)")
+                   help="network inputs (tiles x mirrors) per forward (default 1; larger values were slower on "
+                        "a 2-core CPU, see nnunet_mtl/batched_window.py)")
     return p
 
 
@@ -43,8 +42,6 @@ def main(argv=None) -> int:
             predictor = load_predictor(args.model, args.folds, args.checkpoint, args.device,
                                        use_mirroring=not args.disable_tta, aggregation=args.aggregation,
                                        foreground_floor=args.foreground_floor, tile_batch=args.tile_batch)
-        if args.tile_batch is None and len(predictor.configuration_manager.patch_size) == 2:
-            predictor.tile_batch = MIRRORS_2D
         spec = predictor.spec
         targets = spec.classification_targets
         if not targets:
