@@ -23,8 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--disable_tta", action="store_true")
     add_aggregation_arguments(p)
     p.add_argument("--tile_batch", type=int, default=None,
-                   help="network inputs (tiles x mirrors) per forward (default 1; larger values were slower on "
-                        "a 2-core CPU, see nnunet_mtl/batched_window.py)")
+                   help="network inputs (tiles x mirrors) per forward (default 1; batching a 2D image's mirrors "
+                        "was slower on a 2-core CPU, see nnunet_mtl/batched_window.py)")
     return p
 
 
