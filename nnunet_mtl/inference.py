@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Callable, Dict, Iterator, List, Optional, Sequ
 
 import torch
 
+from nnunet_mtl.batched_window import DEFAULT_TILE_BATCH
 from nnunet_mtl.case_aggregation import DEFAULT_AGGREGATION, DEFAULT_FOREGROUND_FLOOR
 from nnunet_mtl import prediction_provenance as provenance
 from nnunet_mtl.io_utils import read_json
@@ -33,10 +34,12 @@ NNUNET_NAME = re.compile(r"^(.+)_(\d{4})\.nii\.gz$")
 def load_predictor(model_dir: str, folds: Optional[Sequence] = None, checkpoint: str = "checkpoint_final.pth",
                    device: str = "cpu", step_size: float = 0.5, use_mirroring: bool = True,
                    aggregation: str = DEFAULT_AGGREGATION, verbose: bool = False,
-                   foreground_floor: float = DEFAULT_FOREGROUND_FLOOR) -> nnUNetPredictorMTL:
+                   foreground_floor: float = DEFAULT_FOREGROUND_FLOOR,
+                   tile_batch: Optional[int] = None) -> nnUNetPredictorMTL:
     """A predictor for an nnunet_mtl model folder (the folder holding plans.json and fold_X/), or for a
     frozen-heads folder (``nnunet_mtl_add_heads``: ``frozen.heads_predictor``, a stock model's masks);
-    ``aggregation`` / ``foreground_floor``: how tiles make a case (see case_aggregation)."""
+    ``aggregation`` / ``foreground_floor``: how tiles make a case (see case_aggregation); ``tile_batch``:
+    network inputs (tiles x mirrors) per forward (``batched_window``; None: its default, nnU-Net's own loop)."""
     from nnunet_mtl.frozen.heads_predictor import check_model_folder, is_heads_folder, load_heads_predictor
     from nnunet_mtl.planning import add_trainer_path
     if is_heads_folder(model_dir):
@@ -49,7 +52,8 @@ def load_predictor(model_dir: str, folds: Optional[Sequence] = None, checkpoint:
     predictor = nnUNetPredictorMTL(tile_step_size=step_size, use_gaussian=True, use_mirroring=use_mirroring,
                                    perform_everything_on_device=dev.type == "cuda", device=dev, verbose=verbose,
                                    verbose_preprocessing=False, allow_tqdm=verbose, head_aggregation=aggregation,
-                                   foreground_floor=foreground_floor)
+                                   foreground_floor=foreground_floor,
+                                   tile_batch=DEFAULT_TILE_BATCH if tile_batch is None else tile_batch)
     if folds is None:
         folds = nnUNetPredictorMTL.auto_detect_available_folds(model_dir, checkpoint)
     folds = [f if f == "all" else int(f) for f in folds]
@@ -223,7 +227,8 @@ def classify_files(predictor: nnUNetPredictorMTL, files: Sequence[str], work_dir
     outputs), ``seconds``; or ``file`` and ``error`` (one line) when the file cannot be read or
     predicted, and the next file goes on. Each file is converted in its own folder, so two files
     with the same name in different folders stay apart; inputs are checked against the model's
-    channels and dimensionality. ``chatter``: where nnU-Net's prints go (e.g. sys.stderr)."""
+    channels and dimensionality. ``chatter``: where nnU-Net's prints go (e.g. sys.stderr). Only head
+    outputs are needed, so the predictor's ``predict_heads`` runs (the encoder alone where that is exact)."""
     from nnunet_mtl.conversion.inference_inputs import prepare_cases
     preprocessor = predictor.configuration_manager.preprocessor_class(verbose=False)
     model = model_inputs(predictor)
@@ -236,7 +241,9 @@ def classify_files(predictor: nnUNetPredictorMTL, files: Sequence[str], work_dir
                 case_id, channel_files = next(iter(prepared.cases.items()))
                 data, _, _ = preprocessor.run_case(channel_files, None, predictor.plans_manager,
                                                    predictor.configuration_manager, predictor.dataset_json)
-                _, heads = predictor.predict_case(torch.from_numpy(data), case_id)
+                data = torch.from_numpy(data)
+                heads = predictor.predict_heads(data, case_id) if hasattr(predictor, "predict_heads") \
+                    else predictor.predict_case(data, case_id)[1]
         except Exception as e:  # noqa: BLE001 - one file's failure is its own line; the others go on
             yield {"file": path, "error": _one_line(e)}
             continue

@@ -40,6 +40,15 @@ class MTLNetwork(nn.Module):
             self.last_head_outputs = heads
         return seg
 
+    def forward_heads(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """Raw head outputs from the encoder alone (no decoder): equal to ``forward(x, True)[1]`` when no head
+        ``reads_segmentation`` (``heads_need_segmentation``), at a fraction of the cost."""
+        return self.run_heads(self.encoder(x))
+
+    @property
+    def heads_need_segmentation(self) -> bool:
+        return any(head.reads_segmentation for head in self.heads.values())
+
     def run_heads(self, skips, seg=None) -> Dict[str, torch.Tensor]:
         """Every head on this pass's skips; heads that read the segmentation get its highest-resolution
         logits (the first deep-supervision output)."""

@@ -9,6 +9,12 @@ in-process engine ``threaded_engine.run_cases`` calls it) and nnU-Net's own
 ``predict_from_files`` / ``predict_from_data_iterator``. Outside a case the predictor is
 nnU-Net's, unchanged.
 
+``tile_batch`` > 1 sends that many network inputs (tiles x mirrors) through each forward
+(``batched_window``: nnU-Net's accumulation, in its order; results equal to about 1e-6).
+``predict_heads`` (classify) gives the head outputs alone: from the encoder only, without the
+decoder, where that equals the full pass (no head reads the segmentation, and one tile or a rule
+that weights tiles equally); otherwise it is ``predict_case``.
+
 Results go to ``predictions.csv`` / ``predictions.json`` in the output folder, merged with rows
 already there (``prediction_merge``), so ``-num_parts/-part_id`` processes can share a folder.
 Loading a model folder also loads its folds' ``calibration.json`` (``calibration.store``); each
@@ -17,16 +23,22 @@ row says so (``probabilities_calibrated``). ``calibration = None`` turns that of
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Dict, Optional, Tuple
 
 import numpy as np
 import torch
+from acvl_utils.cropping_and_padding.padding import pad_nd_image
 from batchgenerators.dataloading.multi_threaded_augmenter import MultiThreadedAugmenter
 from nnunetv2.configuration import default_num_processes
 from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 from nnunetv2.inference.sliding_window_prediction import compute_gaussian
+from nnunetv2.utilities.helpers import empty_cache
+from torch._dynamo import OptimizedModule
 
+from nnunet_mtl import batched_window
+from nnunet_mtl.batched_window import DEFAULT_TILE_BATCH
 from nnunet_mtl.calibration.store import EnsembleCalibration
 from nnunet_mtl.case_aggregation import (DEFAULT_AGGREGATION, DEFAULT_FOREGROUND_FLOOR, MASKLESS_AGGREGATION,
                                          Aggregation)
@@ -39,9 +51,12 @@ from nnunet_mtl.targets import TargetSpec
 
 class nnUNetPredictorMTL(nnUNetPredictor):
     def __init__(self, *args, head_aggregation: str = DEFAULT_AGGREGATION,
-                 foreground_floor: float = DEFAULT_FOREGROUND_FLOOR, **kwargs):
+                 foreground_floor: float = DEFAULT_FOREGROUND_FLOOR, tile_batch: int = DEFAULT_TILE_BATCH, **kwargs):
         super().__init__(*args, **kwargs)
         self.requested_aggregation = Aggregation(head_aggregation, foreground_floor)  # checks the name early
+        if int(tile_batch) < 1:
+            raise ValueError(f"tile_batch must be >= 1, got {tile_batch}")
+        self.tile_batch = int(tile_batch)  # network inputs (tiles x mirrors) per forward; 1: nnU-Net's own loop
         self.collector = CaseCollector()
         self.calibration: Optional[EnsembleCalibration] = None  # the folds' temperatures, set on loading
 
@@ -81,6 +96,53 @@ class nnUNetPredictorMTL(nnUNetPredictor):
             raise
         return logits, self.collector.end_case()
 
+    # ------------------------------------------------------------------ head outputs only (classify)
+    def predict_heads(self, data: torch.Tensor, case_id: Optional[str] = None) -> CaseHeads:
+        """Head outputs of one preprocessed case, as ``predict_case(...)[1]`` gives them. Where that is exact
+        (``heads_only_exact``) only the encoder and heads run, for every tile and mirror; else the full pass."""
+        if not self.heads_only_exact(data):
+            return self.predict_case(data, case_id)[1]
+        self.collector.begin_case(case_id, self.aggregation)
+        n_threads = torch.get_num_threads()  # as nnU-Net's predict_logits_from_preprocessed_data does
+        torch.set_num_threads(min(default_num_processes, n_threads))
+        try:
+            padded, slicers = self._padded_tiles(data)
+            for params in self.list_of_parameters or [None]:
+                if params is not None:
+                    (self.network._orig_mod if isinstance(self.network, OptimizedModule) else
+                     self.network).load_state_dict(params)
+                self.network = self.network.to(self.device)
+                self.network.eval()
+                self.collector.begin_fold()
+                net = unwrap(self.network)
+                # no decoder, so no segmentation: the foreground is not computed (0 here, and the rule does not
+                # read it: one tile, or a rule with floor 1)
+                with torch.autocast(self.device.type) if self.device.type == "cuda" else contextlib.nullcontext():
+                    batched_window.heads_window(
+                        lambda x: net.outputs_to_predictions(net.forward_heads(x)), padded, slicers,
+                        self.allowed_mirroring_axes if self.use_mirroring else None, self.device, self.tile_batch,
+                        lambda heads: self.collector.add_tile(torch.zeros(()), heads))
+                self.collector.end_fold()
+        except BaseException:
+            self.collector.abort_case()
+            raise
+        finally:
+            torch.set_num_threads(n_threads)
+        return self.collector.end_case()
+
+    def heads_only_exact(self, data: torch.Tensor) -> bool:
+        """Whether the encoder alone gives this case's head outputs exactly: no head reads the segmentation,
+        and the tiles' foreground does not matter (one tile, or a rule that weights tiles equally)."""
+        net = unwrap(self.network)
+        if not hasattr(net, "forward_heads") or net.heads_need_segmentation:
+            return False
+        return self.aggregation.floor == 1.0 or len(self._padded_tiles(data)[1]) == 1
+
+    def _padded_tiles(self, data: torch.Tensor):
+        """The case padded to the patch size and its tiles, as nnU-Net's sliding window makes them."""
+        padded, _ = pad_nd_image(data, self.configuration_manager.patch_size, 'constant', {'value': 0}, True, None)
+        return padded, self._internal_get_sliding_window_slicers(padded.shape[1:])
+
     # ------------------------------------------------------------------ per fold, per tile (nnU-Net's hooks)
     def predict_sliding_window_return_logits(self, input_image: torch.Tensor):
         logits = super().predict_sliding_window_return_logits(input_image)
@@ -91,7 +153,18 @@ class nnUNetPredictorMTL(nnUNetPredictor):
     def _internal_predict_sliding_window_return_logits(self, data, slicers, do_on_device: bool = True):
         if self.collector.in_case:
             self.collector.begin_fold()  # again when nnU-Net retries on the CPU after running out of GPU memory
-        return super()._internal_predict_sliding_window_return_logits(data, slicers, do_on_device)
+        if self.tile_batch == 1:
+            return super()._internal_predict_sliding_window_return_logits(data, slicers, do_on_device)
+        in_case = self.collector.in_case
+        empty_cache(self.device)
+        return batched_window.sliding_window(
+            (lambda x: self.network(x, with_heads=True)) if in_case else self.network, data, slicers,
+            self.configuration_manager.patch_size, self.label_manager.num_segmentation_heads,
+            self.allowed_mirroring_axes if self.use_mirroring else None, self.use_gaussian, self.device,
+            self.device if do_on_device else torch.device("cpu"), self.tile_batch,
+            on_tile=(lambda seg, heads: self.collector.add_tile(self._foreground_fraction(seg), heads))
+            if in_case else None,
+            heads_of=unwrap(self.network).outputs_to_predictions if in_case else None)
 
     @torch.inference_mode()
     def _internal_maybe_mirror_and_predict(self, x: torch.Tensor) -> torch.Tensor:

@@ -1,6 +1,7 @@
 """nnunet_mtl_classify -m MODEL_DIR FILE [FILE ...]: one line per file as it finishes: name, class,
 probability, seconds; or name, ERROR and the reason (the other files go on; exit code 1 at the end).
-Only these lines go to stdout; nnU-Net's messages go to stderr."""
+Only these lines go to stdout; nnU-Net's messages go to stderr. Only the heads are needed: where the
+encoder alone gives the same probabilities it runs without the decoder (``predict_heads``)."""
 import argparse
 import contextlib
 import sys
@@ -21,6 +22,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-device", "--device", default="cpu", choices=["cuda", "cpu", "mps"])
     p.add_argument("--disable_tta", action="store_true")
     add_aggregation_arguments(p)
+    p.add_argument("--tile_batch", type=int, default=None,
+                   help="network inputs (tiles x mirrors) per forward (default 1; batching a 2D image's mirrors "
+                        "was slower on a 2-core CPU, see nnunet_mtl/batched_window.py)")
     return p
 
 
@@ -37,7 +41,7 @@ def main(argv=None) -> int:
         with contextlib.redirect_stdout(sys.stderr):
             predictor = load_predictor(args.model, args.folds, args.checkpoint, args.device,
                                        use_mirroring=not args.disable_tta, aggregation=args.aggregation,
-                                       foreground_floor=args.foreground_floor)
+                                       foreground_floor=args.foreground_floor, tile_batch=args.tile_batch)
         spec = predictor.spec
         targets = spec.classification_targets
         if not targets:
