@@ -3,6 +3,7 @@ dataset trained by the real trainer that does not collapse to the majority class
 import csv
 import json
 import os
+import random
 from types import SimpleNamespace
 
 import numpy as np
@@ -108,7 +109,11 @@ def imbalanced_2d(nnunet_paths):
 
 def _validation_rows(ds, trainer):
     # what is under test is the weighting / sampling, not the optimiser: AdamW at these rates learns the
-    # easy finding within 200 CPU steps (nnU-Net's SGD default needs more steps than a test can spend)
+    # easy finding within 200 CPU steps (nnU-Net's SGD default needs more steps than a test can spend);
+    # seeded: augmentation and sampling draw from the global generators (nnUNet_n_proc_DA=0: in this process)
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
     folder = train(ds, trainer, 0, num_epochs=10, num_iterations_per_epoch=20, num_val_iterations_per_epoch=4,
                    optimizer_name="adamw", initial_lr=3e-3, head_lr=1e-2)
     rows = list(csv.DictReader(open(os.path.join(folder, "fold_0", "validation", "predictions.csv"))))
