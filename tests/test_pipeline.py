@@ -87,7 +87,7 @@ def test_clear_errors(tmp_path):
     assert out.returncode == 2 and "--input_dir is required" in out.stderr
 
 
-def test_probe_heads_fitted_on_the_trained_model_predict_with_its_masks(prepared, tmp_path):
+def test_probe_heads_fitted_on_the_trained_model_predict_with_its_masks(prepared, tmp_path, monkeypatch):
     """--heads probe: after training, linear probes on the trained model's own features (out-of-fold
     validation); inference writes their rows beside the model's own masks; a re-run keeps the probes."""
     base, _ = prepared
@@ -117,6 +117,12 @@ def test_probe_heads_fitted_on_the_trained_model_predict_with_its_masks(prepared
     assert "probe_heads" in json.dumps(provenance["model"])
 
     from nnunet_mtl import workflow
+    for k in [k for k in os.environ if k.startswith("nnUNet_")]:  # evaluate_validation points nnU-Net at
+        monkeypatch.setenv(k, os.environ[k])                         # this base dir: restored afterwards
+    for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "nnUNet_extTrainer"):
+        if k not in os.environ:  # recorded as unset, so removed again afterwards
+            monkeypatch.setenv(k, "")
+            monkeypatch.delenv(k)
     metrics = workflow.evaluate_validation(work, 0, str(tmp_path / "eval"), n_bootstrap=20, heads="probe")
     assert metrics["classification"]["finding"]["n"] == len(
         list(csv.DictReader(open(probe.parent / "validation" / "predictions.csv"))))
