@@ -79,6 +79,25 @@ def _batches(n_tiles: int, n_mirrors: int, size: int) -> Iterator[List[Tuple[int
         yield chunk
 
 
+def _mirror_averaged_tiles(forward: Callable, data: torch.Tensor, slicers: Sequence[tuple],
+                           flips: List[Tuple[int, ...]], device: torch.device, tile_batch: int,
+                           unflip_seg: bool) -> Iterator[Tuple[int, _TileSum]]:
+    """(tile index, its summed mirrors) strictly in tile order, the (tile, mirror) inputs going through
+    ``forward(x) -> (seg or None, head outputs or None)`` ``tile_batch`` at a time."""
+    open_tiles: Dict[int, _TileSum] = {}
+    next_tile = 0
+    for chunk in _batches(len(slicers), len(flips), max(1, int(tile_batch))):
+        x = torch.cat([_flip(data[slicers[t]][None], flips[m]) for t, m in chunk]).to(device)
+        seg, heads = forward(x)
+        for i, (t, m) in enumerate(chunk):
+            tile_heads = None if heads is None else {k: v[i:i + 1] for k, v in heads.items()}
+            tile_seg = _flip(seg[i:i + 1], flips[m]) if unflip_seg else None
+            open_tiles.setdefault(t, _TileSum(len(flips))).add(tile_seg, tile_heads)
+        while next_tile in open_tiles and open_tiles[next_tile].complete:
+            yield next_tile, open_tiles.pop(next_tile)
+            next_tile += 1
+
+
 @torch.inference_mode()
 def sliding_window(network: Callable, data: torch.Tensor, slicers: Sequence[tuple], patch_size: Sequence[int],
                    num_heads: int, mirror_axes: Optional[Sequence[int]], use_gaussian: bool, device: torch.device,
@@ -96,29 +115,23 @@ def sliding_window(network: Callable, data: torch.Tensor, slicers: Sequence[tupl
     n_predictions = torch.zeros(data.shape[1:], dtype=torch.half, device=results_device)
     gaussian = compute_gaussian(tuple(patch_size), sigma_scale=1. / 8, value_scaling_factor=10,
                                 device=results_device) if use_gaussian else 1
-    open_tiles: Dict[int, _TileSum] = {}
-    next_tile = 0  # tiles are finished (added to the accumulator) strictly in order
-    for chunk in _batches(len(slicers), len(flips), max(1, int(tile_batch))):
-        x = torch.cat([_flip(data[slicers[t]][None], flips[m]) for t, m in chunk]).to(device)
+
+    def forward(x):
         out = network(x)
         seg, raw = out if on_tile is not None else (out, None)
-        heads = heads_of(raw) if raw is not None else None
-        for i, (t, m) in enumerate(chunk):
-            tile = open_tiles.setdefault(t, _TileSum(len(flips)))
-            tile_heads = None if heads is None else {k: v[i:i + 1] for k, v in heads.items()}
-            tile.add(_flip(seg[i:i + 1], flips[m]), tile_heads)
-        while next_tile in open_tiles and open_tiles[next_tile].complete:
-            tile = open_tiles.pop(next_tile)
-            tile_seg = tile.mean_seg()
-            if on_tile is not None:
-                on_tile(tile_seg, tile.mean_heads())
-            prediction = tile_seg[0].to(results_device)
-            sl = slicers[next_tile]
-            if use_gaussian:
-                prediction *= gaussian
-            predicted_logits[sl] += prediction
-            n_predictions[sl[1:]] += gaussian
-            next_tile += 1
+        return seg, (heads_of(raw) if raw is not None else None)
+
+    # tiles are finished (added to the accumulator) strictly in order, as nnU-Net does
+    for t, tile in _mirror_averaged_tiles(forward, data, slicers, flips, device, tile_batch, unflip_seg=True):
+        tile_seg = tile.mean_seg()
+        if on_tile is not None:
+            on_tile(tile_seg, tile.mean_heads())
+        prediction = tile_seg[0].to(results_device)
+        sl = slicers[t]
+        if use_gaussian:
+            prediction *= gaussian
+        predicted_logits[sl] += prediction
+        n_predictions[sl[1:]] += gaussian
     torch.div(predicted_logits, n_predictions, out=predicted_logits)
     if torch.any(torch.isinf(predicted_logits)):
         raise RuntimeError('Encountered inf in predicted array. Aborting... If this problem persists, '
@@ -135,13 +148,6 @@ def heads_window(heads_of: Callable[[torch.Tensor], Dict[str, torch.Tensor]], da
     the encoder alone): ``on_tile`` gets each tile's mean over its mirrors, in tile order. Image-level
     outputs of a mirrored input need no flip back."""
     flips = mirror_combinations(mirror_axes)
-    open_tiles: Dict[int, _TileSum] = {}
-    next_tile = 0
-    for chunk in _batches(len(slicers), len(flips), max(1, int(tile_batch))):
-        x = torch.cat([_flip(data[slicers[t]][None], flips[m]) for t, m in chunk]).to(device)
-        heads = heads_of(x)
-        for i, (t, m) in enumerate(chunk):
-            open_tiles.setdefault(t, _TileSum(len(flips))).add(None, {k: v[i:i + 1] for k, v in heads.items()})
-        while next_tile in open_tiles and open_tiles[next_tile].complete:
-            on_tile(open_tiles.pop(next_tile).mean_heads())
-            next_tile += 1
+    for _, tile in _mirror_averaged_tiles(lambda x: (None, heads_of(x)), data, slicers, flips, device, tile_batch,
+                                          unflip_seg=False):
+        on_tile(tile.mean_heads())

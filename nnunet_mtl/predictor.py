@@ -100,13 +100,13 @@ class nnUNetPredictorMTL(nnUNetPredictor):
     def predict_heads(self, data: torch.Tensor, case_id: Optional[str] = None) -> CaseHeads:
         """Head outputs of one preprocessed case, as ``predict_case(...)[1]`` gives them. Where that is exact
         (``heads_only_exact``) only the encoder and heads run, for every tile and mirror; else the full pass."""
-        if not self.heads_only_exact(data):
+        padded, slicers = self._padded_tiles(data)
+        if not self._heads_only_exact(len(slicers)):
             return self.predict_case(data, case_id)[1]
         self.collector.begin_case(case_id, self.aggregation)
         n_threads = torch.get_num_threads()  # as nnU-Net's predict_logits_from_preprocessed_data does
         torch.set_num_threads(min(default_num_processes, n_threads))
         try:
-            padded, slicers = self._padded_tiles(data)
             for params in self.list_of_parameters or [None]:
                 if params is not None:
                     (self.network._orig_mod if isinstance(self.network, OptimizedModule) else
@@ -133,10 +133,13 @@ class nnUNetPredictorMTL(nnUNetPredictor):
     def heads_only_exact(self, data: torch.Tensor) -> bool:
         """Whether the encoder alone gives this case's head outputs exactly: no head reads the segmentation,
         and the tiles' foreground does not matter (one tile, or a rule that weights tiles equally)."""
+        return self._heads_only_exact(len(self._padded_tiles(data)[1]))
+
+    def _heads_only_exact(self, n_tiles: int) -> bool:
         net = unwrap(self.network)
         if not hasattr(net, "forward_heads") or net.heads_need_segmentation:
             return False
-        return self.aggregation.floor == 1.0 or len(self._padded_tiles(data)[1]) == 1
+        return self.aggregation.floor == 1.0 or n_tiles == 1
 
     def _padded_tiles(self, data: torch.Tensor):
         """The case padded to the patch size and its tiles, as nnU-Net's sliding window makes them."""
