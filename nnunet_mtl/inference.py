@@ -18,6 +18,7 @@ import torch
 
 from nnunet_mtl.batched_window import DEFAULT_TILE_BATCH
 from nnunet_mtl.case_aggregation import DEFAULT_AGGREGATION, DEFAULT_FOREGROUND_FLOOR
+from nnunet_mtl import openvino_backend
 from nnunet_mtl import prediction_provenance as provenance
 from nnunet_mtl.io_utils import read_json
 from nnunet_mtl.mask_outputs import DEFAULT_MASK_FORMAT, MASK_FORMATS, mask_ending, to_mask_format
@@ -35,11 +36,13 @@ def load_predictor(model_dir: str, folds: Optional[Sequence] = None, checkpoint:
                    device: str = "cpu", step_size: float = 0.5, use_mirroring: bool = True,
                    aggregation: str = DEFAULT_AGGREGATION, verbose: bool = False,
                    foreground_floor: float = DEFAULT_FOREGROUND_FLOOR,
-                   tile_batch: Optional[int] = None) -> nnUNetPredictorMTL:
+                   tile_batch: Optional[int] = None, backend: str = "auto") -> nnUNetPredictorMTL:
     """A predictor for an nnunet_mtl model folder (the folder holding plans.json and fold_X/), or for a
     frozen-heads folder (``nnunet_mtl_add_heads``: ``frozen.heads_predictor``, a stock model's masks);
     ``aggregation`` / ``foreground_floor``: how tiles make a case (see case_aggregation); ``tile_batch``:
-    network inputs (tiles x mirrors) per forward (``batched_window``; None: its default, nnU-Net's own loop)."""
+    network inputs (tiles x mirrors) per forward (``batched_window``; None: its default, nnU-Net's own loop);
+    ``backend``: what runs the network (``openvino_backend``: 'auto' = OpenVINO on the CPU when installed, else
+    torch; a heads folder always uses torch)."""
     from nnunet_mtl.frozen.heads_predictor import check_model_folder, is_heads_folder, load_heads_predictor
     from nnunet_mtl.planning import add_trainer_path
     if is_heads_folder(model_dir):
@@ -47,6 +50,7 @@ def load_predictor(model_dir: str, folds: Optional[Sequence] = None, checkpoint:
     check_model_folder(model_dir)
     add_trainer_path()  # the checkpoint names our trainer; nnU-Net finds it through nnUNet_extTrainer
     dev = torch.device(device)
+    backend_name = openvino_backend.resolve_backend(backend, dev)  # a wrong name fails before loading
     if dev.type == "cpu":
         torch.set_num_threads(max(1, os.cpu_count() or 1))
     predictor = nnUNetPredictorMTL(tile_step_size=step_size, use_gaussian=True, use_mirroring=use_mirroring,
@@ -59,6 +63,10 @@ def load_predictor(model_dir: str, folds: Optional[Sequence] = None, checkpoint:
     folds = [f if f == "all" else int(f) for f in folds]
     predictor.initialize_from_trained_model_folder(model_dir, folds, checkpoint)
     predictor.checkpoint_files = provenance.checkpoint_files(model_dir, folds, checkpoint)  # the predictions' provenance
+    predictor.backend = backend_name
+    if predictor.backend == "openvino":
+        predictor.network = openvino_backend.wrap_for_cpu(
+            predictor.network, len(predictor.dataset_json["channel_names"]), predictor.configuration_manager.patch_size)
     return predictor
 
 

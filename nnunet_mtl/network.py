@@ -62,9 +62,11 @@ class MTLNetwork(nn.Module):
 
 
 def unwrap(network: nn.Module) -> nn.Module:
-    """The MTLNetwork inside DDP / torch.compile wrappers."""
+    """The MTLNetwork inside DDP / torch.compile / OpenVINO (``openvino_backend``) wrappers."""
     while True:
-        if hasattr(network, "module") and isinstance(network.module, nn.Module):
+        if isinstance(getattr(network, "_modules", {}).get("torch_network"), nn.Module):
+            network = network._modules["torch_network"]
+        elif hasattr(network, "module") and isinstance(network.module, nn.Module):
             network = network.module
         elif hasattr(network, "_orig_mod"):
             network = network._orig_mod

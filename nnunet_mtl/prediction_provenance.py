@@ -2,7 +2,7 @@
 and, per case, its input (source files and their content).
 
 A row in the prediction record (``prediction_merge``) is kept by a re-run only while both still
-hold: a retrained fold, another step size, mirroring or aggregation rule, a changed or reconverted
+hold: a retrained fold, another step size, mirroring, backend or aggregation rule, a changed or reconverted
 input make the case out of date. Checkpoints are identified by path, size and mtime (cheap; a
 retraining rewrites them); a predictor not loaded from a model folder by its weights' hash.
 Input files by SHA-256, recomputed only when size or mtime changed (as ``conversion/provenance``).
@@ -29,6 +29,7 @@ def model_identity(predictor) -> dict:
     return {"checkpoints": checkpoints,
             "step_size": float(predictor.tile_step_size),
             "use_mirroring": bool(predictor.use_mirroring),
+            "backend": getattr(predictor, "backend", "torch"),  # OpenVINO's logits differ from torch's by ~1e-5
             "aggregation": {"rule": aggregation.rule, "foreground_floor": float(aggregation.floor)},
             "targets": predictor.spec.to_json(),
             "calibration": None if getattr(predictor, "calibration", None) is None

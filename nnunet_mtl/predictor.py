@@ -115,11 +115,12 @@ class nnUNetPredictorMTL(nnUNetPredictor):
                 self.network.eval()
                 self.collector.begin_fold()
                 net = unwrap(self.network)
+                forward_heads = getattr(self.network, "forward_heads", net.forward_heads)  # the backend's, if any
                 # no decoder, so no segmentation: the foreground is not computed (0 here, and the rule does not
                 # read it: one tile, or a rule with floor 1)
                 with torch.autocast(self.device.type) if self.device.type == "cuda" else contextlib.nullcontext():
                     batched_window.heads_window(
-                        lambda x: net.outputs_to_predictions(net.forward_heads(x)), padded, slicers,
+                        lambda x: net.outputs_to_predictions(forward_heads(x)), padded, slicers,
                         self.allowed_mirroring_axes if self.use_mirroring else None, self.device, self.tile_batch,
                         lambda heads: self.collector.add_tile(torch.zeros(()), heads))
                 self.collector.end_fold()

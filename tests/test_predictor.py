@@ -136,7 +136,7 @@ def test_heads_come_from_the_same_forwards_as_the_stock_logits(trained_2d):
     """nnU-Net's mirror loop runs unchanged: logits equal a stock predictor's on the same weights, and
     every tile's head outputs are the mean over its mirror passes."""
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
-    ours = load_predictor(trained_2d, folds=[0])
+    ours = load_predictor(trained_2d, folds=[0], backend="torch")  # the OpenVINO path: test_openvino_backend
     stock = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=True, device=torch.device("cpu"),
                             perform_everything_on_device=False, allow_tqdm=False)
     stock.initialize_from_trained_model_folder(trained_2d, (0,), "checkpoint_final.pth")

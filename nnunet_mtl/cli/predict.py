@@ -21,6 +21,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="network inputs (tiles x mirrors) per forward (default 1: nnU-Net's own loop); larger "
                         "values batch tiles and their mirrored copies: more memory, same results to 1e-5")
     p.add_argument("-device", "--device", default="cuda" if _cuda() else "cpu", choices=["cuda", "cpu", "mps"])
+    p.add_argument("--backend", default="auto", choices=["auto", "torch", "openvino"],
+                   help="what runs the network: auto (default) = OpenVINO on the CPU when installed (2-3x faster per "
+                        "forward on a small CPU, logits within ~1e-5 of torch), torch otherwise; torch = nnU-Net's own")
     p.add_argument("-npp", type=int, default=2, help="processes for preprocessing")
     p.add_argument("-nps", type=int, default=2, help="processes for resampling/export")
     p.add_argument("--save_probabilities", action="store_true", help="also write probability maps (.npz)")
@@ -63,7 +66,7 @@ def main(argv=None) -> int:
         _check_heads_options(args)
         predictor = load_predictor(args.model, args.folds, args.checkpoint, args.device, args.step_size,
                                    not args.disable_tta, args.aggregation, args.verbose, args.foreground_floor,
-                                   tile_batch=args.tile_batch)
+                                   tile_batch=args.tile_batch, backend=args.backend)
         if args.no_calibration:
             predictor.calibration = None
         csv_path = predict_folder(predictor, args.input, args.output, overwrite=args.overwrite,

@@ -1,0 +1,131 @@
+"""OpenVINO CPU backend: the same outputs as torch (logits ~1e-5, masks Dice >= 0.999, case probabilities 1e-4),
+each fold its own compiled weights, torch for anything that is not a patch, converted models reused from the cache."""
+import numpy as np
+import pytest
+import torch
+
+from nnunet_mtl import openvino_backend
+from nnunet_mtl.heads import MaskPooledHead
+from nnunet_mtl.network import unwrap
+from tests.test_batched_window import PATCH, case, dice, stub_predictor, tiny_mtl
+
+pytestmark = [pytest.mark.timeout(600),
+              pytest.mark.skipif(not openvino_backend.available(), reason="openvino is not installed")]
+
+
+@pytest.fixture(autouse=True)
+def own_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv(openvino_backend.CACHE_ENV, str(tmp_path / "ov_cache"))
+
+
+def wrapped(dim, seed=0, head_class=None):
+    net = tiny_mtl(dim, seed, head_class) if head_class else tiny_mtl(dim, seed)
+    return net, openvino_backend.OpenVINONetwork(net, 1, PATCH[dim], threads=2)
+
+
+@pytest.mark.parametrize("dim", [2, 3])
+def test_forward_and_heads_equal_torch(dim):
+    net, ov = wrapped(dim)
+    x = torch.randn(3, 1, *PATCH[dim])
+    with torch.inference_mode():
+        seg, heads = net(x, with_heads=True)
+        seg_ov, heads_ov = ov(x, with_heads=True)
+        encoder_only = ov.forward_heads(x)
+        plain = ov(x)
+    assert seg_ov.shape == seg.shape and torch.allclose(seg_ov, seg, atol=1e-4)
+    assert torch.equal(plain, seg_ov)
+    for k in heads:
+        assert torch.allclose(heads_ov[k], heads[k], atol=1e-5), k
+        assert torch.allclose(encoder_only[k], heads[k], atol=1e-5), k
+    assert unwrap(ov) is net and ov.heads is net.heads  # the rest of the network stays torch's
+
+
+def test_heads_reading_the_segmentation_are_compiled_too():
+    net, ov = wrapped(2, head_class=MaskPooledHead)
+    x = torch.randn(2, 1, *PATCH[2])
+    with torch.inference_mode():
+        ref, got = net(x, with_heads=True)[1], ov(x, with_heads=True)[1]
+    assert all(torch.allclose(got[k], ref[k], atol=1e-5) for k in ref)
+
+
+def test_each_fold_runs_its_own_weights_and_other_shapes_run_in_torch():
+    net, ov = wrapped(2)
+    folds = [tiny_mtl(2, s).state_dict() for s in (1, 2)]
+    x = torch.randn(1, 1, *PATCH[2])
+    other = torch.randn(1, 1, 48, 32)  # not the patch: torch, exactly
+    with torch.inference_mode():
+        for params in folds + folds:  # back to an earlier fold: its compiled model again
+            ov.load_state_dict(params)
+            assert torch.allclose(ov(x), net(x), atol=1e-4)
+            assert torch.equal(ov(other), net(other))
+    assert len(ov._compiled) == 2
+
+
+def test_converted_models_are_reused_from_the_cache(monkeypatch):
+    x = torch.randn(1, 1, *PATCH[3])
+    _, first = wrapped(3)
+    with torch.inference_mode():
+        expected = first(x)
+
+    def no_conversion(self, kind):
+        raise AssertionError("converted again although the cache holds this model")
+
+    monkeypatch.setattr(openvino_backend.OpenVINONetwork, "_convert", no_conversion)
+    _, second = wrapped(3)  # same seed, same weights
+    with torch.inference_mode():
+        assert torch.equal(second(x), expected)
+    _, other_weights = wrapped(3, seed=5)
+    with pytest.raises(AssertionError, match="converted again"):
+        with torch.inference_mode():
+            other_weights(x)
+
+
+@pytest.mark.parametrize("dim", [2, 3])
+def test_predictor_on_openvino_matches_torch(dim):
+    """Two folds, several tiles, mirroring: masks Dice >= 0.999, case outputs within 1e-4; classify's
+    encoder-only path too."""
+    data = case(dim)
+    ref_logits, ref = stub_predictor(dim, 1).predict_case(data, "c")
+    p = stub_predictor(dim, 1)
+    p.network = openvino_backend.OpenVINONetwork(p.network, 1, PATCH[dim], threads=2)
+    logits, heads = p.predict_case(data, "c")
+    for k in ref.outputs:
+        assert np.allclose(ref.outputs[k], heads.outputs[k], atol=1e-4), k
+    m_ref, m = ref_logits.argmax(0).numpy(), logits.argmax(0).numpy()
+    assert all(dice(m_ref, m, label) >= 0.999 for label in (1, 2))
+    q = stub_predictor(dim, 1, aggregation="mean")
+    q.network = openvino_backend.OpenVINONetwork(q.network, 1, PATCH[dim], threads=2)
+    fast = q.predict_heads(data, "c").outputs
+    slow = stub_predictor(dim, 1, aggregation="mean").predict_case(data, "c")[1].outputs
+    assert all(np.allclose(fast[k], slow[k], atol=1e-4) for k in slow)
+
+
+def test_backend_choice(monkeypatch):
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert openvino_backend.resolve_backend("auto", cpu) == "openvino"
+    assert openvino_backend.resolve_backend("auto", cuda) == "torch"
+    assert openvino_backend.resolve_backend("torch", cpu) == "torch"
+    with pytest.raises(ValueError, match="CPU only"):
+        openvino_backend.resolve_backend("openvino", cuda)
+    with pytest.raises(ValueError, match="unknown backend"):
+        openvino_backend.resolve_backend("onnx", cpu)
+    monkeypatch.setattr(openvino_backend, "available", lambda: False)
+    assert openvino_backend.resolve_backend("auto", cpu) == "torch"
+    with pytest.raises(ValueError, match="not installed"):
+        openvino_backend.resolve_backend("openvino", cpu)
+
+
+def test_load_predictor_uses_openvino_on_the_cpu_and_records_it(trained_2d):
+    from nnunet_mtl import prediction_provenance
+    from nnunet_mtl.inference import load_predictor
+    ov = load_predictor(trained_2d, folds=[0])
+    plain = load_predictor(trained_2d, folds=[0], backend="torch")
+    assert ov.backend == "openvino" and isinstance(ov.network, openvino_backend.OpenVINONetwork)
+    assert plain.backend == "torch" and not isinstance(plain.network, openvino_backend.OpenVINONetwork)
+    assert prediction_provenance.model_identity(ov)["backend"] == "openvino"
+    h, w = plain.configuration_manager.patch_size
+    data = torch.from_numpy(np.random.default_rng(0).normal(0, 1, (1, 1, h, w + 40)).astype(np.float32))
+    a, b = plain.predict_case(data, "c"), ov.predict_case(data, "c")
+    for k in a[1].outputs:
+        assert np.allclose(a[1].outputs[k], b[1].outputs[k], atol=1e-4), k
+    assert (a[0].argmax(0) == b[0].argmax(0)).float().mean() >= 0.999
