@@ -84,6 +84,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--stock_args", "--stock_extra", default="", help="extra arguments for nnUNetv2_predict (quoted)")
     g.add_argument("--ours_args", "--ours_extra", default="",
                    help="extra arguments for nnunet_mtl_predict (quoted), e.g. a speed option to compare")
+    g.add_argument("--compare_backends", action="store_true",
+                   help="also time ours with --backend torch (nnU-Net's own network execution) in the same run, and "
+                        "compare its masks and case probabilities with ours' default (OpenVINO on the CPU)")
+    g.add_argument("--warm_cache", action="store_true",
+                   help="keep ours' converted OpenVINO models between runs (default: every run starts with an empty "
+                        "cache and pays the conversion, as a first run does)")
     g.add_argument("--reference_probabilities", default=None,
                    help="folder of an earlier run's probabilities/ (WORK_DIR/probabilities): ours' case "
                         "probabilities are compared with it")
@@ -128,15 +134,18 @@ def run_timed(cmd: list, log_path: str, env: dict) -> float:
     return seconds
 
 
-def run_pair(name: str, variants: dict, repeats: int, work: str, env: dict) -> dict:
+def run_pair(name: str, variants: dict, repeats: int, work: str, env: dict, cold: tuple = ()) -> dict:
     """Run stock and ours ``repeats`` times, interleaved in rotating order, each into an empty folder
-    (ours would keep masks already there); returns {variant: [seconds]} and leaves the last outputs."""
+    (ours would keep masks already there); the folders in ``cold`` are emptied before every run (ours'
+    OpenVINO cache); returns {variant: [seconds]} and leaves the last outputs."""
     names = list(variants)
     times = {n: [] for n in names}
     for r in range(repeats):
         for n in names[r % len(names):] + names[:r % len(names)]:
             out = os.path.join(work, f"out_{name}_{n}")
             shutil.rmtree(out, ignore_errors=True)
+            for folder in cold:
+                shutil.rmtree(folder, ignore_errors=True)
             before = load_average()
             s = run_timed([a.replace("{out}", out) for a in variants[n]], os.path.join(work, f"log_{name}_{n}_{r}.txt"),
                           env)
@@ -225,23 +234,37 @@ class Run:
         self.env = dict(os.environ)  # nnUNet_raw/_preprocessed/_results and nnUNet_extTrainer (use_base_dir)
         self.common = ["-f", args.fold, "-device", device, "-step_size", "0.5"]  # mirroring on: the default
         self.stock_extra, self.ours_extra = shlex.split(args.stock_args), shlex.split(args.ours_args)
+        self.ov_cache = os.path.join(work, "openvino_cache")  # ours' converted models (nnunet_mtl.openvino_backend)
+        self.env["nnunet_mtl_openvino_cache"] = self.ov_cache
 
     def side_args(self, ds, model: str) -> dict:
         """Arguments after -i/-o: stock names the dataset, plans and trainer; ours the model folder."""
-        return {"stock": ["-d", str(ds.id), "-c", ds.configuration, "-tr", self.args.trainer, "-p", ds.plans]
-                + self.common + self.stock_extra, "ours": ["-m", model] + self.common + self.ours_extra}
+        sides = {"stock": ["-d", str(ds.id), "-c", ds.configuration, "-tr", self.args.trainer, "-p", ds.plans]
+                 + self.common + self.stock_extra, "ours": ["-m", model] + self.common + self.ours_extra}
+        if self.args.compare_backends:
+            sides["ours_torch"] = sides["ours"] + ["--backend", "torch"]
+        return sides
 
     def time_inputs(self, tag: str, kind: str, n: int, inputs: dict, ds, model: str, repeats: int) -> dict:
         """Time both sides on their inputs ({side: folder}); the row of the table."""
         side = self.side_args(ds, model)
-        variants = {k: cli(k, self.launcher) + ["-i", inputs[k], "-o", "{out}"] + side[k] for k in side}
+        inputs = dict(inputs, ours_torch=inputs["ours"])
+        variants = {k: cli("ours" if k == "ours_torch" else k, self.launcher) + ["-i", inputs[k], "-o", "{out}"]
+                    + side[k] for k in side}
         for k, v in variants.items():
             print(f"[bench] {tag} {k}: {shlex.join(v)}", flush=True)
-        times = run_pair(tag, variants, repeats, self.work, self.env)
+        times = run_pair(tag, variants, repeats, self.work, self.env, () if self.args.warm_cache else (self.ov_cache,))
         outs = {k: os.path.join(self.work, f"out_{tag}_{k}") for k in variants}
-        return dict(tag=tag, kind=kind, n=n, times=times,
-                    dice=compare_mask_folders(outs["stock"], outs["ours"], labels_of(ds.raw_folder)),
-                    probs=keep_probabilities(outs["ours"], tag, self.work, self.args.reference_probabilities))
+        row = dict(tag=tag, kind=kind, n=n, times=times,
+                   dice=compare_mask_folders(outs["stock"], outs["ours"], labels_of(ds.raw_folder)),
+                   probs=keep_probabilities(outs["ours"], tag, self.work, self.args.reference_probabilities))
+        if "ours_torch" in outs:
+            row["torch_vs_ours"] = dict(
+                dice=compare_mask_folders(outs["ours_torch"], outs["ours"], labels_of(ds.raw_folder)),
+                max_prob_diff=max_probability_difference(read_rows(os.path.join(outs["ours"], "predictions.csv")),
+                                                         read_rows(os.path.join(outs["ours_torch"],
+                                                                                "predictions.csv"))))
+        return row
 
     def classify_args(self, model: str, files: list) -> list:
         return ["-m", model, "--target", "finding", "-f", self.args.fold, "-device", self.device] + files
@@ -252,7 +275,10 @@ class Run:
         for which, extra in self.side_args(ds, model).items():
             folder = os.path.join(self.work, f"profile_{label}_{which}")
             shutil.rmtree(folder, ignore_errors=True)
-            out[f"{label} {which}"] = run_profiled(which, ["-i", inputs[which], "-o", folder] + extra,
+            if not self.args.warm_cache:
+                shutil.rmtree(self.ov_cache, ignore_errors=True)
+            cli_name = "ours" if which == "ours_torch" else which
+            out[f"{label} {which}"] = run_profiled(cli_name, ["-i", inputs[cli_name], "-o", folder] + extra,
                                                    os.path.join(self.work, f"log_profile_{label}_{which}.txt"),
                                                    self.env)
         return out
@@ -375,6 +401,16 @@ def report(args, ds, ds2, rows, conversion_s, classify, profiles, loads, device,
         if d["dice_min"] < 0.999:
             print(f"WARNING: {r['tag']}: ours' masks differ from stock (Dice {d['dice_min']:.4f} < 0.999, "
                   f"worst case {d['worst_case']})")
+    for r in rows:
+        if "torch_vs_ours" in r:
+            st, tt, ou = r["times"]["stock"], r["times"]["ours_torch"], r["times"]["ours"]
+            c = r["torch_vs_ours"]
+            print(f"{r['tag']}: ours with --backend torch {statistics.median(tt):.1f} s (runs "
+                  f"{' '.join(f'{t:.1f}' for t in tt)}): stock/ours_torch {ratio(st, tt):.2f}, ours_torch/ours "
+                  f"{ratio(tt, ou):.2f}; ours vs ours_torch masks Dice min {c['dice']['dice_min']:.6f}, identical "
+                  f"pixels min {c['dice']['identical_min']:.6f}, case probabilities max |diff| {c['max_prob_diff']:.2e}")
+            summary[f"ratio_torch_{r['tag']}"] = ratio(st, tt)
+            summary[f"prob_diff_backends_{r['tag']}"] = f"{c['max_prob_diff']:.1e}"
     if "ratio_2d_{}_incl_conversion".format(args.images_2d) in summary:
         print(f"2D ratio with stock's conversion added: {summary[f'ratio_2d_{args.images_2d}_incl_conversion']:.2f}")
     if classify:

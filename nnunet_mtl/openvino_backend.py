@@ -110,6 +110,9 @@ class OpenVINONetwork(nn.Module):
         self._params = state_dict
         return result
 
+    def state_dict(self, *args, **kwargs):  # the torch network's keys, as nnU-Net's checkpoints have them
+        return self.torch_network.state_dict(*args, **kwargs)
+
     def forward(self, x: torch.Tensor, with_heads: bool = False):
         if not self._fits(x):
             return self.torch_network(x, with_heads=with_heads) if with_heads else self.torch_network(x)

@@ -179,3 +179,30 @@ def test_profiled_cli_counts_outermost_forwards_and_loading_once():
     p.network.encoder(x)
     assert acc["network_calls"] == 3 and acc["network"] > 0
     assert len(p.network._forward_hooks) == 1  # hooks attached once, by the outermost load only
+
+
+def test_compare_backends_adds_ours_on_torch_and_each_run_starts_cold(tmp_path):
+    """--compare_backends times ours a second time with --backend torch; ours' OpenVINO cache is the work folder's
+    and run_pair empties it before every run unless --warm_cache."""
+    from types import SimpleNamespace
+    import inference_speed as bench
+    ds = SimpleNamespace(id=941, configuration="3d_fullres", plans="P")
+    run = bench.Run(bench.parse_args(["--compare_backends"]), "cpu", str(tmp_path))
+    sides = run.side_args(ds, "MODEL")
+    assert set(sides) == {"stock", "ours", "ours_torch"} and sides["ours_torch"] == sides["ours"] + ["--backend", "torch"]
+    assert run.env["nnunet_mtl_openvino_cache"] == os.path.join(str(tmp_path), "openvino_cache")
+    assert "ours_torch" not in bench.Run(bench.parse_args([]), "cpu", str(tmp_path)).side_args(ds, "MODEL")
+    cache = tmp_path / "cache"
+    seen = []
+
+    def fake_run(cmd, log, env):
+        seen.append(cache.exists())
+        cache.mkdir(exist_ok=True)  # what a run leaves behind
+        return 1.0
+    bench.run_timed, original = fake_run, bench.run_timed
+    try:
+        bench.run_pair("t", {"ours": ["x", "{out}"]}, 2, str(tmp_path), {}, cold=(str(cache),))
+        bench.run_pair("t", {"ours": ["x", "{out}"]}, 2, str(tmp_path), {})
+    finally:
+        bench.run_timed = original
+    assert seen == [False, False, True, True]
