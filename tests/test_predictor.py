@@ -12,6 +12,7 @@ import SimpleITK as sitk
 import torch
 
 from nnunet_mtl import trainer_dir
+from nnunet_mtl import openvino_backend
 from nnunet_mtl.inference import load_predictor, predict_folder
 from tests.helpers import SHORT
 
@@ -51,12 +52,19 @@ def test_stock_predict_and_ours_give_identical_masks(stock_trained, dataset_2d, 
     images = os.path.join(dataset_2d.raw_folder, "imagesTs")
     run(["nnUNetv2_predict", "-i", images, "-o", str(tmp_path / "stock"), "-d", str(dataset_2d.id), "-c", "2d",
          "-f", "4", "-tr", "nnUNetTrainerMTL", "-p", dataset_2d.plans, "-device", "cpu", "-npp", "1", "-nps", "1"])
-    predictor = load_predictor(stock_trained, folds=[4])
+    predictor = load_predictor(stock_trained, folds=[4], backend="torch")  # nnU-Net's own network execution
     csv_path = predict_folder(predictor, images, str(tmp_path / "ours"))
     stock, ours = masks(tmp_path / "stock"), masks(tmp_path / "ours")
     assert stock.keys() == ours.keys() and len(stock) == 3
     for name in stock:
         assert np.array_equal(stock[name], ours[name]), name
+    if openvino_backend.available():  # the CPU default: the same masks within the rule (Dice >= 0.999 per label)
+        predict_folder(load_predictor(stock_trained, folds=[4]), images, str(tmp_path / "ours_openvino"))
+        fast = masks(tmp_path / "ours_openvino")
+        for name in stock:
+            for label in np.unique(stock[name])[1:]:
+                a, b = stock[name] == label, fast[name] == label
+                assert 2 * (a & b).sum() / (a.sum() + b.sum()) >= 0.999, (name, label)
     rows = read_csv(csv_path)
     assert sorted(r["case_id"] for r in rows) == sorted(n[:-len(".nii.gz")] for n in stock)
     for r in rows:
