@@ -217,9 +217,9 @@ def infer(base_dir: str, test_input: Optional[str] = None, test_output: Optional
     from nnunet_mtl.inference import converted_source, load_predictor, predict_folder
     folder, raw_folder = _inference_model(base_dir, model_dir)
     heads = is_heads_folder(folder)
-    if heads and (explain or dicom_outputs or report):
-        raise PipelineError(f"{folder}: a heads folder gives masks and predictions.csv; --explain, --dicom_outputs "
-                            f"and --report need an nnunet_mtl model folder")
+    if heads and explain:
+        raise PipelineError(f"{folder}: a heads folder gives masks, predictions.csv, --dicom_outputs and --report; "
+                            f"--explain needs an nnunet_mtl model folder")
     if heads:
         folds = list(folds) if folds else None  # the heads' predictor: every trained stock fold, every fitted head
     elif model_dir is not None:
