@@ -102,10 +102,10 @@ def test_probe_heads_fitted_on_the_trained_model_predict_with_its_masks(prepared
 
     test_in = str(base / "data" / "test_images")
     joint, probed = str(tmp_path / "joint"), str(tmp_path / "probe")
-    pipeline("--base_dir", work, "--inference_only", "--fold", "0", "--test_input", test_in, "--test_output", joint,
-             "--device", "cpu")
-    pipeline("--base_dir", work, "--inference_only", "--heads", "probe", "--test_input", test_in,
-             "--test_output", probed, "--device", "cpu")
+    pipeline("--base_dir", work, "--inference_only", "--fold", "0", "--heads", "joint", "--test_input", test_in,
+             "--test_output", joint, "--device", "cpu")
+    pipeline("--base_dir", work, "--inference_only", "--test_input", test_in, "--test_output", probed,
+             "--device", "cpu")   # probe heads: the default
     rows = list(csv.DictReader(open(os.path.join(probed, "predictions.csv"))))
     assert sorted(r["case_id"] for r in rows) == sorted(f[:-4] for f in os.listdir(test_in))
     from PIL import Image
