@@ -7,8 +7,8 @@
   Grad-CAM overlay of ``OUT/explanations/`` when ``--explain`` ran.
 
 Both read only what prediction wrote (``predictions.csv``, the masks, the converted inputs and
-their manifest) and the model folder's ``dataset.json`` / ``plans.json``, so they can be re-run
-on a finished output folder.
+their manifest) and the model folder's ``dataset.json`` / ``plans.json`` (for a frozen-heads folder: its
+``frozen_heads.json`` and the stock model's ``dataset.json``), so they can be re-run on a finished output folder.
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Mapping
 
 from nnunet_mtl.conversion.provenance import load_manifest
-from nnunet_mtl.dataset_spec import DatasetSpec, targets_from_plans
+from nnunet_mtl.dataset_spec import DATASET_JSON_KEY, DatasetSpec, targets_from_plans
 from nnunet_mtl.file_names import predicted_mask
 from nnunet_mtl.io_utils import read_json
 from nnunet_mtl.prediction_table import CALIBRATED_COLUMN, CASE_COLUMN, YES
@@ -45,6 +45,15 @@ class ModelFacts:
 
     @classmethod
     def from_model_folder(cls, model_dir: str) -> "ModelFacts":
+        """Our model folder, or a frozen-heads folder: then the targets are the heads' and the masks
+        (file ending, labels) the stock model's, as its predictor writes them."""
+        from nnunet_mtl.frozen.heads_model import INFO_FILE
+        if os.path.isfile(info := os.path.join(model_dir, INFO_FILE)):
+            heads = read_json(info)
+            dataset_json = read_json(os.path.join(heads["stock_model"], "dataset.json"))
+            spec = TargetSpec.from_json(heads["targets"])
+            has_masks = DATASET_JSON_KEY not in dataset_json or DatasetSpec.from_dataset_json(dataset_json).has_masks
+            return cls(spec, dataset_json["file_ending"], has_masks, exported_label_values(dataset_json))
         dataset_json = read_json(os.path.join(model_dir, "dataset.json"))
         spec = targets_from_plans(read_json(os.path.join(model_dir, "plans.json")))
         return cls(spec, dataset_json["file_ending"], DatasetSpec.from_dataset_json(dataset_json).has_masks,

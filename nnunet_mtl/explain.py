@@ -176,16 +176,24 @@ def cam_for_preprocessed(network: nn.Module, predictor, data: torch.Tensor, targ
     return (total / np.maximum(norm, 1e-8))[tuple(revert[1:])]
 
 
-def ensemble_cam(predictor, data: torch.Tensor, target: str, class_index: int, stage: Optional[int] = None,
-                 method: str = "gradcam", mirror_axes=None) -> np.ndarray:
-    """Mean map over the predictor's folds (each fold's weights loaded in turn, as nnU-Net does)."""
+def fold_networks(predictor):
+    """The predictor's folds in turn, each a network with ``heads``: ours with each fold's weights loaded
+    (as nnU-Net does), or a frozen-heads predictor's stock network with each fold's probes as torch heads."""
+    if hasattr(predictor, "explain_networks"):
+        yield from predictor.explain_networks()
+        return
     net = unwrap(predictor.network)
-    params = predictor.list_of_parameters or [None]
-    maps = []
-    for p in params:
+    for p in predictor.list_of_parameters or [None]:
         if p is not None:
             net.load_state_dict(p)
-        maps.append(cam_for_preprocessed(net, predictor, data, target, class_index, stage, method, mirror_axes))
+        yield net
+
+
+def ensemble_cam(predictor, data: torch.Tensor, target: str, class_index: int, stage: Optional[int] = None,
+                 method: str = "gradcam", mirror_axes=None) -> np.ndarray:
+    """Mean map over the predictor's folds (``fold_networks``)."""
+    maps = [cam_for_preprocessed(net, predictor, data, target, class_index, stage, method, mirror_axes)
+            for net in fold_networks(predictor)]
     return np.mean(maps, axis=0)
 
 
@@ -232,8 +240,11 @@ def load_predictor(model_dir: str, folds=None, checkpoint: str = "checkpoint_fin
                    foreground_floor: float = DEFAULT_FOREGROUND_FLOOR):
     """The inference API's predictor, after one-line checks naming the missing folder or checkpoint."""
     from nnunet_mtl import inference
+    from nnunet_mtl.frozen.heads_predictor import is_heads_folder
     if not os.path.isdir(model_dir):
         raise ExplainError(f"model folder {model_dir} does not exist")
+    if is_heads_folder(model_dir):  # probe heads: the stock model's folds, checked by their loader
+        return inference.load_predictor(model_dir, folds, checkpoint, device, use_mirroring=use_mirroring)
     for name in ("plans.json", "dataset.json"):
         if not os.path.isfile(os.path.join(model_dir, name)):
             raise ExplainError(f"model folder {model_dir} has no {name}")
@@ -309,7 +320,7 @@ def explain_case(model_dir: str, image_files: Sequence[str], output_prefix: str,
         predictor = load_predictor(model_dir, folds, checkpoint, device, use_mirroring, aggregation, foreground_floor)
     where = str(model_dir)
     tgt = lookup_target(predictor.spec, target, where)
-    stage_idx = resolve_stage(predictor.network, target, stage)
+    stage_idx = resolve_stage(next(fold_networks(predictor)), target, stage)
     if class_name is not None:
         resolve_class(tgt, class_name, None, where)  # fail before the expensive part
     if mask_file is not None and not os.path.isfile(mask_file):

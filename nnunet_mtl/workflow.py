@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from typing import List, Optional, Sequence
 
 from nnunet_mtl.case_aggregation import DEFAULT_AGGREGATION, MASKLESS_AGGREGATION
-from nnunet_mtl.dataset_spec import DatasetSpec, targets_from_plans
+from nnunet_mtl.dataset_spec import DatasetSpec
 from nnunet_mtl.file_names import predicted_mask
 from nnunet_mtl.io_utils import atomic_write_json, read_json
 from nnunet_mtl.knobs import knob_overrides
@@ -217,9 +217,6 @@ def infer(base_dir: str, test_input: Optional[str] = None, test_output: Optional
     from nnunet_mtl.inference import converted_source, load_predictor, predict_folder
     folder, raw_folder = _inference_model(base_dir, model_dir)
     heads = is_heads_folder(folder)
-    if heads and (explain or dicom_outputs or report):
-        raise PipelineError(f"{folder}: a heads folder gives masks and predictions.csv; --explain, --dicom_outputs "
-                            f"and --report need an nnunet_mtl model folder")
     if heads:
         folds = list(folds) if folds else None  # the heads' predictor: every trained stock fold, every fitted head
     elif model_dir is not None:
@@ -279,13 +276,13 @@ def _inference_model(base_dir: str, model_dir: Optional[str]):
 def explain_folder(model_dir: str, source_folder: str, out_dir: str, folds, checkpoint: str, device: str,
                    prediction_folder: Optional[str] = None) -> List[str]:
     """Grad-CAM maps and overlays for every case of an nnU-Net-format input folder, per classification
-    target, for the predicted class (outlined with the predicted mask when there is one)."""
+    target, for the predicted class (outlined with the predicted mask when there is one); ``model_dir`` may
+    be a heads folder (the probes' maps, ``frozen.probe_module``)."""
     from nnunetv2.utilities.utils import create_lists_from_splitted_dataset_folder
     from nnunet_mtl.explain import explain_case, load_predictor
-    file_ending = read_json(os.path.join(model_dir, "dataset.json"))["file_ending"]
-    targets = [t.name for t in targets_from_plans(read_json(os.path.join(model_dir, "plans.json")))
-               if t.is_classification]
     predictor = load_predictor(model_dir, folds, checkpoint, device)  # loaded once for all cases
+    file_ending = predictor.dataset_json["file_ending"]   # a heads folder's: the stock model's
+    targets = [t.name for t in predictor.spec if t.is_classification]
     written = []
     for files in create_lists_from_splitted_dataset_folder(source_folder, file_ending):
         case_id = os.path.basename(files[0])[:-(len(file_ending) + 5)]
@@ -377,8 +374,12 @@ def fit_probe_heads(base_dir: str, folds: Optional[Sequence] = None, device: str
     if not folds or missing:
         which = f"fold {missing[0]}" if missing else "no fold"
         raise PipelineError(f"{folder}: {which} has no {checkpoint}; train it before fitting probe heads")
-    return add_frozen_heads(base_dir, folder, probe_heads_folder(base_dir), device=device, overwrite=overwrite,
-                            folds=folds, checkpoint=checkpoint)
+    try:
+        return add_frozen_heads(base_dir, folder, probe_heads_folder(base_dir), device=device, overwrite=overwrite,
+                                folds=folds, checkpoint=checkpoint)
+    except ValueError as e:  # e.g. too few training cases of a class for the probe's cross-validation
+        raise PipelineError(f"probe heads: {e} (the trained model is kept; --heads joint uses the heads trained "
+                            f"with it)") from None
 
 
 def add_frozen_heads(base_dir: Optional[str], model_dir: str, out_dir: str, labels_csv: Optional[str] = None,

@@ -16,7 +16,7 @@ def test_named_structures_region_and_pair_reach_training_and_evaluation(tmp_path
     state = json.load(open(os.path.join(work, "nnunet_mtl_pipeline.json")))
     assert state["trainer"] == "nnUNetTrainerMTLOrientationAware"  # the declared names are a lateral pair
     pipeline("--base_dir", work, "--train_only", "--fold", "0", "--epochs", "1", "--iterations_per_epoch", "2",
-             "--val_iterations_per_epoch", "1", "--device", "cpu")
+             "--val_iterations_per_epoch", "1", "--device", "cpu", "--heads", "joint")  # about training: no probes
     fold = glob.glob(os.path.join(work, "nnUNet_results", "*", "*", "fold_0"))[0]
     log = open(glob.glob(os.path.join(fold, "training_log_*.txt"))[0]).read()
     assert "left_lung<->right_lung" in log and "Not mirroring axis 1" in log

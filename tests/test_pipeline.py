@@ -102,10 +102,10 @@ def test_probe_heads_fitted_on_the_trained_model_predict_with_its_masks(prepared
 
     test_in = str(base / "data" / "test_images")
     joint, probed = str(tmp_path / "joint"), str(tmp_path / "probe")
-    pipeline("--base_dir", work, "--inference_only", "--fold", "0", "--test_input", test_in, "--test_output", joint,
-             "--device", "cpu")
-    pipeline("--base_dir", work, "--inference_only", "--heads", "probe", "--test_input", test_in,
-             "--test_output", probed, "--device", "cpu")
+    pipeline("--base_dir", work, "--inference_only", "--fold", "0", "--heads", "joint", "--test_input", test_in,
+             "--test_output", joint, "--device", "cpu")
+    pipeline("--base_dir", work, "--inference_only", "--test_input", test_in, "--test_output", probed,
+             "--device", "cpu")   # probe heads: the default
     rows = list(csv.DictReader(open(os.path.join(probed, "predictions.csv"))))
     assert sorted(r["case_id"] for r in rows) == sorted(f[:-4] for f in os.listdir(test_in))
     from PIL import Image
@@ -126,3 +126,18 @@ def test_probe_heads_fitted_on_the_trained_model_predict_with_its_masks(prepared
     metrics = workflow.evaluate_validation(work, 0, str(tmp_path / "eval"), n_bootstrap=20, heads="probe")
     assert metrics["classification"]["finding"]["n"] == len(
         list(csv.DictReader(open(probe.parent / "validation" / "predictions.csv"))))
+
+
+def test_inference_fits_the_probe_heads_a_trained_model_lacks(prepared, tmp_path):
+    """A model trained before probes were the default (no BASE_DIR/probe_heads) gets them at inference."""
+    import shutil
+    base, _ = prepared
+    work, probes = str(base / "work"), base / "work" / "probe_heads"
+    if probes.exists():  # fitted by the tests above
+        shutil.move(str(probes), str(tmp_path / "old_probe_heads"))
+    test_in, test_out = str(base / "data" / "test_images"), str(tmp_path / "pred")
+    out = pipeline("--base_dir", work, "--inference_only", "--fold", "0", "--test_input", test_in,
+                   "--test_output", test_out, "--device", "cpu")
+    assert "no probe heads yet; fitting them" in out.stdout and (probes / "fold_0" / "probe.pkl").is_file()
+    rows = list(csv.DictReader(open(os.path.join(test_out, "predictions.csv"))))
+    assert sorted(r["case_id"] for r in rows) == sorted(f[:-4] for f in os.listdir(test_in))

@@ -74,10 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="fold(s) to train, to fit heads on (--add_heads) or to predict with (default: all)")
     tr.add_argument("--device", default=None, choices=["cuda", "cpu", "mps"], help="default: cuda if available")
     tr.add_argument("--num_gpus", type=int, default=1, help="DDP training on this many GPUs (nnU-Net's launcher)")
-    tr.add_argument("--heads", default="joint", choices=["joint", "probe"],
-                    help="image-level predictions from the heads trained with the network (joint, default) or from "
-                         "linear probes fitted after training on the trained network's pooled whole-case features "
-                         "(probe: BASE_DIR/probe_heads, out-of-fold validated; see docs/benchmarks.md)")
+    tr.add_argument("--heads", default="probe", choices=["probe", "joint"],
+                    help="image-level predictions from linear probes fitted after training on the trained network's "
+                         "pooled whole-case features (probe, default: BASE_DIR/probe_heads, out-of-fold validated; "
+                         "more accurate in docs/benchmarks.md) or from the heads trained with the network (joint)")
     add_knob_arguments(tr)  # --epochs --lr --patience ...: one line each in nnunet_mtl/knobs.py
 
     inf = p.add_argument_group("inference")
@@ -148,7 +148,7 @@ def main(argv=None) -> int:
                 workflow.fit_probe_heads(args.base_dir, args.fold, device, args.overwrite)
         if args.inference_only or run_all:
             if args.heads == "probe" and not args.model_dir:
-                args.model_dir = _probe_heads(args.base_dir)
+                args.model_dir = _probe_heads(args.base_dir, args.fold, device)
             workflow.infer(args.base_dir, args.test_input, args.test_output, args.fold, args.checkpoint, device,
                            args.overwrite, args.explain, step_size=args.step_size, use_mirroring=not args.disable_tta,
                            aggregation=args.aggregation, save_probabilities=args.save_probabilities,
@@ -160,11 +160,14 @@ def main(argv=None) -> int:
     return 0
 
 
-def _probe_heads(base_dir: str) -> str:
+def _probe_heads(base_dir: str, folds, device: str) -> str:
+    """The probe heads of the model trained in BASE_DIR; fitted first when a model trained with
+    ``--heads joint`` (or before probes were the default) has none yet."""
     from nnunet_mtl import workflow
     folder = workflow.probe_heads_folder(base_dir)
     if not os.path.isdir(folder):
-        raise workflow.PipelineError(f"{folder}: no probe heads yet; run the training step with --heads probe")
+        print(f"{folder}: no probe heads yet; fitting them on the trained model (--heads joint uses its own heads)")
+        workflow.fit_probe_heads(base_dir, folds, device)
     return folder
 
 

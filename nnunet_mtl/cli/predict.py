@@ -50,20 +50,11 @@ def _cuda() -> bool:
     return torch.cuda.is_available()
 
 
-def _check_heads_options(args) -> None:
-    """A heads folder (nnunet_mtl_add_heads) predicts masks and rows; the clinical outputs need our model folder."""
-    from nnunet_mtl.frozen.heads_predictor import is_heads_folder
-    if (args.dicom_outputs or args.report) and is_heads_folder(args.model):
-        raise ValueError(f"{args.model}: a heads folder gives masks and predictions.csv; --dicom_outputs and "
-                         f"--report need an nnunet_mtl model folder")
-
-
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     from nnunet_mtl import clinical_outputs
     from nnunet_mtl.inference import converted_source, load_predictor, predict_folder
     try:
-        _check_heads_options(args)
         predictor = load_predictor(args.model, args.folds, args.checkpoint, args.device, args.step_size,
                                    not args.disable_tta, args.aggregation, args.verbose, args.foreground_floor,
                                    tile_batch=args.tile_batch, backend=args.backend)

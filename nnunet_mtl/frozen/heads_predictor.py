@@ -157,6 +157,20 @@ class FrozenHeadsPredictor(nnUNetPredictor):
         finally:
             self.list_of_parameters, self.tile_step_size, self.use_mirroring = saved
 
+    # ------------------------------------------------------------------ Grad-CAM (nnunet_mtl.explain)
+    def explain_networks(self):
+        """Each heads fold in turn: the stock network with that fold's weights and its probes as torch heads
+        (``probe_module``), the shape ``explain`` reads; the network's weights are that fold's meanwhile."""
+        from nnunet_mtl.frozen.probe_module import ProbeNetwork, probe_heads
+        from nnunet_mtl.network import unwrap
+        net = unwrap(self.network)
+        n_stages = len(net.encoder.output_channels)
+        for k, probe in self.heads.probes.items():
+            net.load_state_dict(self.feature_parameters[k])
+            yield ProbeNetwork(net, probe_heads(probe, n_stages, self.heads.info["stages"], self.heads.info["pools"],
+                                                self.configuration_manager.patch_size, self.use_gaussian,
+                                                self.label_manager.has_regions).to(next(net.parameters()).device))
+
     # ------------------------------------------------------------------ nnU-Net's multiprocessing loop
     def predict_from_data_iterator(self, data_iterator, save_probabilities: bool = False,
                                    num_processes_segmentation_export: int = default_num_processes):
