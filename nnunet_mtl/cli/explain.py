@@ -14,7 +14,9 @@ from nnunet_mtl.file_names import case_name
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="nnunet_mtl_explain", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("-m", "--model", required=True, help="trained model folder (holds plans.json and fold_X)")
+    p.add_argument("-m", "--model", required=True,
+                   help="trained model folder (holds plans.json and fold_X), or a heads folder (nnunet_mtl_add_heads, "
+                        "pipeline --heads probe)")
     p.add_argument("-i", "--input", nargs="+", required=True,
                    help="the case's image files, one per input channel, in channel order")
     p.add_argument("-o", "--output", required=True, help="output folder")
