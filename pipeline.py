@@ -4,4 +4,5 @@ import sys
 from nnunet_mtl.cli.pipeline import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from nnunet_mtl.cli.console import run
+    run(main)

@@ -234,4 +234,5 @@ def _print_headline(metrics: dict) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from nnunet_mtl.cli.console import run
+    run(main)

@@ -77,4 +77,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from nnunet_mtl.cli.console import run
+    run(main)
