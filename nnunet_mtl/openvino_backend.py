@@ -16,7 +16,8 @@ another spatial shape than the patch (never in the sliding window) fall back to 
 
 Converted models are kept under ``cache_dir()`` keyed by a hash of the weights, the patch and the library
 versions, so a later run with the same checkpoint skips the conversion (seconds per fold); the files are
-written to a temporary name and renamed, so a killed run never leaves a half model behind.
+written to a temporary name and renamed, so a killed run never leaves a half model behind; the newest
+``KEEP_CACHED`` are kept. ``nnunet_mtl_backend`` (environment) says what 'auto' means where no flag reaches.
 """
 from __future__ import annotations
 
@@ -34,6 +35,8 @@ from torch import nn
 
 BACKENDS = ("auto", "torch", "openvino")
 CACHE_ENV = "nnunet_mtl_openvino_cache"
+BACKEND_ENV = "nnunet_mtl_backend"  # what 'auto' means where no flag reaches (pipeline, notebooks): auto|torch|openvino
+KEEP_CACHED = 16  # converted models kept (newest first); older ones are removed when a new one is saved
 
 
 def available() -> bool:
@@ -44,6 +47,10 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     """'auto': OpenVINO on the CPU when it is installed, else torch. 'openvino' elsewhere is an error."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r} (choose from {', '.join(BACKENDS)})")
+    if backend == "auto" and os.environ.get(BACKEND_ENV, "auto") != "auto":
+        backend = os.environ[BACKEND_ENV]
+        if backend not in BACKENDS:
+            raise ValueError(f"{BACKEND_ENV}={backend!r}: choose from {', '.join(BACKENDS)}")
     if backend == "auto":
         return "openvino" if device.type == "cpu" and available() else "torch"
     if backend == "openvino":
@@ -192,6 +199,14 @@ def _save_atomically(model, path: str) -> None:
             pass
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    _prune(os.path.dirname(final_dir), KEEP_CACHED)
+
+
+def _prune(cache: str, keep: int) -> None:
+    """Every retraining makes new weights, hence a new entry: keep the ``keep`` newest, so the cache stays bounded."""
+    entries = [e for e in os.scandir(cache) if e.is_dir() and not e.name.startswith(".tmp_")]
+    for old in sorted(entries, key=lambda e: e.stat().st_mtime, reverse=True)[keep:]:
+        shutil.rmtree(old.path, ignore_errors=True)
 
 
 def wrap_for_cpu(network: nn.Module, in_channels: int, patch_size: Sequence[int]) -> OpenVINONetwork:

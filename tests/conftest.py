@@ -5,6 +5,9 @@ os.environ.setdefault("nnUNet_n_proc_DA", "0")
 os.environ.setdefault("nnUNet_def_n_proc", "2")
 os.environ["nnUNet_compile"] = "f"
 os.environ.setdefault("MPLBACKEND", "Agg")
+# nnU-Net's own network execution everywhere but in the OpenVINO tests (tests/test_openvino_backend.py and the
+# ones that ask for it): converting every short-trained model would add minutes to the suite
+os.environ["nnunet_mtl_backend"] = "torch"
 
 import pytest  # noqa: E402
 

@@ -178,13 +178,19 @@ def test_ct_series_through_a_3d_model_gives_seg_and_sr(trained_3d, dataset_3d_re
                 assert sr[t.name]["probs"][c] == pytest.approx(expected, abs=1e-6)
 
 
-def test_dx_radiograph_through_a_2d_model_gives_seg_sr_and_a_report(trained_2d, dataset_2d, tmp_path, capsys):
+def dx_and_nifti_inputs(dataset_2d, tmp_path):
+    """The 2D test cases as inputs: the first as a DX radiograph (cxr.dcm), the others as NIfTI; (folder, shape)."""
     tests = sorted(glob.glob(os.path.join(dataset_2d.raw_folder, "imagesTs", "*_0000.nii.gz")))
     inputs = tmp_path / "in"
     inputs.mkdir()
     shape = nifti_to_dx(tests[0], str(inputs / "cxr.dcm"))
     for p in tests[1:]:
         shutil.copyfile(p, inputs / os.path.basename(p).replace("_0000", ""))
+    return inputs, shape
+
+
+def test_dx_radiograph_through_a_2d_model_gives_seg_sr_and_a_report(trained_2d, dataset_2d, tmp_path, capsys):
+    inputs, shape = dx_and_nifti_inputs(dataset_2d, tmp_path)
     out = tmp_path / "out"
     assert predict_cli.main(["-i", str(inputs), "-o", str(out), "-m", trained_2d, "-f", "0", "-device", "cpu",
                              "--disable_tta", "--dicom_outputs", "--report"]) == 0

@@ -222,7 +222,14 @@ def test_the_documented_entry_points_run_the_package_clis(command, cli):
 
 
 def test_console_scripts_point_into_the_package():
+    import importlib
+    import tomllib
     text = read(os.path.join(ROOT, "pyproject.toml"))
-    assert 'nnunet_mtl_pipeline = "nnunet_mtl.cli.pipeline:main"' in text
-    assert 'nnunet_mtl_evaluate = "nnunet_mtl.cli.evaluate:main"' in text
+    scripts = tomllib.loads(text)["project"]["scripts"]
+    for name, target in scripts.items():
+        module, func = target.split(":")
+        assert module.startswith("nnunet_mtl.cli."), name
+        assert callable(getattr(importlib.import_module(module), func)), name
+    assert scripts["nnunet_mtl_pipeline"] == "nnunet_mtl.cli.console:pipeline"  # runs cli.pipeline.main
+    assert scripts["nnunet_mtl_evaluate"] == "nnunet_mtl.cli.evaluate:main"
     assert "py-modules" not in text, "pipeline.py and evaluation.py are entry points, not installed modules"

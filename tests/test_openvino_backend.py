@@ -1,5 +1,7 @@
 """OpenVINO CPU backend: the same outputs as torch (logits ~1e-5, masks Dice >= 0.999, case probabilities 1e-4),
 each fold its own compiled weights, torch for anything that is not a patch, converted models reused from the cache."""
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -16,6 +18,7 @@ pytestmark = [pytest.mark.timeout(600),
 @pytest.fixture(autouse=True)
 def own_cache(tmp_path, monkeypatch):
     monkeypatch.setenv(openvino_backend.CACHE_ENV, str(tmp_path / "ov_cache"))
+    monkeypatch.delenv(openvino_backend.BACKEND_ENV, raising=False)  # conftest pins torch for the other tests
 
 
 def wrapped(dim, seed=0, head_class=None):
@@ -109,6 +112,13 @@ def test_backend_choice(monkeypatch):
         openvino_backend.resolve_backend("openvino", cuda)
     with pytest.raises(ValueError, match="unknown backend"):
         openvino_backend.resolve_backend("onnx", cpu)
+    monkeypatch.setenv(openvino_backend.BACKEND_ENV, "torch")  # where no flag reaches (pipeline): the environment
+    assert openvino_backend.resolve_backend("auto", cpu) == "torch"
+    assert openvino_backend.resolve_backend("openvino", cpu) == "openvino"  # an explicit choice wins
+    monkeypatch.setenv(openvino_backend.BACKEND_ENV, "onnx")
+    with pytest.raises(ValueError, match="nnunet_mtl_backend"):
+        openvino_backend.resolve_backend("auto", cpu)
+    monkeypatch.delenv(openvino_backend.BACKEND_ENV)
     monkeypatch.setattr(openvino_backend, "available", lambda: False)
     assert openvino_backend.resolve_backend("auto", cpu) == "torch"
     with pytest.raises(ValueError, match="not installed"):
@@ -129,3 +139,27 @@ def test_load_predictor_uses_openvino_on_the_cpu_and_records_it(trained_2d):
     for k in a[1].outputs:
         assert np.allclose(a[1].outputs[k], b[1].outputs[k], atol=1e-4), k
     assert (a[0].argmax(0) == b[0].argmax(0)).float().mean() >= 0.999
+
+
+def test_cache_keeps_the_newest_models(tmp_path, monkeypatch):
+    monkeypatch.setattr(openvino_backend, "KEEP_CACHED", 2)
+    x = torch.randn(1, 1, *PATCH[2])
+    with torch.inference_mode():
+        for seed in range(3):  # three retrainings: three weight hashes
+            wrapped(2, seed)[1](x)
+    assert len(os.listdir(os.environ[openvino_backend.CACHE_ENV])) == 2
+
+
+def test_classify_on_openvino_matches_torch(trained_2d, tmp_path):
+    """nnunet_mtl_classify's path (conversion, preprocessing, encoder-only heads) on both backends."""
+    from PIL import Image
+    from nnunet_mtl.inference import classify_files, load_predictor
+    image = tmp_path / "cxr.png"
+    Image.fromarray((np.random.default_rng(3).random((64, 64)) * 255).astype(np.uint8)).save(image)
+    rows = {}
+    for backend in ("torch", "openvino"):
+        predictor = load_predictor(trained_2d, folds=[0], backend=backend)
+        [rows[backend]] = list(classify_files(predictor, [str(image)], str(tmp_path / backend)))
+    assert "error" not in rows["openvino"], rows["openvino"]
+    for k, v in rows["torch"]["outputs"].items():
+        assert np.allclose(rows["openvino"]["outputs"][k], v, atol=1e-4), k

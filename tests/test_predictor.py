@@ -59,7 +59,8 @@ def test_stock_predict_and_ours_give_identical_masks(stock_trained, dataset_2d, 
     for name in stock:
         assert np.array_equal(stock[name], ours[name]), name
     if openvino_backend.available():  # the CPU default: the same masks within the rule (Dice >= 0.999 per label)
-        predict_folder(load_predictor(stock_trained, folds=[4]), images, str(tmp_path / "ours_openvino"))
+        predict_folder(load_predictor(stock_trained, folds=[4], backend="openvino"), images,
+                       str(tmp_path / "ours_openvino"))
         fast = masks(tmp_path / "ours_openvino")
         for name in stock:
             for label in np.unique(stock[name])[1:]:

@@ -1,9 +1,7 @@
 """A frozen-heads folder (probe heads) gives the same clinical outputs as our model folder: DICOM SEG + SR
 from its rows and the stock masks, and review pages."""
 import csv
-import glob
 import os
-import shutil
 
 import numpy as np
 import pydicom
@@ -14,19 +12,14 @@ from nnunet_mtl.cli import predict
 from nnunet_mtl.dicom_outputs.sr import read_sr_predictions
 from nnunet_mtl.frozen.heads_model import FrozenHeads
 from tests.test_add_heads import heads, labels_csv  # noqa: F401  (fixtures: probe heads on a tiny stock model)
-from tests.test_clinical_outputs import _links, nifti_to_dx
+from tests.test_clinical_outputs import _links, dx_and_nifti_inputs
 from tests.test_frozen import stock_model  # noqa: F401
 
 pytestmark = pytest.mark.timeout(600)
 
 
 def test_heads_folder_gives_dicom_seg_sr_and_review_pages(heads, dataset_2d, tmp_path, capsys):  # noqa: F811
-    tests = sorted(glob.glob(os.path.join(dataset_2d.raw_folder, "imagesTs", "*_0000.nii.gz")))
-    inputs = tmp_path / "in"
-    inputs.mkdir()
-    shape = nifti_to_dx(tests[0], str(inputs / "cxr.dcm"))
-    for p in tests[1:]:
-        shutil.copyfile(p, inputs / os.path.basename(p).replace("_0000", ""))
+    inputs, shape = dx_and_nifti_inputs(dataset_2d, tmp_path)
     out = tmp_path / "out"
     assert predict.main(["-i", str(inputs), "-o", str(out), "-m", heads, "-device", "cpu", "-npp", "1", "-nps", "1",
                          "--disable_tta", "--dicom_outputs", "--report"]) == 0
