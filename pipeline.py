@@ -1,8 +1,6 @@
 """``python pipeline.py ...``: the pipeline command; the code is nnunet_mtl/cli/pipeline.py (nnunet_mtl_pipeline)."""
-import sys
-
+from nnunet_mtl.cli.console import run
 from nnunet_mtl.cli.pipeline import main
 
 if __name__ == "__main__":
-    from nnunet_mtl.cli.console import run
     run(main)

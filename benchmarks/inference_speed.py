@@ -43,6 +43,7 @@ from common import (add_dataset_args, describe, ensure_model, load_average, mach
 from speed_parts import (PRESETS, check_sizes, compare_mask_folders, format_summary,  # noqa: E402
                          max_probability_difference, parse_classify_lines, per_image_seconds, ratio,
                          replicate_cases, repeats_per_size)
+from nnunet_mtl.openvino_backend import CACHE_ENV  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 STOCK_PY = ("import sys; from nnunetv2.inference.predict_from_raw_data import predict_entry_point as m; "
@@ -224,6 +225,11 @@ def convert_for_stock(png_dir: str, model: str, dst_parent: str, fold: str) -> t
     return prepared.folder, time.perf_counter() - start
 
 
+def command_of(variant: str) -> str:
+    """The CLI (and input folder) of a timed variant: ``ours_torch`` is ours with ``--backend torch``."""
+    return "ours" if variant == "ours_torch" else variant
+
+
 # ---------------------------------------------------------------------------------------------- main
 class Run:
     """What every timed command shares: launcher, nnU-Net environment, the settings both sides get."""
@@ -235,7 +241,8 @@ class Run:
         self.common = ["-f", args.fold, "-device", device, "-step_size", "0.5"]  # mirroring on: the default
         self.stock_extra, self.ours_extra = shlex.split(args.stock_args), shlex.split(args.ours_args)
         self.ov_cache = os.path.join(work, "openvino_cache")  # ours' converted models (nnunet_mtl.openvino_backend)
-        self.env["nnunet_mtl_openvino_cache"] = self.ov_cache
+        self.env[CACHE_ENV] = self.ov_cache
+        self.cold = () if args.warm_cache else (self.ov_cache,)  # emptied before every run
 
     def side_args(self, ds, model: str) -> dict:
         """Arguments after -i/-o: stock names the dataset, plans and trainer; ours the model folder."""
@@ -248,12 +255,11 @@ class Run:
     def time_inputs(self, tag: str, kind: str, n: int, inputs: dict, ds, model: str, repeats: int) -> dict:
         """Time both sides on their inputs ({side: folder}); the row of the table."""
         side = self.side_args(ds, model)
-        inputs = dict(inputs, ours_torch=inputs["ours"])
-        variants = {k: cli("ours" if k == "ours_torch" else k, self.launcher) + ["-i", inputs[k], "-o", "{out}"]
-                    + side[k] for k in side}
+        variants = {k: cli(command_of(k), self.launcher) + ["-i", inputs[command_of(k)], "-o", "{out}"] + side[k]
+                    for k in side}
         for k, v in variants.items():
             print(f"[bench] {tag} {k}: {shlex.join(v)}", flush=True)
-        times = run_pair(tag, variants, repeats, self.work, self.env, () if self.args.warm_cache else (self.ov_cache,))
+        times = run_pair(tag, variants, repeats, self.work, self.env, self.cold)
         outs = {k: os.path.join(self.work, f"out_{tag}_{k}") for k in variants}
         row = dict(tag=tag, kind=kind, n=n, times=times,
                    dice=compare_mask_folders(outs["stock"], outs["ours"], labels_of(ds.raw_folder)),
@@ -275,10 +281,10 @@ class Run:
         for which, extra in self.side_args(ds, model).items():
             folder = os.path.join(self.work, f"profile_{label}_{which}")
             shutil.rmtree(folder, ignore_errors=True)
-            if not self.args.warm_cache:
-                shutil.rmtree(self.ov_cache, ignore_errors=True)
-            cli_name = "ours" if which == "ours_torch" else which
-            out[f"{label} {which}"] = run_profiled(cli_name, ["-i", inputs[cli_name], "-o", folder] + extra,
+            for cold in self.cold:
+                shutil.rmtree(cold, ignore_errors=True)
+            out[f"{label} {which}"] = run_profiled(command_of(which), ["-i", inputs[command_of(which)], "-o", folder]
+                                                   + extra,
                                                    os.path.join(self.work, f"log_profile_{label}_{which}.txt"),
                                                    self.env)
         return out

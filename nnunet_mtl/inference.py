@@ -65,7 +65,7 @@ def load_predictor(model_dir: str, folds: Optional[Sequence] = None, checkpoint:
     predictor.checkpoint_files = provenance.checkpoint_files(model_dir, folds, checkpoint)  # the predictions' provenance
     predictor.backend = backend_name
     if predictor.backend == "openvino":
-        predictor.network = openvino_backend.wrap_for_cpu(
+        predictor.network = openvino_backend.OpenVINONetwork(
             predictor.network, len(predictor.dataset_json["channel_names"]), predictor.configuration_manager.patch_size)
     return predictor
 

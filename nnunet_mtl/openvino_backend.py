@@ -101,8 +101,8 @@ class OpenVINONetwork(nn.Module):
         self.threads = int(threads or torch.get_num_threads())
         self.head_names = list(getattr(network, "heads", {}).keys())
         self._params: Optional[Dict[str, torch.Tensor]] = None  # the weights loaded last (nnU-Net: per fold)
-        self._compiled: Dict[Tuple[int, str], object] = {}
-        self._keep: List[object] = []  # the params dicts whose id() keys _compiled stay alive
+        # (id of a params dict, graph kind) -> (that dict, kept alive so its id stays unique; its infer request)
+        self._compiled: Dict[Tuple[int, str], Tuple[Dict[str, torch.Tensor], object]] = {}
         self._lock = threading.Lock()   # an infer request is not thread-safe
 
     def __getattr__(self, name):
@@ -148,14 +148,12 @@ class OpenVINONetwork(nn.Module):
             return [torch.from_numpy(result[out].copy()) for out in request.model_outputs]
 
     def _request(self, kind: str):
-        params = self._params if self._params is not None else self.torch_network.state_dict()
-        key = (id(params), kind)
+        if self._params is None:  # no fold loaded through load_state_dict: the weights the network has
+            self._params = self.torch_network.state_dict()
+        key = (id(self._params), kind)
         if key not in self._compiled:
-            if self._params is None:
-                self._params = params
-            self._keep.append(params)
-            self._compiled[key] = self._compile(kind, params).create_infer_request()
-        return self._compiled[key]
+            self._compiled[key] = (self._params, self._compile(kind, self._params).create_infer_request())
+        return self._compiled[key][1]
 
     def _compile(self, kind: str, params: Dict[str, torch.Tensor]):
         import openvino as ov
@@ -207,7 +205,3 @@ def _prune(cache: str, keep: int) -> None:
     entries = [e for e in os.scandir(cache) if e.is_dir() and not e.name.startswith(".tmp_")]
     for old in sorted(entries, key=lambda e: e.stat().st_mtime, reverse=True)[keep:]:
         shutil.rmtree(old.path, ignore_errors=True)
-
-
-def wrap_for_cpu(network: nn.Module, in_channels: int, patch_size: Sequence[int]) -> OpenVINONetwork:
-    return OpenVINONetwork(network, in_channels, patch_size, threads=torch.get_num_threads())

@@ -8,6 +8,7 @@ import sys
 import tempfile
 
 from nnunet_mtl.cli.aggregation_args import add_aggregation_arguments
+from nnunet_mtl.cli.backend_args import add_backend_argument
 
 PROG = "nnunet_mtl_classify"
 
@@ -25,9 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tile_batch", type=int, default=None,
                    help="network inputs (tiles x mirrors) per forward (default 1; batching a 2D image's mirrors "
                         "was slower on a 2-core CPU, see nnunet_mtl/batched_window.py)")
-    p.add_argument("--backend", default="auto", choices=["auto", "torch", "openvino"],
-                   help="what runs the network: auto (default) = OpenVINO on the CPU when installed (2-3x faster per "
-                        "forward on a small CPU, logits within ~1e-5 of torch), torch otherwise; torch = nnU-Net's own")
+    add_backend_argument(p)
     return p
 
 

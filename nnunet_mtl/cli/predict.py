@@ -3,6 +3,7 @@ import argparse
 import sys
 
 from nnunet_mtl.cli.aggregation_args import add_aggregation_arguments
+from nnunet_mtl.cli.backend_args import add_backend_argument
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -21,9 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="network inputs (tiles x mirrors) per forward (default 1: nnU-Net's own loop); larger "
                         "values batch tiles and their mirrored copies: more memory, same results to 1e-5")
     p.add_argument("-device", "--device", default="cuda" if _cuda() else "cpu", choices=["cuda", "cpu", "mps"])
-    p.add_argument("--backend", default="auto", choices=["auto", "torch", "openvino"],
-                   help="what runs the network: auto (default) = OpenVINO on the CPU when installed (2-3x faster per "
-                        "forward on a small CPU, logits within ~1e-5 of torch), torch otherwise; torch = nnU-Net's own")
+    add_backend_argument(p)
     p.add_argument("-npp", type=int, default=2, help="processes for preprocessing")
     p.add_argument("-nps", type=int, default=2, help="processes for resampling/export")
     p.add_argument("--save_probabilities", action="store_true", help="also write probability maps (.npz)")
