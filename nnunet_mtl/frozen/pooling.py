@@ -40,6 +40,23 @@ def resize_to(weights: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
     return F.interpolate(weights[:, None], size=tuple(shape), mode="area")[:, 0]
 
 
+def stage_sums(skip: torch.Tensor, importance: torch.Tensor, fg: Optional[torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """Per forward of a batch: both pools' numerators ``[B, C]`` and denominators ``[B]`` at one stage;
+    ``importance`` / ``fg``: ``[B, *patch]`` (``fg`` None: the global pool only)."""
+    x = skip.float()
+    g = resize_to(importance, x.shape[2:])
+    sums = {"global_num": (x * g[:, None]).flatten(2).sum(2), "global_den": g.flatten(1).sum(1)}
+    if fg is not None:
+        gp = g * resize_to(fg, x.shape[2:])
+        sums.update(foreground_num=(x * gp[:, None]).flatten(2).sum(2), foreground_den=gp.flatten(1).sum(1))
+    return sums
+
+
+def has_foreground(foreground_den: torch.Tensor, global_den: torch.Tensor) -> torch.Tensor:
+    """Whether the predicted foreground carries weight; where it does not, the foreground pool is the global one."""
+    return foreground_den > EPS * global_den
+
+
 class StagePooler:
     """Accumulates the sums of both pools for every stage over the forwards of one case."""
 
@@ -53,12 +70,8 @@ class StagePooler:
             self.sums = [{} for _ in skips]
         imp = importance.to(fg.device, fg.dtype)[None].expand_as(fg)
         for acc, skip in zip(self.sums, skips):
-            x = skip.float()
-            g = resize_to(imp, x.shape[2:])
-            gp = g * resize_to(fg, x.shape[2:])
-            parts = {"global_num": (x * g[:, None]).flatten(2).sum((0, 2)), "global_den": g.sum(),
-                     "foreground_num": (x * gp[:, None]).flatten(2).sum((0, 2)), "foreground_den": gp.sum()}
-            for k, v in parts.items():
+            for k, v in stage_sums(skip, imp, fg).items():
+                v = v.sum(0)  # the batch's forwards are tiles / mirrors of the same case
                 acc[k] = acc[k] + v if k in acc else v
         self.n_forwards += 1
 
@@ -69,8 +82,8 @@ class StagePooler:
         out = {}
         for s, acc in enumerate(self.sums):
             glob = acc["global_num"] / acc["global_den"].clamp_min(EPS)
-            has_fg = float(acc["foreground_den"]) > EPS * float(acc["global_den"])
-            fg = acc["foreground_num"] / acc["foreground_den"] if has_fg else glob
+            fg = (acc["foreground_num"] / acc["foreground_den"]
+                  if has_foreground(acc["foreground_den"], acc["global_den"]) else glob)
             out[f"global_s{s}"] = glob.cpu().numpy().astype(np.float32)
             out[f"foreground_s{s}"] = fg.cpu().numpy().astype(np.float32)
         first = self.sums[0]

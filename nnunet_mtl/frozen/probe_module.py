@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from nnunet_mtl.frozen.pooling import EPS, POOLS, foreground_probability, resize_to
+from nnunet_mtl.frozen.pooling import EPS, POOLS, foreground_probability, has_foreground, stage_sums
 from nnunet_mtl.targets import Target
 
 
@@ -66,15 +66,13 @@ class ProbeHead(nn.Module):
             fg = foreground_probability(seg.detach(), self.has_regions).to(imp.dtype)
         parts = []
         for s in self._order:
-            x = skips[s].float()
-            g = resize_to(imp, x.shape[2:])
-            glob = (x * g[:, None]).flatten(2).sum(2) / g.flatten(1).sum(1).clamp_min(EPS)[:, None]
+            sums = stage_sums(skips[s], imp, fg)
+            glob = sums["global_num"] / sums["global_den"].clamp_min(EPS)[:, None]
             pooled = {"global": glob}
             if fg is not None:
-                gp = g * resize_to(fg, x.shape[2:])
-                den, den_g = gp.flatten(1).sum(1), g.flatten(1).sum(1)
-                fore = (x * gp[:, None]).flatten(2).sum(2) / den.clamp_min(EPS)[:, None]
-                pooled["foreground"] = torch.where((den > EPS * den_g)[:, None], fore, glob)
+                fore = sums["foreground_num"] / sums["foreground_den"].clamp_min(EPS)[:, None]
+                pooled["foreground"] = torch.where(
+                    has_foreground(sums["foreground_den"], sums["global_den"])[:, None], fore, glob)
             parts.extend(pooled[p] for p in self.pools)
         return torch.cat(parts, 1)
 
