@@ -19,7 +19,7 @@ the same plans and the same training budget for every arm:
   the from-scratch MTL training (``frozen_vs_scratch_time``);
 * ``--aggregation``: the default MTL arm's head metrics under each case-aggregation rule.
 
-Without ``--arms`` the run is ``DEFAULT_RUN`` (stock, mtl, finetune, probe, probe_mtl).
+Without ``--arms`` the run is ``DEFAULT_RUN`` (stock, mtl, joint, probe, probe_mtl).
 Sizes: default (2-core CPU, ~15-25 min: shrunk plans, short budget, no test-time mirroring),
 ``--quick`` (a smoke run of a few minutes on a subset), ``--full`` (a GPU: planned network,
 real budget, mirroring on). The last line is ``summary: key=value ...``; results also go to
@@ -60,7 +60,9 @@ class Arm:
 ARMS = (
     Arm("stock", "nnUNetTrainer", {}, "nnU-Net as is: SGD lr 1e-2, segmentation only"),
     Arm("mtl", "nnUNetTrainerMTL", {}, "the library default, from scratch: nnU-Net's SGD lr 1e-2 for the U-Net, "
-        "heads on the bottleneck at lr 1e-3"),
+        "heads on the bottleneck at lr 1e-3 learning on its features without training the encoder"),
+    Arm("joint", "nnUNetTrainerMTL", {"heads_train_encoder": True}, "the heads' gradient trains the encoder too "
+        "(the default until 2026-12-03; losses mixed by the schedule)"),
     # Fine-tuning from the trained stock arm: the segmentation is already trained, so no segmentation-first
     # warm-up (heads at their full loss weight from the start); the first quarter of the epochs trains the heads
     # alone (encoder/decoder frozen). Same step budget as the others, on top of the stock arm's training.
@@ -74,7 +76,7 @@ ARMS = (
 )
 # Frozen-encoder probes (nnunet_mtl.frozen): name -> the trained arm whose encoder they read.
 PROBES = {"probe": "stock", "probe_mtl": "mtl"}
-DEFAULT_RUN = ("stock", "mtl", "finetune", "probe", "probe_mtl")  # without --arms; the others by name
+DEFAULT_RUN = ("stock", "mtl", "joint", "probe", "probe_mtl")  # without --arms; the others by name
 
 DATASETS = {"hippocampus": 960, "synthetic3d": 961, "synthetic2d": 962}
 SIZES = {  # epochs x iterations per epoch, validation iterations, cases (None: all), test-time mirroring

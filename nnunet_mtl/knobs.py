@@ -23,6 +23,18 @@ from typing import Any, Callable, Dict, Iterator, Optional
 ENV_VAR = "NNUNET_MTL_OVERRIDES"
 
 
+def parse_bool(value) -> bool:
+    """A boolean knob from JSON (true/false) or a command line (true/false/yes/no/1/0)."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "y", "on"):
+        return True
+    if text in ("0", "false", "no", "n", "off"):
+        return False
+    raise ValueError(f"not a boolean: {value!r} (use true or false)")
+
+
 @dataclass(frozen=True)
 class Knob:
     name: str                      # trainer attribute and NNUNET_MTL_OVERRIDES key
@@ -55,6 +67,11 @@ KNOBS = (
          "warmup_epochs"),
     Knob("ramp_epochs", int, None, "epochs of the linear ramp to balance (default 3%% of the epochs: 30 of 1000)",
          "ramp_epochs"),
+    Knob("heads_train_encoder", parse_bool, None,
+         "whether the heads' loss also trains the encoder (true / false). Default: false when the dataset has "
+         "masks: the U-Net gets exactly stock nnU-Net's gradients (same seed, same weights; the accuracy benchmark "
+         "found the joint gradient costing Dice and weakening the encoder's features for a probe) and the heads "
+         "learn on its features; true without masks (nothing else trains the encoder)", "heads_train_encoder"),
     Knob("head_weight_start", float, 0.1, "head loss weight in the first phase (default 0.1)", "head_weight_start"),
     Knob("head_weight_end", float, 0.5, "head loss weight after the ramp (default 0.5)", "head_weight_end"),
     Knob("class_weight_smoothing", float, 1.0, "s in w_c ~ (1/(n_c + s))^p (default 1)", "class_weight_smoothing"),

@@ -25,8 +25,10 @@ class MTLNetwork(nn.Module):
         self.encoder = unet.encoder
         self.decoder = unet.decoder
         self.spec = spec
-        self.heads = build_heads(spec, list(self.encoder.output_channels), head_stages, head_dropout,
-                                 head_class or PooledHead, seg_activation)
+        with torch.random.fork_rng(devices=[]):  # the heads' initialisation leaves the random stream as stock's
+            self.heads = build_heads(spec, list(self.encoder.output_channels), head_stages, head_dropout,
+                                     head_class or PooledHead, seg_activation)
+        self.detach_head_inputs = False     # True: heads learn on the features without training the encoder
         self.capture_heads = False          # when True, a plain forward also stores head outputs
         self.last_head_outputs = None
 
@@ -53,6 +55,9 @@ class MTLNetwork(nn.Module):
         """Every head on this pass's skips; heads that read the segmentation get its highest-resolution
         logits (the first deep-supervision output)."""
         seg_hi = seg[0] if isinstance(seg, (list, tuple)) else seg
+        if self.detach_head_inputs:
+            skips = [s.detach() for s in skips]
+            seg_hi = None if seg_hi is None else seg_hi.detach()
         return {name: head(skips, seg_hi) if head.reads_segmentation else head(skips)
                 for name, head in self.heads.items()}
 

@@ -21,8 +21,8 @@ def names(selected):
     return [a.name for a in arms], probes
 
 
-def test_default_run_has_stock_mtl_finetune_and_both_probes():
-    assert names(accuracy.select(None)) == (["stock", "mtl", "finetune"], ["probe", "probe_mtl"])
+def test_default_run_has_stock_mtl_joint_and_both_probes():
+    assert names(accuracy.select(None)) == (["stock", "mtl", "joint"], ["probe", "probe_mtl"])
 
 
 def test_arms_by_name_add_what_they_start_from():

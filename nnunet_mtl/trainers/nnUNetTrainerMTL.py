@@ -7,7 +7,11 @@ absolutely and keeps the logic in the library. What it changes, hook by hook:
   random 80:20 split).
 * ``build_network_architecture``: nnU-Net's own U-Net from the plans, wrapped in MTLNetwork
   (heads read the same encoder pass the decoder uses; one encoder forward per step).
-* ``train_step``: seg loss and head loss from one forward, mixed by the phase schedule.
+* ``train_step``: seg loss and head loss from one forward. By default (``heads_train_encoder`` unset, a
+  dataset with masks) the heads read the encoder's features detached: the U-Net's loss, gradients,
+  clipping and random draws are stock nnU-Net's (same seed, same U-Net weights, tested) and the phase
+  schedule scales the heads' loss; with ``heads_train_encoder=true`` the heads' gradient trains the
+  encoder too and the schedule mixes the two losses.
 * ``validation_step`` / ``on_validation_epoch_end``: head loss, accuracy and macro-F1 on the
   validation patches (for checkpoint selection only; reported numbers are whole-case).
 * ``configure_optimizers``: nnU-Net's SGD (default) or AdamW (seed design), heads in their own parameter
@@ -49,8 +53,9 @@ from nnunet_mtl.training.checkpointing import LatestCheckpointClock, save_atomic
 from nnunet_mtl.training.head_metrics import patch_head_metrics, patch_predictions
 from nnunet_mtl.training.optim import build_optimizer
 from nnunet_mtl.training.split_check import check_fold_in_splits
-from nnunet_mtl.training.step_helpers import (class_weights_for_split, gathered_mean, per_target_losses,
-                                              store_regression_stats, to_device, zero_with_graph)
+from nnunet_mtl.training.step_helpers import (class_weights_for_split, clip_unet_and_heads, gathered_mean,
+                                              own_random_stream, per_target_losses, store_regression_stats,
+                                              to_device, zero_with_graph)
 from nnunet_mtl.training.whole_case import heads_during_validation, write_validation_heads
 
 SEG_ACTIVATION_KEY = "mtl_seg_activation"  # plans key: how heads turn seg logits into foreground
@@ -110,9 +115,19 @@ class nnUNetTrainerMTL(nnUNetTrainer):
         return HeadWeightSchedule(lengths["warmup_epochs"], lengths["ramp_epochs"], self.head_weight_start,
                                   self.head_weight_end)
 
+    @property
+    def encoder_trained_by_heads(self) -> bool:
+        """``heads_train_encoder``, derived where unset: only without masks (nothing else trains the encoder)."""
+        return not self.has_masks if self.heads_train_encoder is None else bool(self.heads_train_encoder)
+
     def loss_weights(self):
-        """(seg weight, head weight) in force this epoch; heads only when the dataset has no masks."""
-        return (0.0, 1.0) if not self.has_masks else self.schedule.weights(self.current_epoch)
+        """(seg weight, head weight) in force this epoch; heads only when the dataset has no masks. When the heads
+        do not train the encoder the segmentation keeps its full weight (stock nnU-Net's loss and gradients) and
+        the schedule scales the heads' loss alone."""
+        if not self.has_masks:
+            return 0.0, 1.0
+        w_seg, w_head = self.schedule.weights(self.current_epoch)
+        return (w_seg, w_head) if self.encoder_trained_by_heads else (1.0, w_head)
 
     def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):
         """nnU-Net's augmentation, minus mirroring across the body's left-right axis when the dataset
@@ -155,6 +170,11 @@ class nnUNetTrainerMTL(nnUNetTrainer):
         self.regression_stats = self.case_targets.regression_stats(tr_keys)
         store_regression_stats(unwrap(self.network), self.regression_stats)
         self.head_loss = HeadLoss(self.spec, class_weights).to(self.device)
+        unwrap(self.network).detach_head_inputs = not self.encoder_trained_by_heads
+        self.print_to_log_file("Heads train the encoder too (joint gradient; segmentation loss weighted by the "
+                               "schedule)" if self.encoder_trained_by_heads else
+                               "Heads learn on the encoder's features without training it: the U-Net gets stock "
+                               "nnU-Net's loss and gradients (heads_train_encoder=true for the joint gradient)")
         self._maybe_init_from_stock()
         w_seg, w_head = self.loss_weights()
         self.print_to_log_file(f"Schedule for {self.num_epochs} epochs: {self.schedule_lengths} (unset ones scale with "
@@ -184,7 +204,8 @@ class nnUNetTrainerMTL(nnUNetTrainer):
         w_seg, w_head = self.loss_weights()
         self.optimizer.zero_grad(set_to_none=True)
         with autocast(self.device.type, enabled=True) if self.device.type == 'cuda' else dummy_context():
-            seg_out, head_out = self.network(data, with_heads=True)
+            with own_random_stream(self.device):  # the heads' dropout leaves nnU-Net's random draws as stock's
+                seg_out, head_out = self.network(data, with_heads=True)
             seg_loss = self.loss(seg_out, target) if w_seg > 0 else zero_with_graph(seg_out)
             head_loss, parts = self.head_loss(head_out, head_targets, self.regression_stats)
             loss = w_seg * seg_loss + w_head * head_loss
@@ -198,12 +219,12 @@ class nnUNetTrainerMTL(nnUNetTrainer):
         if self.grad_scaler is not None:
             self.grad_scaler.scale(loss).backward()
             self.grad_scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
+            clip_unet_and_heads(unwrap(self.network), 12)
             self.grad_scaler.step(self.optimizer)
             self.grad_scaler.update()
         else:
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
+            clip_unet_and_heads(unwrap(self.network), 12)
             self.optimizer.step()
 
     def on_train_epoch_end(self, train_outputs):

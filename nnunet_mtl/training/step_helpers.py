@@ -22,6 +22,22 @@ def zero_with_graph(seg_out) -> torch.Tensor:
     return sum(o.float().sum() for o in outs) * 0.0
 
 
+def clip_unet_and_heads(network, max_norm: float) -> None:
+    """nnU-Net's gradient clipping on the U-Net's parameters alone and, apart, on the heads': the U-Net's
+    clipping (and so its update) then never depends on the heads' gradients."""
+    head_ids = {id(p) for p in network.heads.parameters()}
+    torch.nn.utils.clip_grad_norm_([p for p in network.parameters() if id(p) not in head_ids], max_norm)
+    torch.nn.utils.clip_grad_norm_(list(network.heads.parameters()), max_norm)
+
+
+def own_random_stream(device: torch.device):
+    """A block whose random draws (the heads' dropout) are undone afterwards, so the global generators that
+    nnU-Net's sampling and augmentation draw from continue as in a stock run."""
+    indices = [device.index if device.index is not None else torch.cuda.current_device()] \
+        if device.type == "cuda" else []
+    return torch.random.fork_rng(devices=indices)
+
+
 def gather_list(values: list, is_ddp: bool) -> list:
     """Concatenate a per-rank list over all DDP ranks (identity without DDP)."""
     if not is_ddp:
