@@ -10,6 +10,9 @@ from __future__ import annotations
 import numpy as np
 
 REFERENCE, DEFAULT_MTL = "stock", "mtl"
+# What the pipeline outputs by default for image-level targets (--heads probe): probes on the default MTL
+# model's own features. The summary's auc_default / r_default are this row's.
+DEFAULT_OUTPUT = "probe_mtl"
 
 
 def fmt(x, digits=3) -> str:
@@ -98,6 +101,11 @@ def summary_pairs(results: dict, spec) -> list:
              ("mirroring", results["mirroring"])]
     mtl = rows.get(DEFAULT_MTL, {})
     pairs.append(("dice_ratio_min", fmt(mtl.get("dice_ratio_min"), 4)))
+    default = rows.get(DEFAULT_OUTPUT, {}).get("heads", {})
+    if cls and cls in default:
+        pairs.append(("auc_default", fmt(default[cls]["roc_auc"])))
+    if reg and reg in default:
+        pairs.append(("r_default", fmt(default[reg]["pearson_r"])))
     for name, r in rows.items():
         for s, v in r.get("dice", {}).items():
             pairs.append((f"dice_{s}_{name}", fmt(v, 4)))

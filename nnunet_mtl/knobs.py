@@ -78,7 +78,8 @@ KNOBS = (
     Knob("class_weight_power", float, 1.0, "p in w_c ~ (1/(n_c + s))^p; 0 turns class weighting off (default 1)",
          "class_weight_power"),
     Knob("early_stopping_patience", int, None,
-         "early stopping patience in epochs (default 10%% of the epochs: 100 of 1000, at least 10)", "patience"),
+         "early stopping patience in epochs (default: none when the heads do not train the encoder, the U-Net "
+         "trains its whole budget as stock nnU-Net's; else 10%% of the epochs: 100 of 1000, at least 10)", "patience"),
     Knob("selection_seg_weight", float, 0.5, "weight of the pseudo Dice in the combined selection score (default 0.5)",
          "selection_seg_weight"),
     Knob("init_from", str, None, "start encoder/decoder from a stock nnU-Net model: its folder (fold k from its "

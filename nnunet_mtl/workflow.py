@@ -296,11 +296,13 @@ def explain_folder(model_dir: str, source_folder: str, out_dir: str, folds, chec
 
 # --------------------------------------------------------------------------------------------- evaluate
 def evaluate_validation(base_dir: str, fold: int, output_folder: Optional[str] = None, n_bootstrap: int = 1000,
-                        heads: str = "joint") -> dict:
+                        heads: Optional[str] = None) -> dict:
     """Score one fold's whole-case validation (masks + heads) with nnunet_mtl.evaluation.
 
     ``heads='probe'``: the image-level numbers are those of the fold's probe heads (``fit_probe_heads``,
-    out-of-fold rows in ``probe_heads/fold_k/validation``); masks are the model's either way.
+    out-of-fold rows in ``probe_heads/fold_k/validation``); ``'joint'``: the heads trained with the network;
+    unset: the probe heads where the fold has them (the pipeline's default), else the joint heads. Masks are
+    the model's either way; ``metrics.json`` says which heads were scored (``heads``).
 
     The validation table holds raw probabilities. When the fold has a ``calibration.json``, each
     classification target's block gains ``calibration_fitted``: ECE / Brier raw and with the fold's
@@ -313,6 +315,9 @@ def evaluate_validation(base_dir: str, fold: int, output_folder: Optional[str] =
     use_base_dir(base_dir)
     fold_dir = os.path.join(model_folder(base_dir, state), f"fold_{fold}")
     val_dir = os.path.join(fold_dir, "validation")
+    probe_rows = os.path.join(probe_heads_folder(base_dir), f"fold_{fold}", "validation", "predictions.csv")
+    if heads is None:
+        heads = "probe" if os.path.isfile(probe_rows) else "joint"
     if heads not in HEADS_CHOICES:
         raise ValueError(f"heads must be one of {HEADS_CHOICES}, got {heads!r}")
     if not os.path.isfile(os.path.join(val_dir, "predictions.csv")):
@@ -338,6 +343,8 @@ def evaluate_validation(base_dir: str, fold: int, output_folder: Optional[str] =
                       prediction_csv=csv_path, output_folder=output_folder, labels=description.table,
                       regions=dict(description.regions), n_bootstrap=n_bootstrap,
                       label_names=dict(description.label_names))
+    result["heads"] = heads
+    atomic_write_json(os.path.join(output_folder, "metrics.json"), json_safe(result))
     fitted = None if heads == "probe" else validation_calibration(  # the temperatures belong to the joint heads
         fold_dir, csv_path, description.targets, description.table, output_folder, n_bootstrap)
     if fitted:

@@ -114,8 +114,11 @@ def _validation_rows(ds, trainer):
     random.seed(0)
     np.random.seed(0)
     torch.manual_seed(0)
+    # heads_train_encoder: the heads whose predictions are the output (pipeline --heads joint) shape the encoder;
+    # on detached features (the trainer's default) a bottleneck-pooled head does not read the small finding
+    # within 200 steps, where the probes (the pipeline's default output) do
     folder = train(ds, trainer, 0, num_epochs=10, num_iterations_per_epoch=20, num_val_iterations_per_epoch=4,
-                   optimizer_name="adamw", initial_lr=3e-3, head_lr=1e-2)
+                   optimizer_name="adamw", initial_lr=3e-3, head_lr=1e-2, heads_train_encoder=True)
     rows = list(csv.DictReader(open(os.path.join(folder, "fold_0", "validation", "predictions.csv"))))
     cases = json.load(open(os.path.join(ds.raw_folder, "dataset.json")))["mtl"]["cases"]
     minority = [float(r["finding_prob_present"]) for r in rows if cases[r["case_id"]]["finding"] == "present"]

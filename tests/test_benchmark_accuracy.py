@@ -90,6 +90,7 @@ def test_summary_line_has_the_new_keys():
     pairs = dict(accuracy_report.summary_pairs(fake_results(), spec()))
     assert pairs["frozen_vs_scratch_time"] == "0.0500"
     assert pairs["auc_probe_mtl"] == "0.800" and pairs["r_probe_mtl"] == "0.700"
+    assert pairs["auc_default"] == "0.800" and pairs["r_default"] == "0.700"  # the pipeline's default output
     assert pairs["auc_finetune"] == "0.550" and pairs["r_finetune"] == "0.100"
     assert pairs["dice_a_finetune"] == "0.6700" and pairs["dice_p_finetune"] == "0.4300"
     assert pairs["dice_a_stock"] == "0.6000" and pairs["dice_ratio_min"] == "0.8000"

@@ -20,9 +20,11 @@ def test_one_encoder_forward_per_training_step(dataset_2d):
     assert {"loss", "seg_loss", "head_loss"} <= set(out)
 
 
-def test_head_trains_during_segmentation_first_phase(dataset_2d):
-    trainer = make_trainer(dataset_2d, warmup_epochs=20)
-    assert trainer.current_epoch == 0 and trainer.loss_weights() == pytest.approx((0.9, 0.1))
+@pytest.mark.parametrize("joint, weights", [(False, (1.0, 0.1)), (True, (0.9, 0.1))])
+def test_head_trains_during_segmentation_first_phase(dataset_2d, joint, weights):
+    """Default: the segmentation keeps its full weight (stock's loss); with the joint gradient the schedule mixes."""
+    trainer = make_trainer(dataset_2d, warmup_epochs=20, heads_train_encoder=joint)
+    assert trainer.current_epoch == 0 and trainer.loss_weights() == pytest.approx(weights)
     before = {k: v.clone() for k, v in trainer.network.heads.state_dict().items() if "fc" in k}
     enc_before = [p.clone() for p in trainer.network.encoder.parameters()]
     trainer.train_step(next(trainer.dataloader_train))
@@ -143,8 +145,11 @@ def test_early_stopping_keeps_the_best_weights_and_the_fold_stays_finished(datas
 
 
 def test_schedule_and_patience_follow_the_epoch_budget(dataset_2d):
-    t = _trainer(dataset_2d, 0, num_epochs=500, warmup_epochs=None, ramp_epochs=None)
+    t = _trainer(dataset_2d, 0, num_epochs=500, warmup_epochs=None, ramp_epochs=None, heads_train_encoder=True)
     assert t.schedule_lengths == {"warmup_epochs": 10, "ramp_epochs": 15, "early_stopping_patience": 50}
+    # by default (heads on detached features) the U-Net trains its whole budget, as stock's: no early stop
+    t = _trainer(dataset_2d, 0, num_epochs=500, warmup_epochs=None, ramp_epochs=None)
+    assert t.schedule_lengths == {"warmup_epochs": 10, "ramp_epochs": 15, "early_stopping_patience": None}
     t = _trainer(dataset_2d, 0, num_epochs=500, warmup_epochs=None, ramp_epochs=7, early_stopping_patience=3)
     assert t.schedule_lengths == {"warmup_epochs": 10, "ramp_epochs": 7, "early_stopping_patience": 3}
 

@@ -77,7 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--heads", default="probe", choices=["probe", "joint"],
                     help="image-level predictions from linear probes fitted after training on the trained network's "
                          "pooled whole-case features (probe, default: BASE_DIR/probe_heads, out-of-fold validated; "
-                         "more accurate in docs/benchmarks.md) or from the heads trained with the network (joint)")
+                         "more accurate in docs/benchmarks.md) or from the heads trained with the network (joint; their "
+                         "gradient then trains the encoder too unless --heads_train_encoder false)")
     add_knob_arguments(tr)  # --epochs --lr --patience ...: one line each in nnunet_mtl/knobs.py
 
     inf = p.add_argument_group("inference")
@@ -142,7 +143,7 @@ def main(argv=None) -> int:
                              args.seed, args.num_processes, args.overwrite, shrink=_shrink(args),
                              convert_kwargs=_convert_kwargs(args))
         if args.train_only or run_all:
-            knobs = knobs_from_args(args)
+            knobs = _training_knobs(args)
             workflow.train(args.base_dir, args.fold, device, args.num_gpus, args.overwrite, **knobs)
             if args.heads == "probe":
                 workflow.fit_probe_heads(args.base_dir, args.fold, device, args.overwrite)
@@ -158,6 +159,15 @@ def main(argv=None) -> int:
         print(f"{parser.prog}: error: {e}", file=sys.stderr)
         return 2
     return 0
+
+
+def _training_knobs(args) -> dict:
+    """The knobs the command line sets; with ``--heads joint`` (the trained heads' predictions are the output)
+    the heads' gradient also trains the encoder unless ``--heads_train_encoder`` says otherwise."""
+    knobs = knobs_from_args(args)
+    if args.heads == "joint":
+        knobs.setdefault("heads_train_encoder", True)
+    return knobs
 
 
 def _probe_heads(base_dir: str, folds, device: str) -> str:
@@ -214,11 +224,15 @@ def run_demo(args, device: str) -> int:
                      None, 5, None, args.seed, args.num_processes, args.overwrite, shrink=DEMO_SHRINK[kind],
                      convert_kwargs=convert_kwargs)
     knobs = dict(DEMO_BUDGET)
-    knobs.update(knobs_from_args(args))
+    knobs.update(_training_knobs(args))
     workflow.train(args.base_dir, [0], device, 1, args.overwrite, **knobs)
+    model_dir = None
+    if args.heads == "probe":  # the pipeline's default path: probes on the trained model's features
+        workflow.fit_probe_heads(args.base_dir, [0], device, args.overwrite)
+        model_dir = workflow.probe_heads_folder(args.base_dir)
     csv_path = workflow.infer(args.base_dir, None, args.test_output, [0], device=device, overwrite=args.overwrite,
-                              explain=args.explain)
-    metrics = workflow.evaluate_validation(args.base_dir, 0, n_bootstrap=200)
+                              explain=args.explain, model_dir=model_dir)
+    metrics = workflow.evaluate_validation(args.base_dir, 0, n_bootstrap=200, heads=args.heads)
     print(f"[demo] test predictions: {csv_path}")
     print(f"[demo] validation report: {os.path.join(args.base_dir, 'evaluation_fold0')}")
     _print_headline(metrics)

@@ -106,8 +106,13 @@ class nnUNetTrainerMTL(nnUNetTrainer):
 
     @property
     def schedule_lengths(self) -> dict:
-        """Warm-up, ramp and patience in epochs: the knobs where set, else scaled to num_epochs."""
-        return resolve_schedule(self.num_epochs, self.warmup_epochs, self.ramp_epochs, self.early_stopping_patience)
+        """Warm-up, ramp and patience in epochs: the knobs where set, else scaled to num_epochs. An unset patience
+        is None (no early stop) when the heads do not train the encoder: the U-Net then trains its whole budget,
+        as stock nnU-Net's does."""
+        lengths = resolve_schedule(self.num_epochs, self.warmup_epochs, self.ramp_epochs, self.early_stopping_patience)
+        if self.early_stopping_patience is None and not self.encoder_trained_by_heads:
+            lengths["early_stopping_patience"] = None
+        return lengths
 
     @property
     def schedule(self) -> HeadWeightSchedule:
@@ -282,7 +287,8 @@ class nnUNetTrainerMTL(nnUNetTrainer):
         if self.local_rank == 0:
             selection.write_progress(self.output_folder, self.mtl_state)
         patience = self.schedule_lengths["early_stopping_patience"]
-        if self.mtl_state["epochs_since_best"] >= patience and self.current_epoch < self.num_epochs:
+        if patience is not None and self.mtl_state["epochs_since_best"] >= patience \
+                and self.current_epoch < self.num_epochs:
             self.mtl_state["stopped_early"] = True
             raise selection.EarlyStopping(f"Early stopping after epoch {self.current_epoch - 1}: no better combined "
                                           f"score for {patience} epochs (best {self.mtl_state['best_score']:.4f} at "
