@@ -20,7 +20,8 @@ the same plans and the same training budget for every arm:
 * ``--aggregation``: the default MTL arm's head metrics under each case-aggregation rule.
 
 Without ``--arms`` the run is ``DEFAULT_RUN`` (stock, mtl, joint, probe, probe_mtl).
-Sizes: default (2-core CPU, ~15-25 min: shrunk plans, short budget, no test-time mirroring),
+Sizes: default (2-core CPU, 3 arms + probes: 18-50 min, the step time of this shared VM varied 4x between days;
+shrunk plans, short budget, no test-time mirroring),
 ``--quick`` (a smoke run of a few minutes on a subset), ``--full`` (a GPU: planned network,
 real budget, mirroring on). The last line is ``summary: key=value ...``; results also go to
 ``--out``/accuracy.json. The printed report is ``accuracy_report.py``.
