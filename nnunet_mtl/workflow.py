@@ -243,7 +243,7 @@ def infer(base_dir: str, test_input: Optional[str] = None, test_output: Optional
     if not calibration:
         predictor.calibration = None
     csv_path = predict_folder(predictor, test_input, test_output, overwrite=overwrite, **predict_kwargs)
-    used = f"stock folds {predictor.mask_folds}, heads of folds {sorted(predictor.heads.probes)}" if heads \
+    used = f"mask folds {predictor.mask_folds}, probe heads of folds {sorted(predictor.heads.probes)}" if heads \
         else f"folds {folds}"
     print(f"{test_output}: masks and {os.path.basename(csv_path)} ({used}; probabilities "
           f"{'calibrated' if predictor.calibration is not None else 'not calibrated'})")
