@@ -67,9 +67,10 @@ ARMS = (
     # Fine-tuning from the trained stock arm: the segmentation is already trained, so no segmentation-first
     # warm-up (heads at their full loss weight from the start); the first quarter of the epochs trains the heads
     # alone (encoder/decoder frozen). Same step budget as the others, on top of the stock arm's training.
-    Arm("finetune", "nnUNetTrainerMTL", {"warmup_epochs": 0, "ramp_epochs": 1},
-        "the library default started from the stock arm's checkpoint (init_from), heads only for the first "
-        "quarter of the epochs; its cost is the stock training plus this one", starts_from="stock"),
+    Arm("finetune", "nnUNetTrainerMTL", {"warmup_epochs": 0, "ramp_epochs": 1, "heads_train_encoder": True},
+        "joint fine-tuning from the stock arm's checkpoint (init_from; the heads' gradient reaches the encoder), "
+        "heads only for the first quarter of the epochs; its cost is the stock training plus this one",
+        starts_from="stock"),
     Arm("adamw", "nnUNetTrainerMTL", {"optimizer_name": "adamw"}, "the seed design: AdamW lr 1e-4 for all"),
     Arm("multiscale", "nnUNetTrainerMTLMultiScale", {}, "heads on encoder stages 0, 1, 2 and the bottleneck"),
     Arm("mask_pooling", "nnUNetTrainerMTLMaskPooling", {}, "heads pool features weighted by the predicted mask"),

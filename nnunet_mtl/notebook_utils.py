@@ -314,7 +314,7 @@ def _draw_curve(history: Sequence[Mapping]):
     ax_w.set_ylabel("loss weight")
     ax_w.set_xlabel("epoch")
     ax_w.legend(fontsize=8)
-    ax_w.set_title("phase weights (segmentation first, then a ramp to balance)")
+    ax_w.set_title("loss weights per epoch (heads: a ramp after the warm-up)")
     fig.tight_layout()
     return fig
 

@@ -315,17 +315,17 @@ def evaluate_validation(base_dir: str, fold: int, output_folder: Optional[str] =
     use_base_dir(base_dir)
     fold_dir = os.path.join(model_folder(base_dir, state), f"fold_{fold}")
     val_dir = os.path.join(fold_dir, "validation")
-    probe_rows = os.path.join(probe_heads_folder(base_dir), f"fold_{fold}", "validation", "predictions.csv")
     if heads is None:
-        heads = "probe" if os.path.isfile(probe_rows) else "joint"
+        heads = "probe" if _current_probe_problem(base_dir, fold) is None else "joint"
     if heads not in HEADS_CHOICES:
         raise ValueError(f"heads must be one of {HEADS_CHOICES}, got {heads!r}")
     if not os.path.isfile(os.path.join(val_dir, "predictions.csv")):
         raise PipelineError(f"{val_dir}: no whole-case validation yet; train fold {fold} first")
     rows_dir = val_dir if heads == "joint" else os.path.join(probe_heads_folder(base_dir), f"fold_{fold}", "validation")
     csv_path = os.path.join(rows_dir, "predictions.csv")
-    if not os.path.isfile(csv_path):
-        raise PipelineError(f"{rows_dir}: no probe heads for fold {fold}; fit them first (--heads probe)")
+    problem = _current_probe_problem(base_dir, fold) if heads == "probe" else None
+    if problem:
+        raise PipelineError(f"{problem}; fit them (--heads probe) or score the joint heads (heads='joint')")
     dataset_json = read_json(os.path.join(state.raw_folder, "dataset.json"))
     case_ids = [os.path.basename(p)[:-len(dataset_json["file_ending"])]
                 for p in glob.glob(os.path.join(val_dir, "*" + dataset_json["file_ending"]))]
@@ -361,6 +361,21 @@ def evaluate_validation(base_dir: str, fold: int, output_folder: Optional[str] =
 # ------------------------------------------------------------------------------- heads on a stock model
 PROBE_HEADS_DIR = "probe_heads"
 HEADS_CHOICES = ("joint", "probe")
+
+
+def _current_probe_problem(base_dir: str, fold: int) -> Optional[str]:
+    """Why the fold's probe heads cannot be scored (none fitted, or fitted on a checkpoint since replaced:
+    their rows would belong to an older model), or None when they can."""
+    from nnunet_mtl.frozen.heads_model import FrozenHeads
+    folder = probe_heads_folder(base_dir)
+    rows = os.path.join(folder, f"fold_{fold}", "validation", "predictions.csv")
+    if not os.path.isfile(rows):
+        return f"{os.path.dirname(rows)}: no probe heads for fold {fold}"
+    try:
+        FrozenHeads.load(folder, [fold])
+    except (ValueError, FileNotFoundError) as e:
+        return str(e)
+    return None
 
 
 def probe_heads_folder(base_dir: str) -> str:

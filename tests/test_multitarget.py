@@ -58,6 +58,15 @@ def test_maskless_multitarget_dataset_trains_with_heads_only(maskless):
         assert np.isfinite(history[0][f"train_loss_{name}"]), name
 
 
+def test_maskless_dataset_refuses_heads_that_do_not_train_the_encoder(maskless):
+    """Without masks only the heads can train the encoder: detaching them would train nothing."""
+    from nnunetv2.run.run_training import get_trainer_from_args
+    from tests.helpers import overrides
+    ds, _ = maskless
+    with overrides(heads_train_encoder=False), pytest.raises(ValueError, match="without masks: nothing would train"):
+        get_trainer_from_args(str(ds.id), ds.configuration, 0, "nnUNetTrainerMTL", ds.plans, device=torch.device("cpu"))
+
+
 def test_csv_and_evaluation_carry_every_target(maskless, tmp_path):
     ds, folder = maskless
     val_csv = os.path.join(folder, "fold_0", "validation", "predictions.csv")

@@ -126,6 +126,19 @@ def test_probe_heads_fitted_on_the_trained_model_predict_with_its_masks(prepared
     metrics = workflow.evaluate_validation(work, 0, str(tmp_path / "eval"), n_bootstrap=20, heads="probe")
     assert metrics["classification"]["finding"]["n"] == len(
         list(csv.DictReader(open(probe.parent / "validation" / "predictions.csv"))))
+    assert metrics["heads"] == "probe"
+    assert workflow.evaluate_validation(work, 0, str(tmp_path / "auto"), n_bootstrap=0)["heads"] == "probe"
+    # a replaced checkpoint makes the probes' rows an older model's: refused when asked for, not chosen by default
+    import glob
+    ckpt = glob.glob(os.path.join(work, "nnUNet_results", "*", "*", "fold_0", "checkpoint_final.pth"))[0]
+    st = os.stat(ckpt)
+    os.utime(ckpt, ns=(st.st_atime_ns, st.st_mtime_ns + 10 ** 9))
+    try:
+        with pytest.raises(workflow.PipelineError, match="changed since the heads were fitted"):
+            workflow.evaluate_validation(work, 0, str(tmp_path / "stale"), n_bootstrap=0, heads="probe")
+        assert workflow.evaluate_validation(work, 0, str(tmp_path / "stale"), n_bootstrap=0)["heads"] == "joint"
+    finally:
+        os.utime(ckpt, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
 def test_inference_fits_the_probe_heads_a_trained_model_lacks(prepared, tmp_path):

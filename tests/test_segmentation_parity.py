@@ -46,6 +46,22 @@ def test_default_trainer_gives_the_stock_unet_and_the_joint_gradient_does_not(da
     assert unwrap(mtl.network).detach_head_inputs
 
 
+def test_heads_dropout_changes_every_step_and_leaves_the_global_stream_alone():
+    """Nothing draws between two steps (augmentation in worker processes, or on the GPU): the heads' dropout
+    must still change its mask, and the global generator must stay where a stock run would have it."""
+    from nnunet_mtl.training.step_helpers import PrivateRandomStream
+    stream = PrivateRandomStream(torch.device("cpu"), seed=5)
+    dropout = torch.nn.Dropout(0.5)
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    masks = []
+    for _ in range(3):
+        with stream():
+            masks.append(dropout(torch.ones(64)) > 0)
+    assert torch.equal(torch.get_rng_state(), before)
+    assert not torch.equal(masks[0], masks[1]) and not torch.equal(masks[1], masks[2])
+
+
 def test_heads_train_encoder_is_a_boolean_knob():
     assert parse_bool("true") is True and parse_bool("no") is False and parse_bool(False) is False
     with pytest.raises(ValueError, match="not a boolean"):

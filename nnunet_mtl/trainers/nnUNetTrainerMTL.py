@@ -11,7 +11,9 @@ absolutely and keeps the logic in the library. What it changes, hook by hook:
   dataset with masks) the heads read the encoder's features detached: the U-Net's loss, gradients,
   clipping and random draws are stock nnU-Net's (same seed, same U-Net weights, tested) and the phase
   schedule scales the heads' loss; with ``heads_train_encoder=true`` the heads' gradient trains the
-  encoder too and the schedule mixes the two losses.
+  encoder too and the schedule mixes the two losses. (With AMP on a GPU one GradScaler serves both: a
+  step where the heads' gradients overflow is skipped for the U-Net too, as a stock step with an
+  overflow is.)
 * ``validation_step`` / ``on_validation_epoch_end``: head loss, accuracy and macro-F1 on the
   validation patches (for checkpoint selection only; reported numbers are whole-case).
 * ``configure_optimizers``: nnU-Net's SGD (default) or AdamW (seed design), heads in their own parameter
@@ -54,7 +56,7 @@ from nnunet_mtl.training.head_metrics import patch_head_metrics, patch_predictio
 from nnunet_mtl.training.optim import build_optimizer
 from nnunet_mtl.training.split_check import check_fold_in_splits
 from nnunet_mtl.training.step_helpers import (class_weights_for_split, clip_unet_and_heads, gathered_mean,
-                                              own_random_stream, per_target_losses, store_regression_stats,
+                                              per_target_losses, PrivateRandomStream, store_regression_stats,
                                               to_device, zero_with_graph)
 from nnunet_mtl.training.whole_case import heads_during_validation, write_validation_heads
 
@@ -82,6 +84,9 @@ class nnUNetTrainerMTL(nnUNetTrainer):
         if self.budget_epochs:
             self.num_epochs = self.budget_epochs
         apply_knobs(self)  # defaults from nnunet_mtl/knobs.py, then NNUNET_MTL_OVERRIDES (which always win)
+        if not self.has_masks and self.heads_train_encoder is False:
+            raise ValueError("heads_train_encoder=false on a dataset without masks: nothing would train the encoder "
+                             "(leave it unset or true)")
         self.case_targets = CaseTargets(self.case_table)
         self.head_loss = None
         self.regression_stats = {}
@@ -176,6 +181,8 @@ class nnUNetTrainerMTL(nnUNetTrainer):
         store_regression_stats(unwrap(self.network), self.regression_stats)
         self.head_loss = HeadLoss(self.spec, class_weights).to(self.device)
         unwrap(self.network).detach_head_inputs = not self.encoder_trained_by_heads
+        # reading the initial seed draws nothing; one stream per DDP rank
+        self.heads_random = PrivateRandomStream(self.device, torch.initial_seed() + 1 + self.local_rank)
         self.print_to_log_file("Heads train the encoder too (joint gradient; segmentation loss weighted by the "
                                "schedule)" if self.encoder_trained_by_heads else
                                "Heads learn on the encoder's features without training it: the U-Net gets stock "
@@ -209,13 +216,16 @@ class nnUNetTrainerMTL(nnUNetTrainer):
         w_seg, w_head = self.loss_weights()
         self.optimizer.zero_grad(set_to_none=True)
         with autocast(self.device.type, enabled=True) if self.device.type == 'cuda' else dummy_context():
-            with own_random_stream(self.device):  # the heads' dropout leaves nnU-Net's random draws as stock's
+            with self.heads_random():  # the heads' dropout leaves nnU-Net's random draws as stock's
                 seg_out, head_out = self.network(data, with_heads=True)
             seg_loss = self.loss(seg_out, target) if w_seg > 0 else zero_with_graph(seg_out)
             head_loss, parts = self.head_loss(head_out, head_targets, self.regression_stats)
             loss = w_seg * seg_loss + w_head * head_loss
         self._backward_and_step(loss)
-        out = {'loss': loss.detach().cpu().numpy(), 'seg_loss': seg_loss.detach().cpu().numpy(),
+        # nnU-Net's own 'loss' curve (progress.png) shows the segmentation loss, as a stock run's does; the
+        # heads' losses are in mtl_progress
+        logged = seg_loss if self.has_masks else head_loss
+        out = {'loss': logged.detach().cpu().numpy(), 'seg_loss': seg_loss.detach().cpu().numpy(),
                'head_loss': head_loss.detach().cpu().numpy()}
         out.update(per_target_losses(self.spec, parts))
         return out

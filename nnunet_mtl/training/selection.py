@@ -6,9 +6,10 @@ exactly, and a finished fold (budget reached or stopped early) is not trained ag
 
 The model users get is the model that was selected (``final_weights``): after early stopping,
 ``checkpoint_final.pth`` receives the weights of the best combined score, not those of the
-``patience`` epochs that followed it. When the budget runs out first, the best epoch lies within the
-patience window of the last one, and ``checkpoint_final.pth`` keeps nnU-Net's convention (the last
-epoch, trained to the end of the learning-rate decay); ``checkpoint_best.pth`` is always there too.
+``patience`` epochs that followed it. When the budget runs out first (always, without early stopping:
+the default when the heads do not train the encoder), ``checkpoint_final.pth`` keeps nnU-Net's
+convention (the last epoch, trained to the end of the learning-rate decay); ``checkpoint_best.pth``
+is always there too.
 The log and the state (``final_weights_epoch``) say which epoch the final weights come from. A NaN
 score is never the best.
 """
@@ -60,7 +61,7 @@ def final_weights(state: dict, last_epoch: int, best_weights: Optional[dict], be
     best = state.get("best_epoch")
     if not state.get("stopped_early"):
         return None, (f"budget reached: final weights are the last epoch's ({last_epoch}; best combined score at "
-                      f"epoch {best}, within the patience window)")
+                      f"epoch {best}, in checkpoint_best.pth)")
     if best is None:
         return None, f"no finite selection score in {last_epoch + 1} epochs: final weights are the last epoch's"
     if best == last_epoch:

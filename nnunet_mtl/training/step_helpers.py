@@ -1,4 +1,5 @@
 """Small pieces the MTL trainer's steps need: device moves, DDP-aware means, class weights."""
+from contextlib import contextmanager
 from typing import Dict, Sequence
 
 import numpy as np
@@ -30,12 +31,35 @@ def clip_unet_and_heads(network, max_norm: float) -> None:
     torch.nn.utils.clip_grad_norm_(list(network.heads.parameters()), max_norm)
 
 
-def own_random_stream(device: torch.device):
-    """A block whose random draws (the heads' dropout) are undone afterwards, so the global generators that
-    nnU-Net's sampling and augmentation draw from continue as in a stock run."""
-    indices = [device.index if device.index is not None else torch.cuda.current_device()] \
-        if device.type == "cuda" else []
-    return torch.random.fork_rng(devices=indices)
+class PrivateRandomStream:
+    """Random draws inside ``with stream():`` (the heads' dropout) come from this stream's own generator state,
+    which moves on from block to block, while the global generators are put back as they were: nnU-Net's
+    sampling and augmentation then draw what they would in a stock run, and the dropout masks still change
+    from step to step (restoring the global state alone would repeat one mask whenever nothing else draws
+    in between, e.g. with augmentation in worker processes or on the GPU)."""
+
+    def __init__(self, device: torch.device, seed: int):
+        self.cuda_index = (device.index if device.index is not None else torch.cuda.current_device()) \
+            if device.type == "cuda" else None
+        seed = int(seed) % (2 ** 63)
+        self.cpu_state = torch.Generator().manual_seed(seed).get_state()
+        self.cuda_state = None
+        if self.cuda_index is not None:
+            with torch.random.fork_rng(devices=[self.cuda_index]), torch.cuda.device(self.cuda_index):
+                torch.cuda.manual_seed(seed)
+                self.cuda_state = torch.cuda.get_rng_state(self.cuda_index)
+
+    @contextmanager
+    def __call__(self):
+        devices = [] if self.cuda_index is None else [self.cuda_index]
+        with torch.random.fork_rng(devices=devices):
+            torch.set_rng_state(self.cpu_state)
+            if self.cuda_state is not None:
+                torch.cuda.set_rng_state(self.cuda_state, self.cuda_index)
+            yield
+            self.cpu_state = torch.get_rng_state()
+            if self.cuda_state is not None:
+                self.cuda_state = torch.cuda.get_rng_state(self.cuda_index)
 
 
 def gather_list(values: list, is_ddp: bool) -> list:
