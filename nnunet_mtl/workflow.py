@@ -315,17 +315,18 @@ def evaluate_validation(base_dir: str, fold: int, output_folder: Optional[str] =
     use_base_dir(base_dir)
     fold_dir = os.path.join(model_folder(base_dir, state), f"fold_{fold}")
     val_dir = os.path.join(fold_dir, "validation")
+    # checked once: loading the probes reads their files and the checkpoints' signatures
+    probe_problem = _current_probe_problem(base_dir, fold) if heads in (None, "probe") else None
     if heads is None:
-        heads = "probe" if _current_probe_problem(base_dir, fold) is None else "joint"
+        heads = "joint" if probe_problem else "probe"
     if heads not in HEADS_CHOICES:
         raise ValueError(f"heads must be one of {HEADS_CHOICES}, got {heads!r}")
     if not os.path.isfile(os.path.join(val_dir, "predictions.csv")):
         raise PipelineError(f"{val_dir}: no whole-case validation yet; train fold {fold} first")
     rows_dir = val_dir if heads == "joint" else os.path.join(probe_heads_folder(base_dir), f"fold_{fold}", "validation")
     csv_path = os.path.join(rows_dir, "predictions.csv")
-    problem = _current_probe_problem(base_dir, fold) if heads == "probe" else None
-    if problem:
-        raise PipelineError(f"{problem}; fit them (--heads probe) or score the joint heads (heads='joint')")
+    if heads == "probe" and probe_problem:
+        raise PipelineError(f"{probe_problem}; fit them (--heads probe) or score the joint heads (heads='joint')")
     dataset_json = read_json(os.path.join(state.raw_folder, "dataset.json"))
     case_ids = [os.path.basename(p)[:-len(dataset_json["file_ending"])]
                 for p in glob.glob(os.path.join(val_dir, "*" + dataset_json["file_ending"]))]
@@ -344,7 +345,6 @@ def evaluate_validation(base_dir: str, fold: int, output_folder: Optional[str] =
                       regions=dict(description.regions), n_bootstrap=n_bootstrap,
                       label_names=dict(description.label_names))
     result["heads"] = heads
-    atomic_write_json(os.path.join(output_folder, "metrics.json"), json_safe(result))
     fitted = None if heads == "probe" else validation_calibration(  # the temperatures belong to the joint heads
         fold_dir, csv_path, description.targets, description.table, output_folder, n_bootstrap)
     if fitted:
@@ -354,7 +354,7 @@ def evaluate_validation(base_dir: str, fold: int, output_folder: Optional[str] =
                                f"their calibrated ECE/Brier are optimistic; this table holds raw probabilities, so a "
                                f"threshold tuned on it applies to raw probabilities (calibrate_threshold moves it "
                                f"onto the calibrated scale of the test predictions)")
-        atomic_write_json(os.path.join(output_folder, "metrics.json"), result)
+    atomic_write_json(os.path.join(output_folder, "metrics.json"), result)  # evaluate's, with the heads scored
     return result
 
 

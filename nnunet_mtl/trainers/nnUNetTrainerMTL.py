@@ -55,7 +55,7 @@ from nnunet_mtl.training.checkpointing import LatestCheckpointClock, save_atomic
 from nnunet_mtl.training.head_metrics import patch_head_metrics, patch_predictions
 from nnunet_mtl.training.optim import build_optimizer
 from nnunet_mtl.training.split_check import check_fold_in_splits
-from nnunet_mtl.training.step_helpers import (class_weights_for_split, clip_unet_and_heads, gathered_mean,
+from nnunet_mtl.training.step_helpers import (class_weights_for_split, clip_per_group, gathered_mean,
                                               per_target_losses, PrivateRandomStream, store_regression_stats,
                                               to_device, zero_with_graph)
 from nnunet_mtl.training.whole_case import heads_during_validation, write_validation_heads
@@ -234,12 +234,12 @@ class nnUNetTrainerMTL(nnUNetTrainer):
         if self.grad_scaler is not None:
             self.grad_scaler.scale(loss).backward()
             self.grad_scaler.unscale_(self.optimizer)
-            clip_unet_and_heads(unwrap(self.network), 12)
+            clip_per_group(self.optimizer, 12)
             self.grad_scaler.step(self.optimizer)
             self.grad_scaler.update()
         else:
             loss.backward()
-            clip_unet_and_heads(unwrap(self.network), 12)
+            clip_per_group(self.optimizer, 12)
             self.optimizer.step()
 
     def on_train_epoch_end(self, train_outputs):

@@ -23,12 +23,11 @@ def zero_with_graph(seg_out) -> torch.Tensor:
     return sum(o.float().sum() for o in outs) * 0.0
 
 
-def clip_unet_and_heads(network, max_norm: float) -> None:
-    """nnU-Net's gradient clipping on the U-Net's parameters alone and, apart, on the heads': the U-Net's
-    clipping (and so its update) then never depends on the heads' gradients."""
-    head_ids = {id(p) for p in network.heads.parameters()}
-    torch.nn.utils.clip_grad_norm_([p for p in network.parameters() if id(p) not in head_ids], max_norm)
-    torch.nn.utils.clip_grad_norm_(list(network.heads.parameters()), max_norm)
+def clip_per_group(optimizer: torch.optim.Optimizer, max_norm: float) -> None:
+    """nnU-Net's gradient clipping, one norm per parameter group (``training/optim.build_optimizer``: the U-Net,
+    then the heads): the U-Net's clipping (and so its update) never depends on the heads' gradients."""
+    for group in optimizer.param_groups:
+        torch.nn.utils.clip_grad_norm_(group["params"], max_norm)
 
 
 class PrivateRandomStream:
