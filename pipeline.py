@@ -1,5 +1,5 @@
 """``python pipeline.py ...``: the pipeline command; the code is nnunet_mtl/cli/pipeline.py (nnunet_mtl_pipeline)."""
-from nnunet_mtl.cli.console import run
+from nnunet_mtl.cli.run import run
 from nnunet_mtl.cli.pipeline import main
 
 if __name__ == "__main__":

@@ -266,8 +266,8 @@ def is_mtl_model(folder: str) -> bool:
 
 def mtl_predictor(folder: str, device: str, mirroring: bool, rule: str):
     """Our predictor with one aggregation rule (``NAME`` or ``NAME:key=value,...``, see ``parse_rule``)."""
-    from nnunet_mtl.inference import load_predictor
-    from nnunet_mtl.predictor import nnUNetPredictorMTL
+    from nnunet_mtl.inference.folders import load_predictor
+    from nnunet_mtl.inference.predictor import nnUNetPredictorMTL
     name, kwargs = parse_rule(rule)
     direct = {k: v for k, v in kwargs.items() if k in inspect.signature(load_predictor).parameters}
     predictor = load_predictor(folder, [0], "checkpoint_final.pth", device, use_mirroring=mirroring,
@@ -328,9 +328,9 @@ def parse_rule(text: str):
 
 
 def rule_problem(rule: str) -> str:
-    from nnunet_mtl.inference import load_predictor
-    from nnunet_mtl.case_aggregation import AGGREGATIONS
-    from nnunet_mtl.predictor import nnUNetPredictorMTL
+    from nnunet_mtl.inference.folders import load_predictor
+    from nnunet_mtl.inference.case_aggregation import AGGREGATIONS
+    from nnunet_mtl.inference.predictor import nnUNetPredictorMTL
     name, kwargs = parse_rule(rule)
     if name not in AGGREGATIONS:
         return f"aggregation {name!r} unknown in this checkout (known: {list(AGGREGATIONS)})"
@@ -372,7 +372,7 @@ def structures(setup: dict) -> dict:
 
 
 def dice_scores(masks: dict, setup: dict) -> dict:
-    from nnunet_mtl.metrics import dice
+    from nnunet_mtl.evaluation.metrics import dice
     from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
     reader = SimpleITKIO()
     per = {s: [] for s in structures(setup)}
@@ -387,7 +387,7 @@ def dice_scores(masks: dict, setup: dict) -> dict:
 def head_scores(outputs: dict, table, cases, n_bootstrap: int = 1000, seed: int = 0) -> dict:
     """Per target: macro-F1, balanced accuracy, ROC AUC (classification) or MAE, Pearson r (regression),
     with bootstrap 95 % CIs for AUC and r."""
-    from nnunet_mtl.metrics import binary_auc, bootstrap_ci, classification_metrics, regression_metrics
+    from nnunet_mtl.evaluation.metrics import binary_auc, bootstrap_ci, classification_metrics, regression_metrics
     out = {}
     for t in table.spec:
         ids = [c for c in cases if table.value(c, t.name) is not None]

@@ -131,7 +131,7 @@ def ensure_model(ds: BenchDataset, trainer: str, fold: int, iterations: int, dev
     import torch
     from nnunetv2.run.run_training import get_trainer_from_args, maybe_load_checkpoint
     from contextlib import nullcontext
-    from nnunet_mtl.knobs import knob_overrides
+    from nnunet_mtl.training.knobs import knob_overrides
     folder = ds.model_folder(trainer)
     if os.path.isfile(os.path.join(folder, f"fold_{fold}", "checkpoint_final.pth")):
         print(f"[setup] reusing trained model {folder}", flush=True)
@@ -212,7 +212,7 @@ def trainer_problem(name: str) -> Optional[str]:
 
 def knobs_problem(knobs: dict) -> Optional[str]:
     """None when every knob is known to this checkout's trainers, else the error message."""
-    from nnunet_mtl.knobs import encode_overrides
+    from nnunet_mtl.training.knobs import encode_overrides
     try:
         encode_overrides(**knobs)
     except ValueError as e:
@@ -232,7 +232,7 @@ def train_in_process(dataset_id: int, configuration: str, plans: str, trainer: s
     import time
     import torch
     from nnunetv2.run.run_training import get_trainer_from_args, maybe_load_checkpoint
-    from nnunet_mtl.knobs import knob_overrides
+    from nnunet_mtl.training.knobs import knob_overrides
     start = time.perf_counter()
     with knob_overrides(**budget, **knobs):
         t = get_trainer_from_args(str(dataset_id), configuration, fold, trainer, plans, device=torch.device(device))

@@ -43,7 +43,7 @@ from common import (add_dataset_args, describe, ensure_model, load_average, mach
 from speed_parts import (PRESETS, check_sizes, compare_mask_folders, format_summary,  # noqa: E402
                          max_probability_difference, parse_classify_lines, per_image_seconds, ratio,
                          replicate_cases, repeats_per_size)
-from nnunet_mtl.openvino_backend import CACHE_ENV  # noqa: E402
+from nnunet_mtl.inference.openvino_backend import CACHE_ENV  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 STOCK_PY = ("import sys; from nnunetv2.inference.predict_from_raw_data import predict_entry_point as m; "
@@ -218,7 +218,7 @@ def labels_of(raw_folder: str) -> list:
 def convert_for_stock(png_dir: str, model: str, dst_parent: str, fold: str) -> tuple:
     """The NIfTI files stock reads: our own conversion of the PNGs (as ``nnunet_mtl_predict`` does it),
     run once; returns (folder, seconds). The predictor is loaded only for the model's channel facts."""
-    from nnunet_mtl.inference import load_predictor, model_inputs, prepare_folder
+    from nnunet_mtl.inference.folders import load_predictor, model_inputs, prepare_folder
     facts = model_inputs(load_predictor(model, [fold], device="cpu"))
     start = time.perf_counter()
     prepared = prepare_folder(png_dir, dst_parent, facts)
@@ -240,7 +240,7 @@ class Run:
         self.env = dict(os.environ)  # nnUNet_raw/_preprocessed/_results and nnUNet_extTrainer (use_base_dir)
         self.common = ["-f", args.fold, "-device", device, "-step_size", "0.5"]  # mirroring on: the default
         self.stock_extra, self.ours_extra = shlex.split(args.stock_args), shlex.split(args.ours_args)
-        self.ov_cache = os.path.join(work, "openvino_cache")  # ours' converted models (nnunet_mtl.openvino_backend)
+        self.ov_cache = os.path.join(work, "openvino_cache")  # ours' converted models (nnunet_mtl.inference.openvino_backend)
         self.env[CACHE_ENV] = self.ov_cache
         self.cold = () if args.warm_cache else (self.ov_cache,)  # emptied before every run
 

@@ -49,7 +49,7 @@ def mirror_axes_from_log(output_folder: str) -> str:
 
 def train_and_score(dataset_id: int, plans: str, trainer: str, knobs: dict) -> dict:
     from nnunetv2.run.run_training import run_training
-    from nnunet_mtl.knobs import knob_overrides
+    from nnunet_mtl.training.knobs import knob_overrides
     start = time.time()
     with knob_overrides(**knobs):
         run_training(str(dataset_id), "2d", 0, trainer, plans, device=torch.device("cpu"))

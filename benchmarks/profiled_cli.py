@@ -78,7 +78,7 @@ def main() -> None:
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
     classes = [nnUNetPredictor]
     if which != "stock":
-        from nnunet_mtl.predictor import nnUNetPredictorMTL
+        from nnunet_mtl.inference.predictor import nnUNetPredictorMTL
         classes.append(nnUNetPredictorMTL)
     entry = getattr(importlib.import_module(module), func)
     acc = {"network": 0.0, "network_calls": 0, "initialize_from_trained_model_folder": 0.0,
@@ -86,7 +86,7 @@ def main() -> None:
     for cls in classes:
         _timed(cls, "initialize_from_trained_model_folder", acc, after=_hook_network(acc))
     if which != "stock":  # the OpenVINO backend bypasses the torch modules' hooks: time its runs instead
-        from nnunet_mtl.openvino_backend import OpenVINONetwork
+        from nnunet_mtl.inference.openvino_backend import OpenVINONetwork
         acc.update(_run=0.0, _depth__run=0, _compile=0.0, _depth__compile=0)
         _timed(OpenVINONetwork, "_compile", acc)
         _timed(OpenVINONetwork, "_run", acc, after=lambda self: acc.__setitem__("network_calls",

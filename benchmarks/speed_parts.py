@@ -111,10 +111,10 @@ def dice_per_label(x: np.ndarray, y: np.ndarray, labels: Iterable[int]) -> Dict[
 
 def compare_mask_folders(folder_a: str, folder_b: str, labels: Sequence[int], read=None) -> dict:
     """Dice per case and label (min, mean, the worst case) and identical-pixel fraction between two
-    folders; ``read(path) -> array`` (default: ``nnunet_mtl.mask_outputs.read_mask_array``, which
+    folders; ``read(path) -> array`` (default: ``nnunet_mtl.inference.masks.read_mask_array``, which
     reads PNG and NIfTI masks into one layout). Different case sets are an error."""
     if read is None:
-        from nnunet_mtl.mask_outputs import read_mask_array as read
+        from nnunet_mtl.inference.masks import read_mask_array as read
     a, b = mask_files(folder_a), mask_files(folder_b)
     if set(a) != set(b) or not a:
         raise ValueError(f"{folder_a} vs {folder_b}: different or no cases: {sorted(set(a) ^ set(b))[:5]}")

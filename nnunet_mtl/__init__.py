@@ -6,4 +6,4 @@ __version__ = "0.1.0"
 
 def trainer_dir() -> str:
     """The folder to put in ``nnUNet_extTrainer`` so stock nnU-Net finds our trainers."""
-    return os.path.join(os.path.dirname(os.path.abspath(__file__)), "trainers")
+    return os.path.join(os.path.dirname(os.path.abspath(__file__)), "training", "trainers")

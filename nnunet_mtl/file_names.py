@@ -8,9 +8,10 @@ is case X's mask", for resume, evaluation, reports and DICOM outputs alike.
 """
 from __future__ import annotations
 
+import glob
 import os
 import re
-from typing import Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 VOLUME_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
 RASTER_ENDINGS = (".png", ".tif", ".tiff", ".bmp", ".jpg", ".jpeg")
@@ -63,3 +64,9 @@ def predicted_mask(folder: str, case_id: str, file_ending: str) -> Optional[str]
         if os.path.isfile(path):
             return path
     return None
+
+
+def trained_folds(folder: str, checkpoint: str) -> List[int]:
+    """The folds of a model folder (``fold_k``) that hold ``checkpoint``."""
+    return sorted(int(os.path.basename(d)[5:]) for d in glob.glob(os.path.join(folder, "fold_*"))
+                  if os.path.basename(d)[5:].isdigit() and os.path.isfile(os.path.join(d, checkpoint)))

@@ -21,13 +21,13 @@ import numpy as np
 
 from nnunet_mtl import prediction_table
 from nnunet_mtl.dataset_spec import DatasetSpec, targets_from_plans
-from nnunet_mtl.knobs import BUDGETS
+from nnunet_mtl.training.knobs import BUDGETS
 from nnunet_mtl.file_names import CHANNEL_DIGITS, channel_file, predicted_mask
 
 BASE_DIR_ENV = "NNUNET_MTL_NOTEBOOK_BASE_DIR"
 BUDGET_ENV = "NNUNET_MTL_NOTEBOOK_BUDGET"
 
-# "demo" is pipeline.py --demo's budget (read from nnunet_mtl.demo, so the two never drift),
+# "demo" is pipeline.py --demo's budget (read from nnunet_mtl.workflow, so the two never drift),
 # "tiny" is what the notebook test uses: enough to exercise every step, not to learn anything.
 TINY_BUDGET = {
     "n_cases": 10, "n_test": 2, "planner": "plain", "n_bootstrap": 20,
@@ -61,7 +61,7 @@ def budget(name: str) -> dict:
     if name == "tiny":
         return json.loads(json.dumps(TINY_BUDGET))
     if name == "demo":
-        from nnunet_mtl.demo import DEMO_BUDGET, DEMO_SHRINK
+        from nnunet_mtl.workflow import DEMO_BUDGET, DEMO_SHRINK
         return {"n_cases": 30, "n_test": 6, "planner": "resenc_m", "n_bootstrap": 200,
                 "shrink": dict(DEMO_SHRINK["2d"]), "train": dict(DEMO_BUDGET)}
     if name == "full":
@@ -321,9 +321,9 @@ def _draw_curve(history: Sequence[Mapping]):
 
 # ------------------------------------------------------------------------------------------ Grad-CAM
 def explain_available() -> bool:
-    """True when nnunet_mtl.explain (Grad-CAM) and its dependency import cleanly."""
+    """True when nnunet_mtl.outputs.explain (Grad-CAM) and its dependency import cleanly."""
     try:
-        from nnunet_mtl.explain import explain_case  # noqa: F401
+        from nnunet_mtl.outputs.explain import explain_case  # noqa: F401
     except Exception as e:  # missing module or missing pytorch_grad_cam
         print(f"Grad-CAM not available here ({type(e).__name__}: {e})")
         return False
@@ -339,7 +339,7 @@ def first_classification_target(model_dir: str) -> Optional[str]:
 def explain_first_case(model_dir: str, image_dir: str, out_dir: str, device: str = "cpu",
                        target: Optional[str] = None, folds=None, file_ending: str = ".nii.gz") -> Optional[str]:
     """Grad-CAM for the first case of an nnU-Net-style image folder (predicted class); returns the overlay PNG."""
-    from nnunet_mtl.explain import explain_case
+    from nnunet_mtl.outputs.explain import explain_case
     target = target or first_classification_target(model_dir)
     first = channel_file("", 0, file_ending)
     files = sorted(glob.glob(os.path.join(image_dir, "*" + first)))

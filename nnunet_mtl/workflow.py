@@ -15,14 +15,20 @@ import sys
 from dataclasses import asdict, dataclass, field
 from typing import List, Optional, Sequence
 
-from nnunet_mtl.case_aggregation import DEFAULT_AGGREGATION, MASKLESS_AGGREGATION
+from nnunet_mtl.inference.case_aggregation import DEFAULT_AGGREGATION, MASKLESS_AGGREGATION
+from nnunet_mtl.conversion.lateral_pairs import choose_trainer_for
 from nnunet_mtl.dataset_spec import DatasetSpec
-from nnunet_mtl.file_names import predicted_mask
+from nnunet_mtl.file_names import predicted_mask, trained_folds
 from nnunet_mtl.io_utils import atomic_write_json, read_json
-from nnunet_mtl.knobs import knob_overrides
+from nnunet_mtl.training.knobs import BUDGETS, knob_overrides
 from nnunet_mtl.planning import plan_and_preprocess, plans_identifier, use_base_dir
 
 STATE_FILE = "nnunet_mtl_pipeline.json"
+# the demo's budget (pipeline.py --demo and the notebook's "demo"): every step on a CPU in minutes; its numbers say
+# nothing about real data
+DEMO_BUDGET = BUDGETS["demo"]
+DEMO_SHRINK = {"3d": dict(max_features=24, batch_size=2, n_stages=4, patch_size=(16, 32, 32)),
+               "2d": dict(max_features=32, batch_size=4, n_stages=5)}
 
 
 class PipelineError(RuntimeError):
@@ -76,10 +82,6 @@ def choose_trainer(description: DatasetSpec, requested: Optional[str]) -> str:
     """The user's trainer, or the orientation-aware one when labels are lateralised (printed)."""
     if requested:
         return requested
-    try:
-        from nnunet_mtl.orientation import choose_trainer_for
-    except ImportError:
-        return "nnUNetTrainerMTL"
     name, message = choose_trainer_for(description, base="nnUNetTrainerMTL")
     if message:
         print(message)
@@ -194,11 +196,6 @@ def _train_fold(state: PipelineState, fold, device: str, num_gpus: int, resume: 
 
 
 # --------------------------------------------------------------------------------------------- infer
-def trained_folds(folder: str, checkpoint: str) -> List[int]:
-    return sorted(int(os.path.basename(d)[5:]) for d in glob.glob(os.path.join(folder, "fold_*"))
-                  if os.path.basename(d)[5:].isdigit() and os.path.isfile(os.path.join(d, checkpoint)))
-
-
 def infer(base_dir: str, test_input: Optional[str] = None, test_output: Optional[str] = None,
           folds: Optional[Sequence] = None, checkpoint: str = "checkpoint_final.pth", device: str = "cuda",
           overwrite: bool = False, explain: bool = False, calibration: bool = True,
@@ -212,9 +209,9 @@ def infer(base_dir: str, test_input: Optional[str] = None, test_output: Optional
     ``dicom_outputs`` ('binary' | 'fractional'): DICOM SEG + SR for DICOM inputs under ``dicom/``;
     ``report``: review pages under ``report/`` (with the Grad-CAM overlays when ``explain``);
     ``mask_format`` ('input' | 'nifti', in ``predict_kwargs``): see ``inference.predict_folder``."""
-    from nnunet_mtl import clinical_outputs
-    from nnunet_mtl.frozen.heads_predictor import check_model_folder, is_heads_folder
-    from nnunet_mtl.inference import converted_source, load_predictor, predict_folder
+    from nnunet_mtl.outputs import clinical as clinical_outputs
+    from nnunet_mtl.inference.heads_predictor import check_model_folder, is_heads_folder
+    from nnunet_mtl.inference.folders import converted_source, load_predictor, predict_folder
     folder, raw_folder = _inference_model(base_dir, model_dir)
     heads = is_heads_folder(folder)
     if heads:
@@ -279,7 +276,7 @@ def explain_folder(model_dir: str, source_folder: str, out_dir: str, folds, chec
     target, for the predicted class (outlined with the predicted mask when there is one); ``model_dir`` may
     be a heads folder (the probes' maps, ``frozen.probe_module``)."""
     from nnunetv2.utilities.utils import create_lists_from_splitted_dataset_folder
-    from nnunet_mtl.explain import explain_case, load_predictor
+    from nnunet_mtl.outputs.explain import explain_case, load_predictor
     predictor = load_predictor(model_dir, folds, checkpoint, device)  # loaded once for all cases
     file_ending = predictor.dataset_json["file_ending"]   # a heads folder's: the stock model's
     targets = [t.name for t in predictor.spec if t.is_classification]

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import torch
 
-from nnunet_mtl.knobs import knob_overrides
+from nnunet_mtl.training.knobs import knob_overrides
 from nnunet_mtl.planning import plan_and_preprocess
 from nnunet_mtl.synthetic import write_synthetic_raw
 

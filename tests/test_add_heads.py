@@ -115,7 +115,7 @@ def test_predicted_rows_equal_the_out_of_fold_rows_of_the_same_cases(heads, data
     """Prediction pools the features the probes were fitted on: a validation case predicted from its raw
     image gets the probabilities of its out-of-fold validation row, whether its features come from the
     mask pass itself (no mirroring, as the heads were fitted) or from a pass of their own (mirrored masks)."""
-    from nnunet_mtl.inference import load_predictor, predict_folder
+    from nnunet_mtl.inference.folders import load_predictor, predict_folder
     val_rows = {r["case_id"]: r for r in _rows(os.path.join(heads, "fold_0", "validation", "predictions.csv"))}
     images = tmp_path / "val_images"
     images.mkdir()
@@ -211,7 +211,7 @@ class _Killed(BaseException):
 
 
 def test_a_stopped_run_keeps_its_rows_and_gone_inputs_are_removed(heads, dataset_2d, tmp_path, capsys, monkeypatch):
-    from nnunet_mtl import prediction_merge
+    from nnunet_mtl.inference import record as prediction_merge
     src, ids = _test_ids(dataset_2d)
     images, out = tmp_path / "images", str(tmp_path / "pred")
     shutil.copytree(src, images)

@@ -12,10 +12,10 @@ import torch
 from sklearn.metrics import f1_score
 
 from nnunet_mtl.conversion.nnunet_raw import RawCase, write_raw_dataset
-from nnunet_mtl.data import CaseTargets
-from nnunet_mtl.losses import HeadLoss
-from nnunet_mtl.network import MTLNetwork
-from nnunet_mtl.sampling import ClassBalancedDataLoader, balanced_case_probabilities
+from nnunet_mtl.training.case_targets import CaseTargets
+from nnunet_mtl.training.losses import HeadLoss
+from nnunet_mtl.model.network import MTLNetwork
+from nnunet_mtl.training.sampling import ClassBalancedDataLoader, balanced_case_probabilities
 from nnunet_mtl.synthetic import FINDING_CLASSES, make_radiograph, radiograph_labels
 from nnunet_mtl.targets import CLASSIFICATION, CaseTable, Target, TargetSpec
 from nnunet_mtl.training.optim import build_optimizer

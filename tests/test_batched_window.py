@@ -6,10 +6,10 @@ import pytest
 import torch
 from dynamic_network_architectures.architectures.unet import PlainConvUNet
 
-from nnunet_mtl.batched_window import mirror_combinations
-from nnunet_mtl.heads import PooledHead
-from nnunet_mtl.network import MTLNetwork
-from nnunet_mtl.predictor import nnUNetPredictorMTL
+from nnunet_mtl.inference.tiling import mirror_combinations
+from nnunet_mtl.model.heads import PooledHead
+from nnunet_mtl.model.network import MTLNetwork
+from nnunet_mtl.inference.predictor import nnUNetPredictorMTL
 from nnunet_mtl.targets import Target, TargetSpec
 
 SPEC = TargetSpec((Target("finding", "classification", classes=("absent", "present")),

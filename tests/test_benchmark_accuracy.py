@@ -11,7 +11,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 import accuracy  # noqa: E402
 import accuracy_report  # noqa: E402
 from common import knobs_problem  # noqa: E402
-from nnunet_mtl.knobs import BY_NAME, resolve_lrs  # noqa: E402
+from nnunet_mtl.training.knobs import BY_NAME, resolve_lrs  # noqa: E402
 
 BUDGET = {"num_epochs": 20, "num_iterations_per_epoch": 50, "num_val_iterations_per_epoch": 1}
 

@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from nnunet_mtl.case_aggregation import AGGREGATIONS, DEFAULT_AGGREGATION, DEFAULT_FOREGROUND_FLOOR, Aggregation
-from nnunet_mtl.case_collector import CaseCollector
+from nnunet_mtl.inference.case_aggregation import AGGREGATIONS, DEFAULT_AGGREGATION, DEFAULT_FOREGROUND_FLOOR, Aggregation
+from nnunet_mtl.inference.case_collector import CaseCollector
 
 
 def test_aggregation_rules():

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from nnunet_mtl.heads import MaskPooledHead
-from nnunet_mtl.inference import load_predictor
+from nnunet_mtl.model.heads import MaskPooledHead
+from nnunet_mtl.inference.folders import load_predictor
 from tests.test_batched_window import stub_predictor
 
 pytestmark = pytest.mark.timeout(600)

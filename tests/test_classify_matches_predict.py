@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from nnunet_mtl.inference import classify_files, load_predictor, predict_folder
+from nnunet_mtl.inference.folders import classify_files, load_predictor, predict_folder
 from tests.test_add_heads import heads, labels_csv  # noqa: F401  (fixtures)
 from tests.test_frozen import stock_model  # noqa: F401  (fixture)
 

@@ -20,8 +20,8 @@ from nnunet_mtl.calibration.store import FoldCalibration
 from nnunet_mtl.calibration.temperature import apply_temperature
 from nnunet_mtl.cli import predict as predict_cli
 from nnunet_mtl.dataset_spec import targets_from_plans
-from nnunet_mtl.dicom_outputs.sr import read_sr_predictions
-from nnunet_mtl.inference import load_predictor, predict_folder
+from nnunet_mtl.outputs.dicom.sr import read_sr_predictions
+from nnunet_mtl.inference.folders import load_predictor, predict_folder
 from tests.helpers import train
 from tests.test_dicom_outputs import _base as dicom_instance
 
@@ -119,7 +119,7 @@ def test_predictions_csv_is_calibrated_with_the_folds_temperature(trained_2d, da
 
 
 def test_a_merge_keeps_each_rows_calibration_flag(tmp_path):
-    from nnunet_mtl.prediction_merge import merge_into_folder
+    from nnunet_mtl.inference.record import merge_into_folder
     from nnunet_mtl.targets import Target, TargetSpec
     spec = TargetSpec((Target("finding", "classification", ("no", "yes")),))
     merge_into_folder(str(tmp_path), spec, {"a": {"finding": np.array([0.4, 0.6])}}, calibrated=True)
@@ -242,7 +242,7 @@ def _links(path):
 
 
 def test_report_shows_the_gradcam_of_explain(trained_2d, dataset_2d, tmp_path):
-    from nnunet_mtl import clinical_outputs
+    from nnunet_mtl.outputs import clinical as clinical_outputs
     from nnunet_mtl.workflow import explain_folder
     images = os.path.join(dataset_2d.raw_folder, "imagesTs")
     out = tmp_path / "out"

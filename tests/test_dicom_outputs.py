@@ -10,9 +10,9 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, DigitalXRayImageStorageForPresentation, ExplicitVRLittleEndian, generate_uid
 
 from nnunet_mtl.conversion.dicom_series import read_dicom_series
-from nnunet_mtl.dicom_outputs.source import DicomOutputError, dicom_source_files, read_sources
-from nnunet_mtl.dicom_outputs.sr import read_sr_predictions
-from nnunet_mtl.dicom_outputs.writer import write_dicom_outputs
+from nnunet_mtl.outputs.dicom.source import DicomOutputError, dicom_source_files, read_sources
+from nnunet_mtl.outputs.dicom.sr import read_sr_predictions
+from nnunet_mtl.outputs.dicom.writer import write_dicom_outputs
 from nnunet_mtl.prediction_table import make_row
 from nnunet_mtl.targets import Target, TargetSpec
 
@@ -214,7 +214,7 @@ def test_non_dicom_inputs_are_recognised(tmp_path):
 
 def test_write_case_outputs_from_the_predictor_files(ct_case, tmp_path):
     folder, image, mask, mask_image = ct_case
-    from nnunet_mtl.dicom_outputs.writer import write_case_outputs
+    from nnunet_mtl.outputs.dicom.writer import write_case_outputs
     mask_file = str(tmp_path / "case_007.nii.gz")
     sitk.WriteImage(mask_image, mask_file)
     probs = np.zeros((4,) + mask.shape, np.float32)  # nnU-Net's (c, z, y, x)
@@ -237,7 +237,7 @@ def test_write_case_outputs_from_the_predictor_files(ct_case, tmp_path):
 
 
 def test_write_case_outputs_for_a_radiograph_mask_file(tmp_path):
-    from nnunet_mtl.dicom_outputs.writer import write_case_outputs
+    from nnunet_mtl.outputs.dicom.writer import write_case_outputs
     path = write_dx(str(tmp_path / "cxr.dcm"))
     mask = np.zeros((1, 8, 6), np.uint8)  # the converted 2D case: one slice
     mask[0, 1:3, 2:5] = 1

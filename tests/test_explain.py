@@ -11,9 +11,9 @@ import torch
 from dynamic_network_architectures.architectures.unet import PlainConvUNet
 from PIL import Image
 
-from nnunet_mtl.explain import (ExplainError, TileCAM, cam_for_preprocessed, ensemble_cam, explain_case,
+from nnunet_mtl.outputs.explain import (ExplainError, TileCAM, cam_for_preprocessed, ensemble_cam, explain_case,
                                 load_predictor, mirrored_cam, preprocess, resolve_stage)
-from nnunet_mtl.network import MTLNetwork
+from nnunet_mtl.model.network import MTLNetwork
 from nnunet_mtl.targets import Target, TargetSpec
 from tests.test_losses_and_network import tiny_unet
 
@@ -305,7 +305,7 @@ def test_2d_probabilities_shown_are_the_calibrated_ones_the_csv_has(model_2d, im
     import shutil
     from nnunet_mtl.calibration.store import FoldCalibration
     from nnunet_mtl.calibration.temperature import TemperatureFit
-    from nnunet_mtl.inference import classify_files
+    from nnunet_mtl.inference.folders import classify_files
     model = str(tmp_path / "model")
     shutil.copytree(model_2d, model)
     for fold in (0, 1):

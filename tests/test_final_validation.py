@@ -12,7 +12,7 @@ import torch
 from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-from nnunet_mtl.predictor import nnUNetPredictorMTL
+from nnunet_mtl.inference.predictor import nnUNetPredictorMTL
 from nnunet_mtl.training.whole_case import ValidationHeads, validation_keys, write_validation_heads
 from tests.helpers import make_trainer
 

@@ -1,12 +1,12 @@
-"""Joint fine-tuning from stock nnU-Net weights (nnunet_mtl.finetune, the init_from / heads_only_epochs knobs)."""
+"""Joint fine-tuning from stock nnU-Net weights (nnunet_mtl.training.finetune, the init_from / heads_only_epochs knobs)."""
 import os
 
 import pytest
 import torch
 from torch import nn
 
-from nnunet_mtl.finetune import IncompatibleWeights, load_stock_weights, resolve_checkpoint, set_heads_only
-from nnunet_mtl.network import unwrap
+from nnunet_mtl.training.finetune import IncompatibleWeights, load_stock_weights, resolve_checkpoint, set_heads_only
+from nnunet_mtl.model.network import unwrap
 from tests.helpers import make_trainer
 from tests.test_frozen import stock_model  # noqa: F401  (fixture: a tiny stock nnUNetTrainer, fold 0)
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from nnunet_mtl.frozen.extract import EncoderFeatureExtractor, preprocessed_cases, raw_cases
-from nnunet_mtl.frozen.pooling import StagePooler, feature_vector
+from nnunet_mtl.model.pooling import StagePooler, feature_vector
 from nnunet_mtl.frozen.probe import FrozenEncoderProbe, LinearProbe
 from nnunet_mtl.targets import CLASSIFICATION, REGRESSION, CaseTable, Target, TargetSpec
 

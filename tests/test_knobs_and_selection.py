@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from nnunet_mtl import knobs
+from nnunet_mtl.training import knobs
 from nnunet_mtl.training import selection
 
 

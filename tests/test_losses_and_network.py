@@ -3,8 +3,8 @@ import pytest
 import torch
 from dynamic_network_architectures.architectures.unet import PlainConvUNet, ResidualEncoderUNet
 
-from nnunet_mtl.losses import HeadLoss, HeadWeightSchedule, inverse_frequency_weights
-from nnunet_mtl.network import MTLNetwork
+from nnunet_mtl.training.losses import HeadLoss, HeadWeightSchedule, inverse_frequency_weights
+from nnunet_mtl.model.network import MTLNetwork
 from nnunet_mtl.targets import Target, TargetSpec
 
 SPEC = TargetSpec((Target("subtype", "classification", classes=("a", "b", "c")),
@@ -117,7 +117,7 @@ def test_class_weights_change_the_loss():
 
 @pytest.mark.parametrize("dim,residual,ds", [(2, False, True), (3, True, True), (2, False, False)])
 def test_mask_pooled_heads_keep_the_contract(dim, residual, ds):
-    from nnunet_mtl.heads import MaskPooledHead
+    from nnunet_mtl.model.heads import MaskPooledHead
     unet = tiny_unet(dim, residual, ds)
     stock_keys = set(unet.state_dict())
     net = MTLNetwork(unet, SPEC, head_stages=(0, -1), head_class=MaskPooledHead)
@@ -139,7 +139,7 @@ def test_mask_pooled_heads_keep_the_contract(dim, residual, ds):
 
 
 def test_mask_pooling_weights_by_foreground_and_falls_back_to_the_global_pool():
-    from nnunet_mtl.heads.mask_pooled import foreground_probability, masked_average
+    from nnunet_mtl.model.heads.mask_pooled import foreground_probability, masked_average
     feats = torch.zeros(2, 1, 4, 4)
     feats[:, :, :2] = 1.0                                       # top half 1, bottom half 0
     logits = torch.full((2, 2, 8, 8), -20.0)
@@ -155,7 +155,7 @@ def test_mask_pooling_weights_by_foreground_and_falls_back_to_the_global_pool():
 
 
 def test_head_interface_a_new_head_is_one_subclass():
-    from nnunet_mtl.heads import Head
+    from nnunet_mtl.model.heads import Head
 
     class MaxHead(Head):
         def __init__(self, *args, **kwargs):

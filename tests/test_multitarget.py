@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from nnunet_mtl.data import CaseTargets
-from nnunet_mtl.losses import HeadLoss
-from nnunet_mtl.network import MTLNetwork
+from nnunet_mtl.training.case_targets import CaseTargets
+from nnunet_mtl.training.losses import HeadLoss
+from nnunet_mtl.model.network import MTLNetwork
 from nnunet_mtl.synthetic import radiograph_cases
 from nnunet_mtl.dataset_spec import DatasetSpec
 from tests.helpers import prepare_dataset, train
@@ -89,7 +89,7 @@ def test_csv_and_evaluation_carry_every_target(maskless, tmp_path):
 
 def test_maskless_model_predicts_csv_for_test_cases(maskless, tmp_path):
     ds, folder = maskless
-    from nnunet_mtl.inference import load_predictor, predict_folder
+    from nnunet_mtl.inference.folders import load_predictor, predict_folder
     predictor = load_predictor(folder, folds=[0], use_mirroring=False)
     assert predictor.effective_aggregation == "mean"
     rows = list(csv.DictReader(open(predict_folder(predictor, os.path.join(ds.raw_folder, "imagesTs"),

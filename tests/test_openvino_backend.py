@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from nnunet_mtl import openvino_backend
-from nnunet_mtl.heads import MaskPooledHead
-from nnunet_mtl.network import unwrap
+from nnunet_mtl.inference import openvino_backend
+from nnunet_mtl.model.heads import MaskPooledHead
+from nnunet_mtl.model.network import unwrap
 from tests.test_batched_window import PATCH, case, dice, stub_predictor, tiny_mtl
 
 pytestmark = [pytest.mark.timeout(600),
@@ -126,8 +126,8 @@ def test_backend_choice(monkeypatch):
 
 
 def test_load_predictor_uses_openvino_on_the_cpu_and_records_it(trained_2d):
-    from nnunet_mtl import prediction_provenance
-    from nnunet_mtl.inference import load_predictor
+    from nnunet_mtl.inference import provenance as prediction_provenance
+    from nnunet_mtl.inference.folders import load_predictor
     ov = load_predictor(trained_2d, folds=[0])
     plain = load_predictor(trained_2d, folds=[0], backend="torch")
     assert ov.backend == "openvino" and isinstance(ov.network, openvino_backend.OpenVINONetwork)
@@ -155,7 +155,7 @@ def test_cache_keeps_the_newest_models(tmp_path):
 def test_classify_on_openvino_matches_torch(trained_2d, tmp_path):
     """nnunet_mtl_classify's path (conversion, preprocessing, encoder-only heads) on both backends."""
     from PIL import Image
-    from nnunet_mtl.inference import classify_files, load_predictor
+    from nnunet_mtl.inference.folders import classify_files, load_predictor
     image = tmp_path / "cxr.png"
     Image.fromarray((np.random.default_rng(3).random((64, 64)) * 255).astype(np.uint8)).save(image)
     rows = {}

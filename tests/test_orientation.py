@@ -11,13 +11,13 @@ from batchgeneratorsv2.transforms.utils.remove_label import RemoveLabelTransform
 
 from nnunet_mtl.dataset_spec import DatasetSpec
 from nnunet_mtl.conversion.nnunet_raw import write_raw_dataset
-from nnunet_mtl.orientation import (LateralPairError, choose_trainer_for, decide, detect_lateral_pairs,
-                                    lateral_image_targets, lateral_pairs, lr_axis_from_direction,
-                                    mirror_axes_without_lr)
+from nnunet_mtl.conversion.lateral_pairs import (LateralPairError, choose_trainer_for, detect_lateral_pairs,
+                                                lateral_image_targets, lateral_pairs)
+from nnunet_mtl.training.orientation import decide, lr_axis_from_direction, mirror_axes_without_lr
 from nnunet_mtl.planning import plan_and_preprocess
 from nnunet_mtl.synthetic import pancreas_cases, radiograph_cases, radiograph_labels
 from nnunet_mtl.targets import TargetSpec, TargetSpecError
-from nnunet_mtl.transforms.label_swap_mirror import LabelSwapMirrorTransform
+from nnunet_mtl.training.label_swap_mirror import LabelSwapMirrorTransform
 from tests.helpers import TINY, TinyDataset, make_trainer
 
 PAIRS = [["left_lung", "right_lung"]]
@@ -136,7 +136,7 @@ def test_lr_axis_follows_direction_and_transpose_not_array_position():
 
 
 def test_non_ras_3d_volume_gets_the_world_x_axis(non_ras_3d):
-    from nnunet_mtl.trainers.nnUNetTrainerMTLOrientationAware import nnUNetTrainerMTLOrientationAware
+    from nnunet_mtl.training.trainers.nnUNetTrainerMTLOrientationAware import nnUNetTrainerMTLOrientationAware
     trainer = _trainer_without_init(non_ras_3d, nnUNetTrainerMTLOrientationAware)
     assert list(trainer.plans_manager.transpose_forward) == [1, 0, 2]
     *_, mirror_axes = trainer.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
@@ -185,8 +185,8 @@ def test_label_swap_variant_maps_left_to_right_on_a_flipped_sample(lateral_2d):
 
 
 def test_without_declaration_the_base_trainer_keeps_mirroring_and_logs_suggestion(lateral_2d):
-    from nnunet_mtl.trainers.nnUNetTrainerMTL import nnUNetTrainerMTL
-    from nnunet_mtl.trainers.nnUNetTrainerMTLOrientationAware import nnUNetTrainerMTLOrientationAware
+    from nnunet_mtl.training.trainers.nnUNetTrainerMTL import nnUNetTrainerMTL
+    from nnunet_mtl.training.trainers.nnUNetTrainerMTLOrientationAware import nnUNetTrainerMTLOrientationAware
     dj = lateral_2d.dataset_json
     del dj["mtl"]["lateral_pairs"]
     trainer = _trainer_without_init(lateral_2d, nnUNetTrainerMTL, dj)
@@ -199,7 +199,7 @@ def test_without_declaration_the_base_trainer_keeps_mirroring_and_logs_suggestio
 
 
 def test_declared_pairs_stop_lr_mirroring_in_the_base_trainer(lateral_2d):
-    from nnunet_mtl.trainers.nnUNetTrainerMTL import nnUNetTrainerMTL
+    from nnunet_mtl.training.trainers.nnUNetTrainerMTL import nnUNetTrainerMTL
     trainer = _trainer_without_init(lateral_2d, nnUNetTrainerMTL)
     rotation, *_, mirror_axes = trainer.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
     assert mirror_axes == (0,) and trainer.inference_allowed_mirroring_axes == (0,)
@@ -208,7 +208,7 @@ def test_declared_pairs_stop_lr_mirroring_in_the_base_trainer(lateral_2d):
 
 
 def test_no_mirroring_variant(lateral_2d):
-    from nnunet_mtl.trainers.nnUNetTrainerMTLNoMirroring import nnUNetTrainerMTLNoMirroring
+    from nnunet_mtl.training.trainers.nnUNetTrainerMTLNoMirroring import nnUNetTrainerMTLNoMirroring
     trainer = _trainer_without_init(lateral_2d, nnUNetTrainerMTLNoMirroring)
     *_, mirror_axes = trainer.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
     assert mirror_axes is None and trainer.inference_allowed_mirroring_axes is None

@@ -12,8 +12,8 @@ import SimpleITK as sitk
 import torch
 
 from nnunet_mtl import trainer_dir
-from nnunet_mtl import openvino_backend
-from nnunet_mtl.inference import load_predictor, predict_folder
+from nnunet_mtl.inference import openvino_backend
+from nnunet_mtl.inference.folders import load_predictor, predict_folder
 from tests.helpers import SHORT
 
 pytestmark = pytest.mark.timeout(600)
@@ -39,7 +39,7 @@ def run(cmd, **env):
 @pytest.fixture(scope="module")
 def stock_trained(dataset_2d):
     """Fold 4 trained by the real `nnUNetv2_train` console script with our trainer."""
-    from nnunet_mtl.knobs import encode_overrides
+    from nnunet_mtl.training.knobs import encode_overrides
     run(["nnUNetv2_train", str(dataset_2d.id), "2d", "4", "-tr", "nnUNetTrainerMTL", "-p", dataset_2d.plans,
          "-device", "cpu"], NNUNET_MTL_OVERRIDES=encode_overrides(**SHORT, num_epochs=1))
     folder = dataset_2d.model_folder("nnUNetTrainerMTL")

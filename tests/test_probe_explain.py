@@ -8,7 +8,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from nnunet_mtl.frozen.pooling import StagePooler, feature_vector
+from nnunet_mtl.model.pooling import StagePooler, feature_vector
 from nnunet_mtl.frozen.probe import LinearProbe
 from nnunet_mtl.frozen.probe_module import ProbeHead
 from nnunet_mtl.targets import CLASSIFICATION, REGRESSION, CaseTable, Target, TargetSpec
@@ -29,7 +29,7 @@ def _skips(rng, b=3):
 def _pooled(skips, seg, i):
     """What ``StagePooler`` (fitting and prediction) makes of tile ``i`` alone."""
     from nnunetv2.inference.sliding_window_prediction import compute_gaussian
-    from nnunet_mtl.frozen.pooling import foreground_probability
+    from nnunet_mtl.model.pooling import foreground_probability
     pooler = StagePooler()
     pooler.add([s[i:i + 1] for s in skips], foreground_probability(seg[i:i + 1], False),
                compute_gaussian(PATCH, sigma_scale=1. / 8, value_scaling_factor=10, device=torch.device("cpu")))
@@ -65,7 +65,7 @@ def test_torch_probe_scores_equal_the_fitted_probe(stages, pools):
 
 
 def test_gradcam_of_probe_heads_has_the_image_shape(heads, dataset_2d, tmp_path):  # noqa: F811
-    from nnunet_mtl.explain import explain_case
+    from nnunet_mtl.outputs.explain import explain_case
     image = sorted(glob.glob(os.path.join(dataset_2d.raw_folder, "imagesTs", "*_0000.nii.gz")))[0]
     paths = explain_case(heads, [image], str(tmp_path / "case"), "finding", device="cpu", use_mirroring=False)
     cam = sitk.GetArrayFromImage(sitk.ReadImage(paths["cam_nifti"]))

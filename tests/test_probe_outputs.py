@@ -9,7 +9,7 @@ import pytest
 import SimpleITK as sitk
 
 from nnunet_mtl.cli import predict
-from nnunet_mtl.dicom_outputs.sr import read_sr_predictions
+from nnunet_mtl.outputs.dicom.sr import read_sr_predictions
 from nnunet_mtl.frozen.heads_model import FrozenHeads
 from tests.test_add_heads import heads, labels_csv  # noqa: F401  (fixtures: probe heads on a tiny stock model)
 from tests.test_clinical_outputs import _links, dx_and_nifti_inputs

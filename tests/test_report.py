@@ -8,8 +8,8 @@ import pytest
 from PIL import Image
 
 from nnunet_mtl.prediction_table import make_row
-from nnunet_mtl.report.figure import representative_slice
-from nnunet_mtl.report.pages import case_stem, write_case_report, write_index
+from nnunet_mtl.outputs.report.figure import representative_slice
+from nnunet_mtl.outputs.report.pages import case_stem, write_case_report, write_index
 from nnunet_mtl.targets import Target, TargetSpec
 
 SPEC = TargetSpec((Target("pneumoperitoneum", "classification", ("no", "yes")),
@@ -153,7 +153,7 @@ def test_case_stem_is_a_safe_file_name():
 def test_folder_report_from_files(tmp_path):
     import SimpleITK as sitk
     from nnunet_mtl import prediction_table
-    from nnunet_mtl.report.folder import write_folder_report
+    from nnunet_mtl.outputs.report.folder import write_folder_report
     image, mask = volume_case()
     rows = [row("c1", 0.3), row("c2", 0.8), row("c3", 0.6)]
     prediction_table.write(str(tmp_path / "predictions.csv"), "", SPEC, rows)

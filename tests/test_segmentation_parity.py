@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from nnunet_mtl.knobs import knob_overrides, parse_bool
-from nnunet_mtl.network import unwrap
+from nnunet_mtl.training.knobs import knob_overrides, parse_bool
+from nnunet_mtl.model.network import unwrap
 
 BUDGET = dict(num_epochs=2, num_iterations_per_epoch=3, num_val_iterations_per_epoch=1)
 

@@ -42,7 +42,7 @@ def test_multiscale_heads_on_3d_resenc(dataset_3d_resenc):
 
 
 def test_3d_model_predicts_test_volumes(trained_3d, dataset_3d_resenc, tmp_path):
-    from nnunet_mtl.inference import load_predictor, predict_folder
+    from nnunet_mtl.inference.folders import load_predictor, predict_folder
     predictor = load_predictor(trained_3d, folds=[0], use_mirroring=False)
     rows = list(csv.DictReader(open(predict_folder(predictor, os.path.join(dataset_3d_resenc.raw_folder, "imagesTs"),
                                                    str(tmp_path)))))

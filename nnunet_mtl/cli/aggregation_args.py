@@ -1,7 +1,7 @@
 """``--aggregation`` / ``--foreground_floor``: the same two options in every CLI that predicts heads."""
 import argparse
 
-from nnunet_mtl.case_aggregation import AGGREGATIONS, DEFAULT_AGGREGATION, DEFAULT_FOREGROUND_FLOOR
+from nnunet_mtl.inference.case_aggregation import AGGREGATIONS, DEFAULT_AGGREGATION, DEFAULT_FOREGROUND_FLOOR
 
 
 def add_aggregation_arguments(p: argparse.ArgumentParser) -> None:

@@ -1,7 +1,7 @@
 """``--backend``: the same option in every CLI that runs the network for predictions (predict, classify)."""
 import argparse
 
-from nnunet_mtl.openvino_backend import BACKENDS
+from nnunet_mtl.inference.openvino_backend import BACKENDS
 
 
 def add_backend_argument(p: argparse.ArgumentParser) -> None:

@@ -25,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_aggregation_arguments(p)
     p.add_argument("--tile_batch", type=int, default=None,
                    help="network inputs (tiles x mirrors) per forward (default 1; batching a 2D image's mirrors "
-                        "was slower on a 2-core CPU, see nnunet_mtl/batched_window.py)")
+                        "was slower on a 2-core CPU, see nnunet_mtl/inference/tiling.py)")
     add_backend_argument(p)
     return p
 
@@ -38,7 +38,7 @@ def main(argv=None) -> int:
             p.error("give the model with -m MODEL_DIR")
         args.model, args.files = args.files[0], args.files[1:]
         print(f"{PROG}: the model as first argument is deprecated; use -m {args.model}", file=sys.stderr)
-    from nnunet_mtl.inference import classify_files, load_predictor
+    from nnunet_mtl.inference.folders import classify_files, load_predictor
     try:
         with contextlib.redirect_stdout(sys.stderr):
             predictor = load_predictor(args.model, args.folds, args.checkpoint, args.device,
@@ -73,5 +73,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from nnunet_mtl.cli.console import run
+    from nnunet_mtl.cli.run import run
     run(main)

@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    from nnunet_mtl.explain import ExplainError, explain_case
+    from nnunet_mtl.outputs.explain import ExplainError, explain_case
     try:
         paths = explain_case(args.model, args.input, os.path.join(args.output, case_name(args.input[0])),
                              args.target, class_name=args.class_name, method=args.method, stage=args.stage,

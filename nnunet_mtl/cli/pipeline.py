@@ -15,11 +15,11 @@ import argparse
 import os
 import sys
 
-from nnunet_mtl.case_aggregation import AGGREGATIONS, DEFAULT_AGGREGATION, MASKLESS_AGGREGATION
+from nnunet_mtl.inference.case_aggregation import AGGREGATIONS, DEFAULT_AGGREGATION, MASKLESS_AGGREGATION
 from nnunet_mtl.conversion.description import add_description_arguments, description_from_args
 from nnunet_mtl.conversion.registry import LAYOUT_NAMES
-from nnunet_mtl.demo import DEMO_BUDGET, DEMO_SHRINK
-from nnunet_mtl.knobs import add_knob_arguments, knobs_from_args
+from nnunet_mtl.workflow import DEMO_BUDGET, DEMO_SHRINK
+from nnunet_mtl.training.knobs import add_knob_arguments, knobs_from_args
 
 DEFAULT_BASE_DIR = "nnunet_mtl_work"
 
@@ -79,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "pooled whole-case features (probe, default: BASE_DIR/probe_heads, out-of-fold validated; "
                          "more accurate in docs/benchmarks.md) or from the heads trained with the network (joint; their "
                          "gradient then trains the encoder too unless --heads_train_encoder false)")
-    add_knob_arguments(tr)  # --epochs --lr --patience ...: one line each in nnunet_mtl/knobs.py
+    add_knob_arguments(tr)  # --epochs --lr --patience ...: one line each in nnunet_mtl/training/knobs.py
 
     inf = p.add_argument_group("inference")
     inf.add_argument("--model_dir", help="--inference_only: predict with this model folder, or a heads folder of "
@@ -248,5 +248,5 @@ def _print_headline(metrics: dict) -> None:
 
 
 if __name__ == "__main__":
-    from nnunet_mtl.cli.console import run
+    from nnunet_mtl.cli.run import run
     run(main)

@@ -51,8 +51,8 @@ def _cuda() -> bool:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    from nnunet_mtl import clinical_outputs
-    from nnunet_mtl.inference import converted_source, load_predictor, predict_folder
+    from nnunet_mtl.outputs import clinical as clinical_outputs
+    from nnunet_mtl.inference.folders import converted_source, load_predictor, predict_folder
     try:
         predictor = load_predictor(args.model, args.folds, args.checkpoint, args.device, args.step_size,
                                    not args.disable_tta, args.aggregation, args.verbose, args.foreground_floor,
@@ -76,5 +76,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from nnunet_mtl.cli.console import run
+    from nnunet_mtl.cli.run import run
     run(main)

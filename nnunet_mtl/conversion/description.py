@@ -13,7 +13,7 @@ A JSON file (``--description``) or short flags say what the mask values and chan
 Conversion writes the names into nnU-Net's ``labels`` / ``channel_names`` (so evaluation
 reports Dice per named structure) and the rest into the ``mtl`` block through
 ``nnunet_mtl.dataset_spec``. Without ``lateral_pairs``, names that say left/right are paired
-by ``nnunet_mtl.orientation.detect_lateral_pairs``.
+by ``nnunet_mtl.conversion.lateral_pairs.detect_lateral_pairs``.
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from dataclasses import dataclass, fields, replace
 from typing import Dict, List, Mapping, Optional, Tuple
 
 from nnunet_mtl.conversion.masks import MAX_LABEL, ConversionError
-from nnunet_mtl.orientation import detect_lateral_pairs
+from nnunet_mtl.conversion.lateral_pairs import detect_lateral_pairs
 from nnunet_mtl.targets import TargetSpec, TargetSpecError
 
 KEYS = ("labels", "regions", "lateral_pairs", "channel_names", "targets")

@@ -1,4 +1,4 @@
-"""Classification scores of one target on whole cases: the metrics of ``nnunet_mtl.metrics`` with
+"""Classification scores of one target on whole cases: the metrics of ``nnunet_mtl.evaluation.metrics`` with
 bootstrap CIs, an optional fixed decision threshold (binary), and threshold tuning on this set."""
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from nnunet_mtl import metrics as M
+from nnunet_mtl.evaluation import metrics as M
 from nnunet_mtl.evaluation.errors import EvaluationError
 from nnunet_mtl.io_utils import read_json
 from nnunet_mtl.targets import Target

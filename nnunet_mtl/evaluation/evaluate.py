@@ -13,7 +13,7 @@ patches. Inputs:
 Output folder (``report``): ``metrics.json`` (with a ``provenance`` block: the predictions' model, the
 ground-truth source, every file read, the settings; ``evaluation.provenance``), ``per_case.csv``,
 ``classification_report.csv``, PNG plots and, when tuned, ``thresholds.json``. The metric conventions
-(empty masks, positive class, AUC, bootstrap) are those of ``nnunet_mtl.metrics`` and are repeated in
+(empty masks, positive class, AUC, bootstrap) are those of ``nnunet_mtl.evaluation.metrics`` and are repeated in
 ``metrics.json``.
 With ``gt_dir`` the case set is the set of GT masks and every prediction source must match it
 exactly; without it, the predictions CSV defines the cases (labelled cases it lacks get a note).
@@ -28,7 +28,7 @@ from typing import Dict, List, Mapping, Optional, Sequence
 
 from nnunet_mtl import prediction_table
 from nnunet_mtl.conversion.pancreas_layout import PANCREAS_REGIONS
-from nnunet_mtl.prediction_merge import CSV_NAME, table_case_ids
+from nnunet_mtl.inference.record import CSV_NAME, table_case_ids
 from nnunet_mtl.calibration.evaluation import calibration_block
 from nnunet_mtl.evaluation import classification, regression, segmentation
 from nnunet_mtl.evaluation.discovery import check_same_cases, find_masks, find_predicted_masks

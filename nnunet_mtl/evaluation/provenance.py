@@ -25,8 +25,8 @@ from typing import Dict, Iterable, Mapping, Optional
 
 from nnunet_mtl.evaluation.errors import EvaluationError
 from nnunet_mtl.io_utils import read_json
-from nnunet_mtl.prediction_merge import PROVENANCE_NAME, PredictionRecord
-from nnunet_mtl.prediction_provenance import file_identity
+from nnunet_mtl.inference.record import PROVENANCE_NAME, PredictionRecord
+from nnunet_mtl.inference.provenance import file_identity
 
 
 def folder_provenance(folder: str) -> Optional[dict]:

@@ -5,7 +5,7 @@ from typing import List
 
 import numpy as np
 
-from nnunet_mtl import metrics as M
+from nnunet_mtl.evaluation import metrics as M
 
 CI_METHOD = "percentile bootstrap, cases resampled with replacement"
 

@@ -50,7 +50,7 @@ def write_report(out: str, result: dict, per_case: Mapping[str, dict], seg_colum
 def write_plots(out: str, result: dict, per_case: Mapping[str, dict], cls_data: Mapping[str, tuple],
                 seed: int) -> None:
     """confusion_<target>.png, roc_<target>.png, reliability_<target>.png, dsc_distribution.png."""
-    from nnunet_mtl import plots  # matplotlib only when plotting
+    from nnunet_mtl.evaluation import plots  # matplotlib only when plotting
     from nnunet_mtl.calibration.reliability import reliability_diagram
     for name, (t, yt, yp, pr) in cls_data.items():
         block = result["classification"][name]

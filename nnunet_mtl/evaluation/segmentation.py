@@ -10,7 +10,7 @@ from typing import Dict, List, Mapping, Sequence, Tuple
 import numpy as np
 import SimpleITK as sitk
 
-from nnunet_mtl import metrics as M
+from nnunet_mtl.evaluation import metrics as M
 from nnunet_mtl.evaluation.errors import EvaluationError
 
 

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from nnunet_mtl.frozen.cache import FeatureCache, file_signature, model_key
-from nnunet_mtl.frozen.pooling import StagePooler, foreground_probability
+from nnunet_mtl.model.pooling import StagePooler, foreground_probability
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ def preprocessed_cases(folder: str, case_ids: Optional[Iterable[str]] = None) ->
 
 def raw_cases(files_per_case: Dict[str, Sequence[str]]) -> List[CaseSource]:
     """Cases given as image files in nnU-Net's format, ``{case_id: [CASE_0000.nii.gz, ...]}``
-    (other formats: convert with ``nnunet_mtl.inference.prepare_inputs`` first)."""
+    (other formats: convert with ``nnunet_mtl.inference.folders.prepare_inputs`` first)."""
     def loader(files):
         def load(predictor):
             pre = predictor.configuration_manager.preprocessor_class(verbose=False)
@@ -78,7 +78,7 @@ def raw_cases(files_per_case: Dict[str, Sequence[str]]) -> List[CaseSource]:
 def capture_encoder(network: torch.nn.Module, pooler_ref: dict, has_regions: bool):
     """Hooks that feed every forward's skips + foreground probability to ``pooler_ref['pooler']``."""
     from nnunetv2.inference.sliding_window_prediction import compute_gaussian
-    from nnunet_mtl.network import unwrap
+    from nnunet_mtl.model.network import unwrap
     net = unwrap(network)
     pending = {}
     gaussians = {}

@@ -30,8 +30,9 @@ import numpy as np
 from nnunet_mtl import prediction_table
 from nnunet_mtl.frozen.cache import file_signature
 from nnunet_mtl.frozen.extract import EncoderFeatureExtractor, preprocessed_cases
-from nnunet_mtl.frozen.pooling import POOLS, feature_vector
+from nnunet_mtl.model.pooling import POOLS, feature_vector
 from nnunet_mtl.frozen.probe import LinearProbe
+from nnunet_mtl.file_names import trained_folds
 from nnunet_mtl.io_utils import atomic_write_json, read_json
 from nnunet_mtl.targets import CaseTable, TargetSpec
 
@@ -65,7 +66,6 @@ class StockModel:
             return json.load(f)
 
     def folds(self, checkpoint: str) -> List[int]:
-        from nnunet_mtl.workflow import trained_folds
         return trained_folds(self.folder, checkpoint)
 
     def checkpoint_signature(self, fold: int, checkpoint: str) -> str:

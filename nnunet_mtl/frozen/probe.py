@@ -15,7 +15,7 @@ from typing import Dict, Iterable, Optional, Sequence
 import numpy as np
 
 from nnunet_mtl.frozen.extract import CaseSource, EncoderFeatureExtractor
-from nnunet_mtl.frozen.pooling import POOLS, feature_vector
+from nnunet_mtl.model.pooling import POOLS, feature_vector
 from nnunet_mtl.targets import CaseTable, Target, TargetSpec
 
 C_GRID = np.logspace(-4, 2, 13)

@@ -1,4 +1,4 @@
-"""A fitted probe as a torch head, so Grad-CAM (``nnunet_mtl.explain``) can explain it like a jointly trained head.
+"""A fitted probe as a torch head, so Grad-CAM (``nnunet_mtl.outputs.explain``) can explain it like a jointly trained head.
 
 The probe's score is linear in pooled encoder features, and the pools are weighted means of the stage
 feature maps (``pooling``), so the score is differentiable w.r.t. every stage it reads. ``ProbeHead``
@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from nnunet_mtl.frozen.pooling import EPS, POOLS, foreground_probability, has_foreground, stage_sums
+from nnunet_mtl.model.pooling import EPS, POOLS, foreground_probability, has_foreground, stage_sums
 from nnunet_mtl.targets import Target
 
 

@@ -10,8 +10,8 @@ import numpy as np
 import torch
 from sklearn.metrics import f1_score
 
-from nnunet_mtl.losses import IGNORE_INDEX
-from nnunet_mtl.metrics import classification_metrics, regression_metrics
+from nnunet_mtl.training.losses import IGNORE_INDEX
+from nnunet_mtl.evaluation.metrics import classification_metrics, regression_metrics
 from nnunet_mtl.targets import TargetSpec
 from nnunet_mtl.training.step_helpers import gather_list
 

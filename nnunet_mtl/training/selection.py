@@ -92,7 +92,7 @@ def write_progress(output_folder: str, state: dict) -> None:
     """mtl_progress.json (all epochs) and mtl_progress.png (losses, weights, head metrics)."""
     atomic_write_json(os.path.join(output_folder, "mtl_progress.json"), state["history"])
     try:
-        from nnunet_mtl.progress_plot import plot_history
+        from nnunet_mtl.training.progress_plot import plot_history
         plot_history(state["history"], os.path.join(output_folder, "mtl_progress.png"))
     except Exception as e:  # a plot must never stop training
         print(f"nnunet_mtl: could not draw mtl_progress.png ({e})")

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from torch import distributed as dist
 
-from nnunet_mtl.losses import inverse_frequency_weights
+from nnunet_mtl.training.losses import inverse_frequency_weights
 from nnunet_mtl.targets import CaseTable
 
 

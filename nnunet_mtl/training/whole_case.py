@@ -28,10 +28,10 @@ from torch import distributed as dist
 
 from nnunet_mtl import prediction_table
 from nnunet_mtl.calibration.store import FILE_NAME as CALIBRATION_FILE, calibrate_fold
-from nnunet_mtl.case_aggregation import DEFAULT_AGGREGATION, DEFAULT_FOREGROUND_FLOOR, Aggregation
+from nnunet_mtl.inference.case_aggregation import DEFAULT_AGGREGATION, DEFAULT_FOREGROUND_FLOOR, Aggregation
 from nnunet_mtl.io_utils import atomic_write_json
-from nnunet_mtl.case_collector import CaseHeads
-from nnunet_mtl.predictor import aggregation_for, nnUNetPredictorMTL
+from nnunet_mtl.inference.case_collector import CaseHeads
+from nnunet_mtl.inference.predictor import aggregation_for, nnUNetPredictorMTL
 from nnunet_mtl.training.head_metrics import whole_case_summary
 from nnunet_mtl.training.step_helpers import gather_list
 

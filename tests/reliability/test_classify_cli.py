@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from nnunet_mtl import trainer_dir
-from nnunet_mtl.inference import classify_files, load_predictor
+from nnunet_mtl.inference.folders import classify_files, load_predictor
 
 pytestmark = pytest.mark.timeout(600)
 

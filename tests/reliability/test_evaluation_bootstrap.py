@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from nnunet_mtl import metrics as M
+from nnunet_mtl.evaluation import metrics as M
 from nnunet_mtl.evaluation.evaluate import evaluate
 from nnunet_mtl.evaluation.ground_truth import load_labels
 from tests.test_evaluation import pred_row, write_csv

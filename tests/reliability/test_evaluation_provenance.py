@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from nnunet_mtl.cli import evaluate as cli
-from nnunet_mtl.prediction_merge import PROVENANCE_NAME, RECORD_NAME, PredictionRecord
+from nnunet_mtl.inference.record import PROVENANCE_NAME, RECORD_NAME, PredictionRecord
 from nnunet_mtl.targets import CLASSIFICATION, Target, TargetSpec
 from tests.test_evaluation import square, write_csv, write_mask
 

@@ -15,7 +15,7 @@ from PIL import Image
 from nnunet_mtl.conversion.inference_inputs import ModelInputs
 from nnunet_mtl.conversion.provenance import MANIFEST
 from nnunet_mtl.conversion.masks import ConversionError
-from nnunet_mtl.inference import list_inputs, prepare_folder, prepare_inputs, predict_folder
+from nnunet_mtl.inference.folders import list_inputs, prepare_folder, prepare_inputs, predict_folder
 from tests.reliability.helpers import snapshot
 
 GREY_2D = ModelInputs({"0": "rescale_to_0_1"}, 2)

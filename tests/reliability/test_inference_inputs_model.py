@@ -7,7 +7,7 @@ import pytest
 import SimpleITK as sitk
 
 from nnunet_mtl.conversion.masks import ConversionError
-from nnunet_mtl.inference import load_predictor, model_inputs, predict_folder
+from nnunet_mtl.inference.folders import load_predictor, model_inputs, predict_folder
 from tests.reliability.helpers import snapshot
 
 

@@ -6,7 +6,7 @@ import os
 
 import numpy as np
 
-from nnunet_mtl.prediction_merge import CSV_NAME, PROVENANCE_NAME, RECORD_NAME, PredictionRecord
+from nnunet_mtl.inference.record import CSV_NAME, PROVENANCE_NAME, RECORD_NAME, PredictionRecord
 from nnunet_mtl.targets import CLASSIFICATION, REGRESSION, Target, TargetSpec
 
 SPEC = TargetSpec((Target("finding", CLASSIFICATION, classes=("absent", "present")), Target("size", REGRESSION)))

@@ -13,16 +13,16 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from nnunet_mtl.inference import load_predictor, predict_folder
-from nnunet_mtl.prediction_merge import PROVENANCE_NAME, RECORD_NAME
+from nnunet_mtl.inference.folders import load_predictor, predict_folder
+from nnunet_mtl.inference.record import PROVENANCE_NAME, RECORD_NAME
 from tests.reliability.helpers import snapshot
 
 pytestmark = pytest.mark.timeout(600)
 
 KILL_AFTER_FIRST_ROW = textwrap.dedent("""
     import os, signal, sys
-    from nnunet_mtl import prediction_merge
-    from nnunet_mtl.inference import load_predictor, predict_folder
+    from nnunet_mtl.inference import record as prediction_merge
+    from nnunet_mtl.inference.folders import load_predictor, predict_folder
     append = prediction_merge.PredictionRecord.append
     def append_then_die(self, *args, **kwargs):
         append(self, *args, **kwargs)

@@ -11,8 +11,8 @@ from PIL import Image
 
 from nnunet_mtl.conversion.inference_inputs import prepare_cases
 from nnunet_mtl.file_names import predicted_mask
-from nnunet_mtl.inference import load_predictor, predict_folder
-from nnunet_mtl.mask_outputs import read_mask_array, to_mask_format, write_png_mask
+from nnunet_mtl.inference.folders import load_predictor, predict_folder
+from nnunet_mtl.inference.masks import read_mask_array, to_mask_format, write_png_mask
 from nnunet_mtl.synthetic import make_radiograph
 
 pytestmark = pytest.mark.timeout(600)

@@ -9,7 +9,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from nnunet_mtl.inference import load_predictor
+from nnunet_mtl.inference.folders import load_predictor
 
 pytestmark = pytest.mark.timeout(600)
 

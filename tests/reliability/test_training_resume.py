@@ -10,7 +10,7 @@ import time
 
 import torch
 
-from nnunet_mtl.knobs import encode_overrides
+from nnunet_mtl.training.knobs import encode_overrides
 from nnunet_mtl.planning import trainer_dir
 from nnunet_mtl.training.checkpointing import save_atomically
 from tests.helpers import SHORT

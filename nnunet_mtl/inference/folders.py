@@ -1,0 +1,263 @@
+"""Inference API: load a trained model folder, bring inputs into nnU-Net's format, predict.
+
+Inputs may already be in nnU-Net's layout (``CASE_0000.nii.gz``) or be what users hold:
+PNG/JPG/DICOM radiographs, NIfTI volumes with any name, DICOM series folders. Those are
+converted with the same readers used for training data (same percentile clipping, same
+MONOCHROME1 handling), so test images are treated exactly like training images.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import time
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Callable, Dict, Iterator, List, Optional, Sequence
+
+import torch
+
+from nnunet_mtl.inference.tiling import DEFAULT_TILE_BATCH
+from nnunet_mtl.inference.case_aggregation import DEFAULT_AGGREGATION, DEFAULT_FOREGROUND_FLOOR
+from nnunet_mtl.inference import openvino_backend
+from nnunet_mtl.inference import provenance
+from nnunet_mtl.io_utils import read_json
+from nnunet_mtl.inference.masks import DEFAULT_MASK_FORMAT, MASK_FORMATS, mask_ending, to_mask_format
+from nnunet_mtl.inference.record import CSV_NAME, PROVENANCE_NAME, PredictionRecord, remove_case_files, table_case_ids
+from nnunet_mtl.inference.predictor import nnUNetPredictorMTL
+from nnunet_mtl.inference.threaded_engine import run_cases
+
+if TYPE_CHECKING:
+    from nnunet_mtl.conversion.inference_inputs import ModelInputs, PreparedInputs
+
+NNUNET_NAME = re.compile(r"^(.+)_(\d{4})\.nii\.gz$")
+
+
+def load_predictor(model_dir: str, folds: Optional[Sequence] = None, checkpoint: str = "checkpoint_final.pth",
+                   device: str = "cpu", step_size: float = 0.5, use_mirroring: bool = True,
+                   aggregation: str = DEFAULT_AGGREGATION, verbose: bool = False,
+                   foreground_floor: float = DEFAULT_FOREGROUND_FLOOR,
+                   tile_batch: Optional[int] = None, backend: str = "auto") -> nnUNetPredictorMTL:
+    """A predictor for an nnunet_mtl model folder (the folder holding plans.json and fold_X/), or for a
+    frozen-heads folder (``nnunet_mtl_add_heads``: ``frozen.heads_predictor``, a stock model's masks);
+    ``aggregation`` / ``foreground_floor``: how tiles make a case (see case_aggregation); ``tile_batch``:
+    network inputs (tiles x mirrors) per forward (``batched_window``; None: its default, nnU-Net's own loop);
+    ``backend``: what runs the network (``openvino_backend``: 'auto' = OpenVINO on the CPU when installed, else
+    torch; a heads folder always uses torch)."""
+    from nnunet_mtl.inference.heads_predictor import check_model_folder, is_heads_folder, load_heads_predictor
+    from nnunet_mtl.planning import add_trainer_path
+    if is_heads_folder(model_dir):
+        return load_heads_predictor(model_dir, folds, checkpoint, device, step_size, use_mirroring, verbose)
+    check_model_folder(model_dir)
+    add_trainer_path()  # the checkpoint names our trainer; nnU-Net finds it through nnUNet_extTrainer
+    dev = torch.device(device)
+    backend_name = openvino_backend.resolve_backend(backend, dev)  # a wrong name fails before loading
+    if dev.type == "cpu":
+        torch.set_num_threads(max(1, os.cpu_count() or 1))
+    predictor = nnUNetPredictorMTL(tile_step_size=step_size, use_gaussian=True, use_mirroring=use_mirroring,
+                                   perform_everything_on_device=dev.type == "cuda", device=dev, verbose=verbose,
+                                   verbose_preprocessing=False, allow_tqdm=verbose, head_aggregation=aggregation,
+                                   foreground_floor=foreground_floor,
+                                   tile_batch=DEFAULT_TILE_BATCH if tile_batch is None else tile_batch)
+    if folds is None:
+        folds = nnUNetPredictorMTL.auto_detect_available_folds(model_dir, checkpoint)
+    folds = [f if f == "all" else int(f) for f in folds]
+    predictor.initialize_from_trained_model_folder(model_dir, folds, checkpoint)
+    predictor.checkpoint_files = provenance.checkpoint_files(model_dir, folds, checkpoint)  # the predictions' provenance
+    predictor.backend = backend_name
+    if predictor.backend == "openvino":
+        predictor.network = openvino_backend.OpenVINONetwork(
+            predictor.network, len(predictor.dataset_json["channel_names"]), predictor.configuration_manager.patch_size)
+    return predictor
+
+
+def _is_nnunet_input_folder(folder: str) -> bool:
+    """Only ``CASE_XXXX.nii.gz`` images (side files like notes.txt aside): nnU-Net can read it as it is."""
+    from nnunet_mtl.conversion.case_discovery import NOT_IMAGES
+    files = [f for f in os.listdir(folder) if not f.startswith(".")]
+    images = [f for f in files if os.path.isdir(os.path.join(folder, f)) or not f.lower().endswith(NOT_IMAGES)]
+    return bool(images) and all(NNUNET_NAME.match(f) and os.path.isfile(os.path.join(folder, f)) for f in images)
+
+
+def model_inputs(predictor: nnUNetPredictorMTL) -> "ModelInputs":
+    """The channels and image dimensionality a loaded predictor's model takes (``ModelInputs``)."""
+    from nnunet_mtl.conversion.inference_inputs import ModelInputs
+    return ModelInputs.from_plans(predictor.dataset_json, predictor.configuration_manager.patch_size,
+                                  predictor.plans_manager.plans.get("original_median_shape_after_transp"))
+
+
+def prepare_inputs(inputs: Sequence[str], work_dir: str, clip_percentiles=(0.5, 98.5),
+                   model: Optional["ModelInputs"] = None, force: bool = False) -> Dict[str, str]:
+    """Files/folders -> {case_id: path of CASE_0000.nii.gz}; converts non-nnU-Net inputs into work_dir.
+
+    ``model`` (``model_inputs(predictor)``) checks channel count and dimensionality and writes colour
+    images as R, G, B channel files for colour models; without it every file is one grey channel.
+    Conversions are reused while their source is unchanged (``conversions.json`` in work_dir);
+    ``force`` reconverts all; conversions of inputs not given are removed. See ``prepare_folder``
+    for every channel file and what was done."""
+    from nnunet_mtl.conversion.inference_inputs import prepare_cases
+    prepared = prepare_cases(inputs, work_dir, model, clip_percentiles, force)
+    return {cid: files[0] for cid, files in prepared.cases.items()}
+
+
+def prepare_folder(input_dir: str, output_dir: str, model: Optional["ModelInputs"] = None,
+                   clip_percentiles=(0.5, 98.5), force: bool = False) -> "PreparedInputs":
+    """Check a test folder against the model and bring it into nnU-Net's format (``PreparedInputs``:
+    the folder nnU-Net reads, per case its files and sources, what was converted, reused, removed).
+    An empty folder, duplicate case names, unsupported files, a channel or dimensionality mismatch
+    are one-line ``ConversionError``s naming the file."""
+    from nnunet_mtl.conversion.inference_inputs import prepare_cases
+    return prepare_cases(list_inputs(input_dir), converted_source(input_dir, output_dir), model, clip_percentiles,
+                         force, where=input_dir)
+
+
+def list_inputs(input_dir: str) -> List[str]:
+    if not os.path.isdir(input_dir):
+        from nnunet_mtl.conversion.masks import ConversionError
+        raise ConversionError(f"{input_dir}: input folder not found")
+    return sorted(os.path.join(input_dir, f) for f in os.listdir(input_dir) if not f.startswith("."))
+
+
+ENGINES = ("threads", "processes")
+CONVERTED_INPUTS = ".converted_inputs"
+
+
+def converted_source(input_dir: str, output_dir: str) -> str:
+    """Where nnU-Net reads the inputs from: the input folder itself, or its converted copy."""
+    if _is_nnunet_input_folder(input_dir):
+        return input_dir
+    return os.path.join(output_dir, CONVERTED_INPUTS)
+
+
+def predict_folder(predictor: nnUNetPredictorMTL, input_dir: str, output_dir: str, overwrite: bool = False,
+                   save_probabilities: bool = False, num_processes_preprocessing: int = 2,
+                   num_processes_export: int = 2, num_parts: int = 1, part_id: int = 0,
+                   clip_percentiles=(0.5, 98.5), engine: str = "threads",
+                   report: Callable[[str], None] = print, mask_format: str = DEFAULT_MASK_FORMAT) -> str:
+    """Masks (nnU-Net layout) + predictions.csv/json in output_dir; returns the CSV path.
+
+    A case counts as done only with its mask and a row from this model (checkpoints, step size,
+    mirroring, aggregation) and this input (``prediction_provenance``); every other case of this part
+    is predicted (its old mask removed first) and its row recorded as it finishes
+    (``prediction_merge``), so a killed run resumes where it stopped. Masks and rows of inputs that
+    are gone are removed; ``report`` gets one line: N predicted, M kept, K removed. ``overwrite``
+    reconverts and predicts everything. ``engine='threads'`` runs in-process (threaded_engine);
+    ``'processes'`` uses nnU-Net's multiprocessing ``predict_from_files`` (rows recorded as each
+    case's export finishes, ``nnUNetPredictorMTL.predict_from_data_iterator``). ``mask_format``
+    'input': masks of PNG/JPG/BMP/TIFF inputs come back as PNG (``mask_outputs``); 'nifti': all in the
+    model's format. A case whose mask is not in the asked format is predicted again."""
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
+    if mask_format not in MASK_FORMATS:
+        raise ValueError(f"mask format must be one of {MASK_FORMATS}, got {mask_format!r}")
+    prepared = prepare_folder(input_dir, output_dir, model_inputs(predictor), clip_percentiles, force=overwrite)
+    os.makedirs(output_dir, exist_ok=True)
+    file_ending = predictor.dataset_json["file_ending"]
+    endings = {cid: mask_ending(sources, file_ending, mask_format) for cid, sources in prepared.sources.items()}
+    identity = provenance.model_identity(predictor)
+    key = provenance.model_key(identity)
+    record = PredictionRecord(output_dir, predictor.spec)
+    latest = record.latest()
+    inputs = provenance.input_identities(prepared, {cid: e["input"] for cid, e in latest.items()})
+
+    gone = sorted((set(latest) | set(table_case_ids(output_dir))) - set(inputs))
+    for cid in gone:
+        remove_case_files(output_dir, cid, file_ending)
+    if gone:
+        record.remove(gone)
+
+    def valid(cid: str, entry: dict) -> bool:
+        return (cid in inputs and entry["model"] == key and provenance.same_input(entry["input"], inputs[cid])
+                and os.path.isfile(os.path.join(output_dir, cid + endings[cid]))
+                and (not save_probabilities or os.path.isfile(os.path.join(output_dir, cid + ".npz"))))
+
+    mine = sorted(inputs)[part_id::num_parts]
+    todo = [cid for cid in mine
+            if overwrite or cid in prepared.converted or cid not in latest or not valid(cid, latest[cid])]
+    changed = _model_changes(output_dir, identity, latest, key, inputs)
+    for cid in todo:  # an old mask must never pair with a new row
+        remove_case_files(output_dir, cid, file_ending)
+
+    def finished(ofile: str, heads) -> None:
+        cid = os.path.basename(ofile)
+        to_mask_format(output_dir, cid, file_ending, endings[cid], prepared.sources[cid][0])
+        record.append(cid, predictor.calibrated_outputs(heads.outputs), key, inputs[cid],
+                      calibrated=predictor.outputs_calibrated)
+
+    lists = [prepared.cases[cid] for cid in todo]
+    ofiles = [os.path.join(output_dir, cid) for cid in todo]
+    if todo and engine == "threads":
+        run_cases(predictor, lists, ofiles, save_probabilities, export_threads=num_processes_export,
+                  preprocess_threads=num_processes_preprocessing, on_case_done=finished)
+    elif todo:
+        _predict_with_processes(predictor, lists, ofiles, save_probabilities, num_processes_preprocessing,
+                                num_processes_export, finished)
+    csv_path = record.publish(valid, {"model_key": key, "model": identity})
+    note = f" (model or settings changed: {', '.join(changed)}; its cases predicted again)" if changed else ""
+    report(f"{output_dir}: {len(todo)} predicted, {len(mine) - len(todo)} kept, {len(gone)} removed{note}")
+    return csv_path
+
+
+def _model_changes(output_dir: str, identity: dict, latest: Dict[str, dict], key: str,
+                   inputs: Dict[str, dict]) -> List[str]:
+    """What differs from the model of the rows already there (empty when nothing does)."""
+    if not any(e["model"] != key for cid, e in latest.items() if cid in inputs):
+        return []
+    path = os.path.join(output_dir, PROVENANCE_NAME)
+    try:
+        old = read_json(path).get("model", {})
+    except (OSError, ValueError, AttributeError):
+        old = {}
+    return [k for k in identity if old.get(k) != identity[k]] or ["model"]
+
+
+def _predict_with_processes(predictor: nnUNetPredictorMTL, lists, ofiles, save_probabilities: bool,
+                            n_preprocessing: int, n_export: int, finished: Callable) -> None:
+    """nnU-Net's own predict_from_files on exactly these cases; the predictor hands over each case's
+    row once its export has finished (its ``write_case_table``, redirected here into the record)."""
+    def record_rows(folder: str, outputs: Dict[str, dict]) -> str:
+        for cid, out in outputs.items():
+            finished(os.path.join(folder, cid), SimpleNamespace(outputs=out))
+        return os.path.join(folder, CSV_NAME)
+
+    predictor.write_case_table = record_rows
+    try:
+        predictor.predict_from_files(lists, ofiles, save_probabilities=save_probabilities, overwrite=True,
+                                     num_processes_preprocessing=n_preprocessing,
+                                     num_processes_segmentation_export=n_export,
+                                     folder_with_segs_from_prev_stage=None, num_parts=1, part_id=0)
+    finally:
+        del predictor.write_case_table
+
+
+def classify_files(predictor: nnUNetPredictorMTL, files: Sequence[str], work_dir: str,
+                   clip_percentiles=(0.5, 98.5), chatter=None) -> Iterator[dict]:
+    """One result per file, yielded as each finishes: ``file``, ``case_id``, ``outputs`` (head
+    outputs), ``seconds``; or ``file`` and ``error`` (one line) when the file cannot be read or
+    predicted, and the next file goes on. Each file is converted in its own folder, so two files
+    with the same name in different folders stay apart; inputs are checked against the model's
+    channels and dimensionality. ``chatter``: where nnU-Net's prints go (e.g. sys.stderr). Only head
+    outputs are needed, so the predictor's ``predict_heads`` runs (the encoder alone where that is exact)."""
+    from nnunet_mtl.conversion.inference_inputs import prepare_cases
+    preprocessor = predictor.configuration_manager.preprocessor_class(verbose=False)
+    model = model_inputs(predictor)
+    quiet = (lambda: contextlib.redirect_stdout(chatter)) if chatter is not None else contextlib.nullcontext
+    for i, path in enumerate(files):
+        start = time.perf_counter()
+        try:
+            with quiet():
+                prepared = prepare_cases([path], os.path.join(work_dir, f"{i:05d}"), model, clip_percentiles)
+                case_id, channel_files = next(iter(prepared.cases.items()))
+                data, _, _ = preprocessor.run_case(channel_files, None, predictor.plans_manager,
+                                                   predictor.configuration_manager, predictor.dataset_json)
+                data = torch.from_numpy(data)
+                heads = predictor.predict_heads(data, case_id) if hasattr(predictor, "predict_heads") \
+                    else predictor.predict_case(data, case_id)[1]
+        except Exception as e:  # noqa: BLE001 - one file's failure is its own line; the others go on
+            yield {"file": path, "error": _one_line(e)}
+            continue
+        yield {"file": path, "case_id": case_id, "outputs": predictor.calibrated_outputs(heads.outputs),
+               "seconds": time.perf_counter() - start}
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
