@@ -307,7 +307,7 @@ class _RecordingPredictor(SimpleNamespace):
 @pytest.fixture
 def recording_engine(monkeypatch):
     """predict_folder's engine and model identity replaced: nothing is predicted, the inputs are recorded."""
-    import nnunet_mtl.inference as inference
+    import nnunet_mtl.inference.folders as inference
     monkeypatch.setattr(inference.provenance, "model_identity", lambda predictor: {"stand_in": True})
     monkeypatch.setattr(inference, "run_cases", lambda predictor, lists, ofiles, *a, **kw: predictor.seen.append(
         sorted(os.path.basename(f) for files in lists for f in files)))
