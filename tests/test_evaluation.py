@@ -414,7 +414,8 @@ def test_plots_leave_pyplot_and_the_backend_alone(tmp_path):
     """The plotting modules use matplotlib's Figure API: importing and plotting never loads pyplot
     (which would pick or switch a global backend under a notebook's feet)."""
     code = ("import sys, numpy as np\n"
-            "from nnunet_mtl.evaluation import plots, progress_plot\n"
+            "from nnunet_mtl.evaluation import plots\n"
+            "from nnunet_mtl.training import progress_plot\n"
             f"plots.plot_confusion(np.eye(2, dtype=int), ['a', 'b'], {str(tmp_path / 'c.png')!r})\n"
             f"progress_plot.plot_history([{{'epoch': 0, 'train_seg_loss': 1.0}}], {str(tmp_path / 'p.png')!r})\n"
             "assert 'matplotlib.pyplot' not in sys.modules, 'pyplot imported'\n")
