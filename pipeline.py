@@ -1,6 +1,7 @@
 """``python pipeline.py ...``: the pipeline command; the code is nnunet_mtl/cli/pipeline.py (nnunet_mtl_pipeline)."""
-from nnunet_mtl.cli.run import run
+import sys
+
 from nnunet_mtl.cli.pipeline import main
 
 if __name__ == "__main__":
-    run(main)
+    sys.exit(main())

@@ -1,4 +1,4 @@
-"""Accuracy benchmark: multi-task heads vs stock nnU-Net vs frozen-encoder probes, on whole held-out cases.
+"""Accuracy benchmark: multi-task heads vs stock nnU-Net vs heads fitted on pooled features, on whole held-out cases.
 
 One run, one dataset (default: the real hippocampus MRI crops in ../shared/data/hippocampus),
 one split (70 % train / 30 % held-out test, stratified by the first classification target, by case),
@@ -9,18 +9,17 @@ the same plans and the same training budget for every arm:
   ``init_from``; its cost is the stock training plus its own) and variants added by name (``adamw``,
   ``multiscale``, ``mask_pooling``, ``balanced``); an arm whose trainer or knob this checkout does not
   know is skipped with a printed line;
-* baselines: ``trivial`` (majority class / training mean) and the probes (``PROBES``): logistic
-  regression / ridge on the pooled encoder features (``nnunet_mtl.frozen``, fitted on the training
-  split only) of the stock model (``probe``: the frozen path) and of the ``mtl`` model (``probe_mtl``:
-  did joint training hurt the encoder, or only the head?);
+* baselines: ``trivial`` (majority class / training mean) and fitted heads (``FITTED``): logistic
+  regression / ridge on the pooled whole-case encoder features (``nnunet_mtl.training.fitting``, fitted on the
+  training split only) of the stock model (``fitted``: the frozen path, nnunet_mtl_add_heads) and of the
+  ``mtl`` model (``fitted_mtl``: the pipeline's default output);
 * scores on the test cases: Dice per structure (and each arm's ratio to stock), macro-F1, balanced
   accuracy and ROC AUC per classification target, MAE and Pearson r per regression target;
-* wall time per path (training; a probe's feature extraction + fitting), and the frozen path's time over
+* wall time per path (training; fitted heads' feature extraction + fitting), and the frozen path's time over
   the from-scratch MTL training (``frozen_vs_scratch_time``);
-* ``--aggregation``: the default MTL arm's head metrics under each case-aggregation rule.
 
-Without ``--arms`` the run is ``DEFAULT_RUN`` (stock, mtl, joint, probe, probe_mtl).
-Sizes: default (2-core CPU, 3 arms + probes: 18-50 min, the step time of this shared VM varied 4x between days;
+Without ``--arms`` the run is ``DEFAULT_RUN`` (stock, mtl, joint, fitted, fitted_mtl).
+Sizes: default (2-core CPU, 3 arms + fitted heads: 18-50 min, the step time of this shared VM varied 4x between days;
 shrunk plans, short budget, no test-time mirroring),
 ``--quick`` (a smoke run of a few minutes on a subset), ``--full`` (a GPU: planned network,
 real budget, mirroring on). The last line is ``summary: key=value ...``; results also go to
@@ -29,7 +28,6 @@ real budget, mirroring on). The last line is ``summary: key=value ...``; results
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import os
 import random
@@ -56,8 +54,8 @@ class Arm:
     starts_from: str = ""   # an arm whose trained checkpoint this one starts from (``init_from``)
 
 
-# The arms, in order. "stock" is the reference for Dice ratios and the probe's model; "mtl" is the
-# library's default multi-task trainer (summary keys, aggregation rules).
+# The arms, in order. "stock" is the reference for Dice ratios and the "fitted" arm's model; "mtl" is the
+# library's default multi-task trainer (summary keys).
 ARMS = (
     Arm("stock", "nnUNetTrainer", {}, "nnU-Net as is: SGD lr 1e-2, segmentation only"),
     Arm("mtl", "nnUNetTrainerMTL", {}, "the library default, from scratch: nnU-Net's SGD lr 1e-2 for the U-Net, "
@@ -76,9 +74,9 @@ ARMS = (
     Arm("mask_pooling", "nnUNetTrainerMTLMaskPooling", {}, "heads pool features weighted by the predicted mask"),
     Arm("balanced", "nnUNetTrainerMTLBalancedSampling", {}, "class-balanced case sampling"),
 )
-# Frozen-encoder probes (nnunet_mtl.frozen): name -> the trained arm whose encoder they read.
-PROBES = {"probe": "stock", "probe_mtl": "mtl"}
-DEFAULT_RUN = ("stock", "mtl", "joint", "probe", "probe_mtl")  # without --arms; the others by name
+# Heads fitted in closed form (nnunet_mtl.training.fitting): name -> the trained arm whose encoder they read.
+FITTED = {"fitted": "stock", "fitted_mtl": "mtl"}
+DEFAULT_RUN = ("stock", "mtl", "joint", "fitted", "fitted_mtl")  # without --arms; the others by name
 
 DATASETS = {"hippocampus": 960, "synthetic3d": 961, "synthetic2d": 962}
 SIZES = {  # epochs x iterations per epoch, validation iterations, cases (None: all), test-time mirroring
@@ -89,8 +87,8 @@ SIZES = {  # epochs x iterations per epoch, validation iterations, cases (None: 
     "full": dict(epochs=50, iterations=100, val_iterations=10, cases=None, mirroring=True),
 }
 # CPU sizes: nnU-Net's plain plans with features capped at 16 and batch 2, patch as planned (hippocampus:
-# 40x56x40, about one tile per case; a smaller --patch tiles the cases, which is what makes head aggregation
-# rules differ, at ~8x the prediction cost). --full keeps the plans as nnU-Net made them.
+# 40x56x40, about one tile per case; a smaller --patch tiles the cases, whose heads then read the pools of all
+# their tiles, at ~8x the prediction cost). --full keeps the plans as nnU-Net made them.
 SHRINK = {"3d": dict(max_features=16, batch_size=2, n_stages=4),
           "2d": dict(max_features=32, batch_size=4, n_stages=5)}
 SYNTHETIC_CASES = {"synthetic2d": 60, "synthetic3d": 45}
@@ -203,20 +201,20 @@ def seed_everything(seed: int) -> None:
 
 
 def select(names) -> tuple:
-    """(training arms, probes) for ``--arms`` (None: the default run), in table order; an arm another one
-    starts from or a probe reads is added (printed); an unknown name is an error."""
-    known = [a.name for a in ARMS] + list(PROBES)
+    """(training arms, fitted-heads arms) for ``--arms`` (None: the default run), in table order; an arm another
+    one starts from or fitted heads read is added (printed); an unknown name is an error."""
+    known = [a.name for a in ARMS] + list(FITTED)
     names = list(DEFAULT_RUN if names is None else names)
     unknown = sorted(set(names) - set(known))
     if unknown:
         raise SystemExit(f"unknown arm(s) {unknown}; known: {known}")
     needed = set(names)
     for n in names:
-        dep = PROBES.get(n) or next((a.starts_from for a in ARMS if a.name == n), "")
+        dep = FITTED.get(n) or next((a.starts_from for a in ARMS if a.name == n), "")
         if dep and dep not in needed:
             print(f"[{n}] needs the {dep} arm: added", flush=True)
             needed.add(dep)
-    return [a for a in ARMS if a.name in needed], [p for p in PROBES if p in needed]
+    return [a for a in ARMS if a.name in needed], [p for p in FITTED if p in needed]
 
 
 def arm_knobs(arm: Arm, budget: dict, folders: dict) -> dict:
@@ -264,28 +262,20 @@ def is_mtl_model(folder: str) -> bool:
         return "mtl_targets" in json.load(f)
 
 
-def mtl_predictor(folder: str, device: str, mirroring: bool, rule: str):
-    """Our predictor with one aggregation rule (``NAME`` or ``NAME:key=value,...``, see ``parse_rule``)."""
-    from nnunet_mtl.inference.folders import load_predictor
-    from nnunet_mtl.inference.predictor import nnUNetPredictorMTL
-    name, kwargs = parse_rule(rule)
-    direct = {k: v for k, v in kwargs.items() if k in inspect.signature(load_predictor).parameters}
-    predictor = load_predictor(folder, [0], "checkpoint_final.pth", device, use_mirroring=mirroring,
-                               aggregation=name, **direct)
-    for k, v in kwargs.items():  # parameters only the predictor's constructor knows: set as attributes
-        if k not in direct and k in inspect.signature(nnUNetPredictorMTL).parameters:
-            setattr(predictor, k, v)
-    return predictor
+def mtl_predictor(folder: str, device: str, mirroring: bool):
+    """Our engine for a multi-task model folder (torch: the arms compare models, not backends)."""
+    from nnunet_mtl.inference.loader import load_predictor
+    return load_predictor(folder, [0], "checkpoint_final.pth", device, use_mirroring=mirroring, backend="torch")
 
 
-def predict_arm(folder: str, setup: dict, device: str, mirroring: bool, aggregation: str) -> dict:
+def predict_arm(folder: str, setup: dict, device: str, mirroring: bool) -> dict:
     """Whole test cases through nnU-Net's predictor (ours for multi-task models): masks in the original
     image space and, for multi-task models, the case's head outputs."""
     import torch
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
     start = time.perf_counter()
     if is_mtl_model(folder):
-        predictor = mtl_predictor(folder, device, mirroring, aggregation)
+        predictor = mtl_predictor(folder, device, mirroring)
     else:
         from nnunet_mtl.planning import add_trainer_path
         add_trainer_path()
@@ -315,53 +305,6 @@ def predict_arm(folder: str, setup: dict, device: str, mirroring: bool, aggregat
 def file_ending(setup: dict) -> str:
     with open(os.path.join(setup["raw"], "dataset.json")) as f:
         return json.load(f)["file_ending"]
-
-
-def parse_rule(text: str):
-    """'foreground_weighted' or 'NAME:key=value,...' -> (name, {key: float})."""
-    name, _, rest = text.partition(":")
-    kwargs = {}
-    for part in filter(None, rest.split(",")):
-        k, _, v = part.partition("=")
-        kwargs[k.strip()] = float(v)
-    return name.strip(), kwargs
-
-
-def rule_problem(rule: str) -> str:
-    from nnunet_mtl.inference.folders import load_predictor
-    from nnunet_mtl.inference.case_aggregation import AGGREGATIONS
-    from nnunet_mtl.inference.predictor import nnUNetPredictorMTL
-    name, kwargs = parse_rule(rule)
-    if name not in AGGREGATIONS:
-        return f"aggregation {name!r} unknown in this checkout (known: {list(AGGREGATIONS)})"
-    known = set(inspect.signature(load_predictor).parameters) | set(inspect.signature(nnUNetPredictorMTL).parameters)
-    unknown = sorted(set(kwargs) - known)
-    return f"aggregation parameter(s) {unknown} unknown in this checkout" if unknown else ""
-
-
-def heads_under_rule(folder: str, setup: dict, device: str, mirroring: bool, rule: str, known=None) -> dict:
-    """Head outputs of the test cases under one aggregation rule: one more sliding window per case, on
-    the preprocessed cases, no export; ``known`` (outputs already predicted under this rule) skips it."""
-    import torch
-    from nnunet_mtl.frozen.extract import preprocessed_cases
-    predictor = mtl_predictor(folder, device, mirroring, rule)
-    out, tiles = {}, []
-    for src in preprocessed_cases(data_folder(setup), setup["test"]):
-        data = src.load(predictor)
-        tiles.append(n_tiles(data.shape[1:], predictor.configuration_manager.patch_size, predictor.tile_step_size))
-        if known is not None:
-            out[src.case_id] = known[src.case_id]
-        else:
-            out[src.case_id] = predictor.predict_case(torch.from_numpy(np.ascontiguousarray(data)), src.case_id)[1].outputs
-    return {"heads": out, "tiles_per_case": float(np.mean(tiles))}
-
-
-def n_tiles(shape, patch, step: float) -> int:
-    """Sliding-window tiles of one case (a 2D patch over a 3D array runs slice by slice, as nnU-Net does)."""
-    from nnunetv2.inference.sliding_window_prediction import compute_steps_for_sliding_window
-    shape, patch = list(shape), list(patch)
-    slices = int(np.prod(shape[:len(shape) - len(patch)]))
-    return slices * int(np.prod([len(s) for s in compute_steps_for_sliding_window(shape[-len(patch):], patch, step)]))
 
 
 # ------------------------------------------------------------------------------------------- scoring
@@ -442,12 +385,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--patch", type=int, nargs="+", default=None, help="patch size for every arm (default: the "
                                                                       "CPU size's, or nnU-Net's plan with --full)")
     p.add_argument("--arms", nargs="+", default=None,
-                   help=f"arms and probes to run, of {[a.name for a in ARMS] + list(PROBES)} (default: "
+                   help=f"arms to run, of {[a.name for a in ARMS] + list(FITTED)} (default: "
                         f"{' '.join(DEFAULT_RUN)}); an arm another needs is added")
-    p.add_argument("--aggregation", nargs="+", default=["foreground_weighted", "mean"],
-                   help="case aggregation rules for the default MTL arm's heads, NAME or NAME:key=value,... "
-                        "(the first is the one used in the main table)")
-    p.add_argument("--no_probe", action="store_true", help="skip the frozen-encoder probes")
+    p.add_argument("--no_fitted", action="store_true", help="skip the fitted-heads arms")
     p.add_argument("--base_dir", default=None, help="work folder; prepared data and trained arms with the same "
                                                     "settings are reused (default: a new temporary folder)")
     p.add_argument("--out", default=None, help="folder for accuracy.json (default: BASE_DIR/accuracy_results)")
@@ -486,28 +426,22 @@ def main():
     struct_names = list(structures(setup))
 
     wanted, probes = select(args.arms)
-    if args.no_probe:
+    if args.no_fitted:
         probes = []
     results = {"dataset": args.dataset, "size": size_name, "budget": budget, "mirroring": size["mirroring"],
                "machine": machine_lines(device), "plans": describe_plans(setup), "train": setup["train"],
-               "test": setup["test"], "rows": [], "skipped": [], "aggregation": {}}
+               "test": setup["test"], "rows": [], "skipped": []}
     rows = [{"arm": "trivial", "trainer": "majority class / training mean",
              "heads": head_scores(trivial_outputs(table, setup["train"], setup["test"]), table, setup["test"])}]
-    problem = rule_problem(args.aggregation[0])
-    if problem:
-        raise SystemExit(f"--aggregation {args.aggregation[0]}: {problem} (the first rule is used for every arm)")
-    folders, main_heads = run_arms(wanted, setup, base, budget, device, size["mirroring"], args, table, rows,
+    folders = run_arms(wanted, setup, base, budget, device, size["mirroring"], args, table, rows,
                                    results["skipped"])
     for i, name in enumerate(probes):
-        if PROBES[name] not in folders:
-            print(f"[{name}] skipped: the {PROBES[name]} arm was not trained", flush=True)
+        if FITTED[name] not in folders:
+            print(f"[{name}] skipped: the {FITTED[name]} arm was not trained", flush=True)
             results["skipped"].append(name)
             continue
-        rows.insert(1 + i, run_probe(name, PROBES[name], folders[PROBES[name]], setup, base, device, table,
-                                     args.seed))
-    if DEFAULT_MTL in folders:
-        results["aggregation"] = compare_aggregation(folders[DEFAULT_MTL], setup, device, size["mirroring"],
-                                                     args.aggregation, main_heads, table)
+        rows.insert(1 + i, run_fitted(name, FITTED[name], folders[FITTED[name]], setup, base, device, table,
+                                      args.seed))
     results["rows"] = rows
     results["total_s"] = time.perf_counter() - t0
     results["load_average_end"] = load_average()
@@ -516,16 +450,10 @@ def main():
     print(f"Held-out test cases: {len(setup['test'])} (whole cases), training cases: {len(setup['train'])}; "
           f"{describe_plans(setup)}")
     print("\n".join(table_lines(rows, spec, struct_names)))
-    print(f"\nWall time per path to image-level outputs (own: this arm's training, or for a probe its feature "
+    print(f"\nWall time per path to image-level outputs (own: this arm's training, or for fitted heads the feature "
           f"extraction + fitting + test prediction; frozen path / from-scratch {DEFAULT_MTL} = "
           f"{fmt(frozen_vs_scratch(rows))}):")
     print("\n".join(time_lines(rows)))
-    if results["aggregation"]:
-        print(f"\nHead case-aggregation rules, arm '{DEFAULT_MTL}' (mean tiles per case: "
-              f"{next(iter(results['aggregation'].values()))['tiles_per_case']:.1f}; with one tile per case every "
-              f"rule gives the same result):")
-        print("\n".join(table_lines([{"arm": f"{DEFAULT_MTL} [{rule}]", "heads": a["heads"]}
-                                     for rule, a in results["aggregation"].items()], spec, [], runs=False)))
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "accuracy.json"), "w") as f:
         json.dump(results, f, indent=1, default=float)
@@ -536,8 +464,8 @@ def main():
 
 def run_arms(wanted, setup, base, budget, device, mirroring, args, table, rows, skipped):
     """Train (or reuse), predict and score each arm; appends to ``rows``/``skipped``; returns the model
-    folders by arm and the default MTL arm's head outputs (under the first aggregation rule)."""
-    folders, main_heads = {}, {}
+    folders by arm."""
+    folders = {}
     for arm in wanted:
         problem = arm_problem(arm)
         if problem:
@@ -547,9 +475,7 @@ def run_arms(wanted, setup, base, budget, device, mirroring, args, table, rows, 
         print(f"[{arm.name}] {arm.trainer} {arm.knobs or ''}: {arm.note}", flush=True)
         trained = train_arm(arm, setup, base, budget, device, args.seed, folders)
         folders[arm.name] = trained["folder"]
-        pred = predict_arm(trained["folder"], setup, device, mirroring, args.aggregation[0])
-        if arm.name == DEFAULT_MTL:
-            main_heads = pred["heads"]
+        pred = predict_arm(trained["folder"], setup, device, mirroring)
         row = {"arm": arm.name, "trainer": arm.trainer, "knobs": trained["knobs"], "needs": arm.starts_from or None,
                "path": f"{arm.trainer} training" + (f", from the {arm.starts_from} model" if arm.starts_from else ""),
                "train_s": trained["train_s"],
@@ -567,47 +493,38 @@ def run_arms(wanted, setup, base, budget, device, mirroring, args, table, rows, 
                                for s in r["dice"]}
             finite = [v for v in r["dice_ratio"].values() if np.isfinite(v)]
             r["dice_ratio_min"] = float(min(finite)) if finite else float("nan")
-    return folders, main_heads
+    return folders
 
 
-def compare_aggregation(folder, setup, device, mirroring, rules, main_heads, table) -> dict:
-    """The default MTL arm's head scores under each aggregation rule (unknown rules skipped, printed)."""
-    out = {}
-    for rule in rules:
-        problem = rule_problem(rule)
-        if problem:
-            print(f"[aggregation] {rule} skipped: {problem}", flush=True)
-            continue
-        start = time.perf_counter()
-        agg = heads_under_rule(folder, setup, device, mirroring, rule, known=main_heads if rule == rules[0] else None)
-        out[rule] = {"heads": head_scores(agg["heads"], table, setup["test"]), "tiles_per_case": agg["tiles_per_case"],
-                     "seconds": time.perf_counter() - start}
-    return out
-
-
-def run_probe(name: str, source: str, model_folder: str, setup: dict, base: str, device: str, table,
-              seed: int) -> dict:
-    """A frozen-encoder probe on the trained ``source`` arm's model: features of every case (cached per
-    checkpoint), fitted on the training split, scored on the test split; its seconds are the frozen path's
-    cost on top of that model's training (features from the cache are flagged: they make it look cheaper)."""
-    from nnunet_mtl.frozen.extract import preprocessed_cases
-    from nnunet_mtl.frozen.probe import FrozenEncoderProbe
+def run_fitted(name: str, source: str, model_folder: str, setup: dict, base: str, device: str, table,
+               seed: int) -> dict:
+    """Heads fitted in closed form on the trained ``source`` arm's pooled features (``training.fitting``: the
+    pipeline's default and ``nnunet_mtl_add_heads``), on the benchmark's split (training cases -> fit, test cases
+    -> its out-of-fold rows), written into a copy of that model; its seconds are the frozen path's cost on top
+    of that model's training (features from an earlier run's cache are flagged: they make it look cheaper)."""
+    from nnunet_mtl import prediction_table
+    from nnunet_mtl.training.fitting import fit_heads
+    split = os.path.join(base, "benchmark_split.json")
+    with open(split, "w") as f:
+        json.dump([{"train": setup["train"], "val": setup["test"]}], f)
+    out = os.path.join(base, "fitted", name)
+    cache = os.path.join(base, "fitted_cache")
+    cached = os.path.isdir(cache) and any(os.scandir(cache))
     start = time.perf_counter()
-    probe = FrozenEncoderProbe(model_folder, cache_dir=os.path.join(base, "probe_cache"), device=device,
-                               table=table, spec=table.spec, seed=seed)
-    folder = data_folder(setup)
-    probe.fit(preprocessed_cases(folder, setup["train"]))
-    outputs = probe.predict(preprocessed_cases(folder, setup["test"]))
+    summary = fit_heads(model_folder, out, spec=table.spec, folds=[0], splits_file=split, device=device,
+                        backend="torch", cache_dir=cache, seed=seed, overwrite=True,
+                        report=lambda line: print(f"[{name}] {line}", flush=True))
     seconds = time.perf_counter() - start
-    stats = probe.extractor.stats
-    print(f"[{name}] {seconds:.0f} s: features of {stats['computed']} cases computed ({stats['forwards']} forwards), "
-          f"{stats['cached']} from the cache; regularisation chosen by CV: "
-          + ", ".join(f"{k} {v:.3g}" for k, v in probe.probe.chosen.items()), flush=True)
-    note = f"features of {stats['cached']} cases read from an earlier run's cache" if stats["cached"] else ""
-    return {"arm": name, "trainer": f"{source} features + linear", "needs": source,
-            "path": f"frozen: features of the {source} model + linear probes", "train_s": seconds, "wall_s": seconds,
-            "time_note": note, "heads": head_scores(outputs, table, setup["test"]),
-            "probe_regularisation": probe.probe.chosen, "feature_stats": stats}
+    rows = prediction_table.read(os.path.join(out, "fold_0", "validation", "predictions.csv"), table.spec)
+    outputs = {c: {t.name: (r["probs"][t.name] if t.is_classification else np.array([r[t.name]]))
+                   for t in table.spec} for c, r in rows.items()}
+    regularisation = summary["folds"]["0"].get("regularisation", {})
+    print(f"[{name}] {seconds:.0f} s; regularisation chosen by CV: "
+          + ", ".join(f"{k} {v:.3g}" for k, v in regularisation.items()), flush=True)
+    return {"arm": name, "trainer": f"{source} features + fitted linear heads", "needs": source,
+            "path": f"frozen: heads fitted on the {source} model's features", "train_s": seconds, "wall_s": seconds,
+            "time_note": "pooled features read from an earlier run's cache" if cached else "",
+            "heads": head_scores(outputs, table, setup["test"]), "regularisation": regularisation}
 
 
 if __name__ == "__main__":

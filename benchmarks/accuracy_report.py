@@ -10,9 +10,9 @@ from __future__ import annotations
 import numpy as np
 
 REFERENCE, DEFAULT_MTL = "stock", "mtl"
-# What the pipeline outputs by default for image-level targets (--heads probe): probes on the default MTL
+# What the pipeline outputs by default for image-level targets (--heads fitted): heads fitted on the default MTL
 # model's own features. The summary's auc_default / r_default are this row's.
-DEFAULT_OUTPUT = "probe_mtl"
+DEFAULT_OUTPUT = "fitted_mtl"
 
 
 def fmt(x, digits=3) -> str:
@@ -53,7 +53,7 @@ def table_lines(rows: list, spec, struct_names, runs: bool = True) -> list:
 
 # ------------------------------------------------------------------------------------------ wall time
 def time_rows(rows: list) -> list:
-    """Seconds per path to a model with image-level outputs: each arm's own training (a probe: feature
+    """Seconds per path to a model with image-level outputs: each arm's own training (fitted heads: feature
     extraction of every case + fitting + test prediction), the total from nothing (plus the training of
     the arm it starts from) and both as a ratio to the from-scratch MTL training."""
     by_name = {r["arm"]: r for r in rows}
@@ -85,10 +85,11 @@ def time_lines(rows: list) -> list:
 
 
 def frozen_vs_scratch(rows: list):
-    """Seconds of the frozen path (probe on the trained stock model) / seconds of the MTL training from scratch."""
+    """Seconds of the frozen path (heads fitted on the trained stock model) / seconds of the MTL training from
+    scratch."""
     by_name = {r["arm"]: r for r in rows}
-    probe, scratch = by_name.get("probe", {}).get("train_s"), by_name.get(DEFAULT_MTL, {}).get("train_s")
-    return probe / scratch if probe is not None and scratch else None
+    fitted, scratch = by_name.get("fitted", {}).get("train_s"), by_name.get(DEFAULT_MTL, {}).get("train_s")
+    return fitted / scratch if fitted is not None and scratch else None
 
 
 # ------------------------------------------------------------------------------------------- summary
@@ -123,7 +124,7 @@ def summary_pairs(results: dict, spec) -> list:
         if r.get("wall_s") is not None:
             pairs.append((f"time_{name}_s", fmt(r["wall_s"], 0)))
     pairs.append(("frozen_vs_scratch_time", fmt(frozen_vs_scratch(results["rows"]), 4)))
-    for rule, h in results.get("aggregation", {}).items():
+    for rule, h in results.get("aggregation", {}).items():  # runs from before fitted heads
         if cls and cls in h.get("heads", {}):
             pairs.append((f"auc_mtl_{rule.replace(':', '_').replace('=', '')}", fmt(h["heads"][cls]["roc_auc"])))
     pairs.append(("skipped", ",".join(results["skipped"]) or "none"))

@@ -218,8 +218,9 @@ def labels_of(raw_folder: str) -> list:
 def convert_for_stock(png_dir: str, model: str, dst_parent: str, fold: str) -> tuple:
     """The NIfTI files stock reads: our own conversion of the PNGs (as ``nnunet_mtl_predict`` does it),
     run once; returns (folder, seconds). The predictor is loaded only for the model's channel facts."""
-    from nnunet_mtl.inference.folders import load_predictor, model_inputs, prepare_folder
-    facts = model_inputs(load_predictor(model, [fold], device="cpu"))
+    from nnunet_mtl.inference.folders import prepare_folder
+    from nnunet_mtl.inference.loader import load_predictor, model_inputs
+    facts = model_inputs(load_predictor(model, [fold], device="cpu", backend="torch"))
     start = time.perf_counter()
     prepared = prepare_folder(png_dir, dst_parent, facts)
     return prepared.folder, time.perf_counter() - start

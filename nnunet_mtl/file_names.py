@@ -70,3 +70,8 @@ def trained_folds(folder: str, checkpoint: str) -> List[int]:
     """The folds of a model folder (``fold_k``) that hold ``checkpoint``."""
     return sorted(int(os.path.basename(d)[5:]) for d in glob.glob(os.path.join(folder, "fold_*"))
                   if os.path.basename(d)[5:].isdigit() and os.path.isfile(os.path.join(d, checkpoint)))
+
+
+def safe_name(text) -> str:
+    """``text`` as a file-name part: runs of anything but letters, digits, ``_ . -`` become one ``_``."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(text)).strip("_") or "x"

@@ -27,7 +27,7 @@ from nnunet_mtl.file_names import CHANNEL_DIGITS, channel_file, predicted_mask
 BASE_DIR_ENV = "NNUNET_MTL_NOTEBOOK_BASE_DIR"
 BUDGET_ENV = "NNUNET_MTL_NOTEBOOK_BUDGET"
 
-# "demo" is pipeline.py --demo's budget (read from nnunet_mtl.workflow, so the two never drift),
+# "demo" is pipeline.py --demo's budget (read from nnunet_mtl.training.knobs, so the two never drift),
 # "tiny" is what the notebook test uses: enough to exercise every step, not to learn anything.
 TINY_BUDGET = {
     "n_cases": 10, "n_test": 2, "planner": "plain", "n_bootstrap": 20,
@@ -61,7 +61,7 @@ def budget(name: str) -> dict:
     if name == "tiny":
         return json.loads(json.dumps(TINY_BUDGET))
     if name == "demo":
-        from nnunet_mtl.workflow import DEMO_BUDGET, DEMO_SHRINK
+        from nnunet_mtl.training.knobs import DEMO_BUDGET, DEMO_SHRINK
         return {"n_cases": 30, "n_test": 6, "planner": "resenc_m", "n_bootstrap": 200,
                 "shrink": dict(DEMO_SHRINK["2d"]), "train": dict(DEMO_BUDGET)}
     if name == "full":

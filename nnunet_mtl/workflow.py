@@ -7,6 +7,7 @@ it; nothing the user produced is deleted.
 """
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import shutil
@@ -15,20 +16,28 @@ import sys
 from dataclasses import asdict, dataclass, field
 from typing import List, Optional, Sequence
 
-from nnunet_mtl.inference.case_aggregation import DEFAULT_AGGREGATION, MASKLESS_AGGREGATION
+import torch
+from nnunetv2.run.run_training import run_training
+from nnunetv2.utilities.utils import create_lists_from_splitted_dataset_folder
+
+from nnunet_mtl.calibration.evaluation import validation_calibration
+from nnunet_mtl.conversion.detect import convert
 from nnunet_mtl.conversion.lateral_pairs import choose_trainer_for
 from nnunet_mtl.dataset_spec import DatasetSpec
+from nnunet_mtl.evaluation.evaluate import evaluate
+from nnunet_mtl.evaluation.report import json_safe
 from nnunet_mtl.file_names import predicted_mask, trained_folds
+from nnunet_mtl.inference.folders import converted_source, predict_folder
+from nnunet_mtl.inference.loader import ModelFolderError, load_predictor
 from nnunet_mtl.io_utils import atomic_write_json, read_json
-from nnunet_mtl.training.knobs import BUDGETS, knob_overrides
-from nnunet_mtl.planning import plan_and_preprocess, plans_identifier, use_base_dir
+from nnunet_mtl.outputs import clinical as clinical_outputs
+from nnunet_mtl.planning import add_trainer_path, plan_and_preprocess, plans_identifier, use_base_dir
+from nnunet_mtl.targets import load_spec_file
+from nnunet_mtl.training import fitting
+from nnunet_mtl.training.knobs import DEFAULT_HEADS, HEADS_CHOICES, knob_overrides
+from split_tools.splits import make_splits, write_splits
 
 STATE_FILE = "nnunet_mtl_pipeline.json"
-# the demo's budget (pipeline.py --demo and the notebook's "demo"): every step on a CPU in minutes; its numbers say
-# nothing about real data
-DEMO_BUDGET = BUDGETS["demo"]
-DEMO_SHRINK = {"3d": dict(max_features=24, batch_size=2, n_stages=4, patch_size=(16, 32, 32)),
-               "2d": dict(max_features=32, batch_size=4, n_stages=5)}
 
 
 class PipelineError(RuntimeError):
@@ -94,8 +103,6 @@ def prepare(base_dir: str, input_dir: str, dataset_id: int, dataset_name: Option
             seed: int = 12345, num_processes: int = 2, overwrite: bool = False, shrink: Optional[dict] = None,
             convert_kwargs: Optional[dict] = None) -> PipelineState:
     """Convert the user's data, plan + preprocess with nnU-Net, write the split; returns the state."""
-    from nnunet_mtl.conversion.detect import convert
-    from split_tools.splits import make_splits, write_splits
     paths = use_base_dir(base_dir)
     name = dataset_name or _safe_name(os.path.basename(os.path.abspath(input_dir)))
     raw_folder = convert(input_dir, paths["nnUNet_raw"], dataset_id, name, overwrite=overwrite,
@@ -189,10 +196,52 @@ def _train_fold(state: PipelineState, fold, device: str, num_gpus: int, resume: 
                 cmd.append("--c")
             subprocess.run(cmd, check=True)
             return
-        import torch
-        from nnunetv2.run.run_training import run_training
         run_training(str(state.dataset_id), state.configuration, fold, state.trainer, state.plans,
                      continue_training=resume, device=torch.device(device))
+
+
+# --------------------------------------------------------------------------------------------- heads
+
+def fit_heads(base_dir: str, folds: Optional[Sequence] = None, device: str = "cuda", overwrite: bool = False,
+              checkpoint: str = "checkpoint_final.pth", backend: str = "auto") -> dict:
+    """Heads fitted in closed form on the trained model's pooled whole-case features, per fold on that fold's
+    training cases, written into the model's checkpoints (``training.fitting``): the accuracy benchmark found
+    them above the heads trained by gradient (docs/benchmarks.md). Masks stay the model's; folds fitted from
+    the same weights, labels and split are kept."""
+    state = load_state(base_dir)
+    use_base_dir(base_dir)
+    folder = model_folder(base_dir, state)
+    folds = list(folds) if folds else trained_folds(folder, checkpoint)
+    missing = [f for f in folds if not os.path.isfile(os.path.join(folder, f"fold_{f}", checkpoint))]
+    if not folds or missing:
+        which = f"fold {missing[0]}" if missing else "no fold"
+        raise PipelineError(f"{folder}: {which} has no {checkpoint}; train it before fitting heads")
+    try:
+        return fitting.fit_heads(folder, folds=folds, checkpoint=checkpoint, device=device, backend=backend,
+                                 overwrite=overwrite)
+    except (fitting.FittingError, ValueError) as e:
+        raise PipelineError(f"fitting heads: {e} (the trained model is kept; --heads trained uses the heads trained "
+                            f"with it)") from None
+
+
+def add_heads(base_dir: Optional[str], model_dir: str, out_dir: str, labels_csv: Optional[str] = None,
+              spec_json: Optional[str] = None, device: str = "cuda", overwrite: bool = False, **kwargs) -> dict:
+    """Heads fitted on a trained nnU-Net model (stock, or ours) into the model folder ``out_dir``, whose U-Net
+    weights are the model's own (``training.fitting``). ``base_dir`` holds the model's ``nnUNet_preprocessed``
+    (its split and preprocessed cases); None keeps the nnU-Net folder variables already set."""
+    if base_dir is not None:
+        use_base_dir(base_dir)
+    add_trainer_path()  # the model may be one of ours, or any trainer nnU-Net finds
+    spec = load_spec_file(spec_json) if spec_json else None
+    summary = fitting.fit_heads(model_dir, out_dir, labels_csv, spec, device=device, overwrite=overwrite, **kwargs)
+    print(f"{out_dir}: model with heads fitted on {model_dir}; out-of-fold validation: {summary.get('headline', '')}")
+    return summary
+
+
+def unfitted_folds(folder: str, folds: Sequence[int], checkpoint: str = "checkpoint_final.pth") -> List[int]:
+    """The folds whose checkpoint holds heads trained with the network (not fitted)."""
+    return [f for f in folds if fitting.fitted_info(torch.load(os.path.join(folder, f"fold_{f}", checkpoint),
+                                                               map_location="cpu", weights_only=False)) is None]
 
 
 # --------------------------------------------------------------------------------------------- infer
@@ -200,50 +249,52 @@ def infer(base_dir: str, test_input: Optional[str] = None, test_output: Optional
           folds: Optional[Sequence] = None, checkpoint: str = "checkpoint_final.pth", device: str = "cuda",
           overwrite: bool = False, explain: bool = False, calibration: bool = True,
           dicom_outputs: Optional[str] = None, report: bool = False, model_dir: Optional[str] = None,
-          **predict_kwargs) -> str:
+          heads: str = DEFAULT_HEADS, backend: str = "auto", **predict_kwargs) -> str:
     """Masks + predictions.csv for a folder of test images (default: the dataset's imagesTs).
 
-    ``model_dir``: predict with this model folder, or a heads folder of ``nnunet_mtl_add_heads`` (a stock
-    model's masks), instead of the model trained in ``base_dir`` (which then needs no pipeline state);
+    ``model_dir``: predict with this model folder (one trained by the pipeline or ``nnUNetv2_train``, or one of
+    ``nnunet_mtl_add_heads``) instead of the model trained in ``base_dir`` (which then needs no pipeline state);
+    ``heads='fitted'``: folds of the base_dir model whose heads are not fitted yet get them first;
     ``calibration``: apply the folds' temperatures (``fold_X/calibration.json``) when they exist;
+    ``backend``: what runs the network ('auto': OpenVINO on the CPU, see ``inference.openvino_backend``);
     ``dicom_outputs`` ('binary' | 'fractional'): DICOM SEG + SR for DICOM inputs under ``dicom/``;
     ``report``: review pages under ``report/`` (with the Grad-CAM overlays when ``explain``);
-    ``mask_format`` ('input' | 'nifti', in ``predict_kwargs``): see ``inference.predict_folder``."""
-    from nnunet_mtl.outputs import clinical as clinical_outputs
-    from nnunet_mtl.inference.heads_predictor import check_model_folder, is_heads_folder
-    from nnunet_mtl.inference.folders import converted_source, load_predictor, predict_folder
+    ``mask_format`` ('input' | 'nifti', in ``predict_kwargs``): see ``inference.folders.predict_folder``."""
+    if heads not in HEADS_CHOICES:
+        raise PipelineError(f"heads must be one of {HEADS_CHOICES}, got {heads!r}")
     folder, raw_folder = _inference_model(base_dir, model_dir)
-    heads = is_heads_folder(folder)
-    if heads:
-        folds = list(folds) if folds else None  # the heads' predictor: every trained stock fold, every fitted head
-    elif model_dir is not None:
-        check_model_folder(folder)
-    if not heads:
-        folds = list(folds) if folds else trained_folds(folder, checkpoint)
-        if not folds:
-            raise PipelineError(f"{folder}: no trained fold with {checkpoint}; run the training step first")
+    folds = list(folds) if folds else trained_folds(folder, checkpoint)
+    if not folds:
+        raise PipelineError(f"{folder}: no trained fold with {checkpoint}; run the training step first")
+    if model_dir is None:
+        unfitted = unfitted_folds(folder, folds, checkpoint)
+        if heads == "fitted" and unfitted:
+            print(f"{folder}: fitting heads on folds {unfitted} first (--heads trained predicts with the heads "
+                  f"trained with the network)")
+            fit_heads(base_dir, folds, device, checkpoint=checkpoint, backend=backend)
+        elif heads == "trained" and set(folds) - set(unfitted):
+            raise PipelineError(f"{folder}: the heads of folds {sorted(set(folds) - set(unfitted))} were fitted after "
+                                f"training (--heads fitted), so the heads trained with the network are gone; "
+                                f"predict with the fitted heads, or retrain with --heads trained --overwrite")
     if test_input is None and raw_folder is None:
         raise PipelineError("--test_input is required with --model_dir when BASE_DIR holds no prepared dataset")
     test_input = test_input or os.path.join(raw_folder, "imagesTs")
     if not os.path.isdir(test_input):
         raise PipelineError(f"{test_input}: test input folder not found (give --test_input)")
     test_output = test_output or os.path.join(base_dir, "predictions")
-    aggregation = predict_kwargs.pop("aggregation", None)
-    if aggregation is None:
-        has_masks = heads or DatasetSpec.from_file(os.path.join(folder, "dataset.json")).has_masks
-        aggregation = DEFAULT_AGGREGATION if has_masks else MASKLESS_AGGREGATION
     if dicom_outputs == "fractional":
         predict_kwargs["save_probabilities"] = True  # the SEG's fractions are nnU-Net's class probabilities
-    predictor = load_predictor(folder, folds, checkpoint, device,
-                               step_size=predict_kwargs.pop("step_size", 0.5),
-                               use_mirroring=predict_kwargs.pop("use_mirroring", True), aggregation=aggregation)
+    try:
+        predictor = load_predictor(folder, folds, checkpoint, device, step_size=predict_kwargs.pop("step_size", 0.5),
+                                   use_mirroring=predict_kwargs.pop("use_mirroring", True), backend=backend)
+    except ModelFolderError as e:
+        raise PipelineError(str(e)) from None
     if not calibration:
         predictor.calibration = None
-    csv_path = predict_folder(predictor, test_input, test_output, overwrite=overwrite, **predict_kwargs)
-    used = f"mask folds {predictor.mask_folds}, probe heads of folds {sorted(predictor.heads.probes)}" if heads \
-        else f"folds {folds}"
-    print(f"{test_output}: masks and {os.path.basename(csv_path)} ({used}; probabilities "
-          f"{'calibrated' if predictor.calibration is not None else 'not calibrated'})")
+    with contextlib.closing(predictor):
+        csv_path = predict_folder(predictor, test_input, test_output, overwrite=overwrite, **predict_kwargs)
+    print(f"{test_output}: masks and {os.path.basename(csv_path)} (folds {folds}, {predictor.backend}; probabilities "
+          f"{'calibrated' if predictor.outputs_calibrated else 'not calibrated'})")
     source = converted_source(test_input, test_output)
     if explain:
         explain_folder(folder, source, os.path.join(test_output, clinical_outputs.EXPLANATIONS_DIR),
@@ -262,7 +313,6 @@ def _inference_model(base_dir: str, model_dir: Optional[str]):
         state = load_state(base_dir)
         use_base_dir(base_dir)
         return model_folder(base_dir, state), state.raw_folder
-    from nnunet_mtl.planning import add_trainer_path
     if not os.path.isdir(model_dir):
         raise PipelineError(f"{model_dir}: model folder not found (--model_dir)")
     add_trainer_path()
@@ -273,12 +323,10 @@ def _inference_model(base_dir: str, model_dir: Optional[str]):
 def explain_folder(model_dir: str, source_folder: str, out_dir: str, folds, checkpoint: str, device: str,
                    prediction_folder: Optional[str] = None) -> List[str]:
     """Grad-CAM maps and overlays for every case of an nnU-Net-format input folder, per classification
-    target, for the predicted class (outlined with the predicted mask when there is one); ``model_dir`` may
-    be a heads folder (the probes' maps, ``frozen.probe_module``)."""
-    from nnunetv2.utilities.utils import create_lists_from_splitted_dataset_folder
-    from nnunet_mtl.outputs.explain import explain_case, load_predictor
-    predictor = load_predictor(model_dir, folds, checkpoint, device)  # loaded once for all cases
-    file_ending = predictor.dataset_json["file_ending"]   # a heads folder's: the stock model's
+    target, for the predicted class (outlined with the predicted mask when there is one)."""
+    from nnunet_mtl.outputs.explain import explain_case, load_predictor as explain_predictor  # grad-cam: on use
+    predictor = explain_predictor(model_dir, folds, checkpoint, device)  # loaded once for all cases
+    file_ending = predictor.dataset_json["file_ending"]
     targets = [t.name for t in predictor.spec if t.is_classification]
     written = []
     for files in create_lists_from_splitted_dataset_folder(source_folder, file_ending):
@@ -292,38 +340,22 @@ def explain_folder(model_dir: str, source_folder: str, out_dir: str, folds, chec
 
 
 # --------------------------------------------------------------------------------------------- evaluate
-def evaluate_validation(base_dir: str, fold: int, output_folder: Optional[str] = None, n_bootstrap: int = 1000,
-                        heads: Optional[str] = None) -> dict:
-    """Score one fold's whole-case validation (masks + heads) with nnunet_mtl.evaluation.
+def evaluate_validation(base_dir: str, fold: int, output_folder: Optional[str] = None,
+                        n_bootstrap: int = 1000) -> dict:
+    """Score one fold's whole-case validation (masks + the heads in its checkpoint) with nnunet_mtl.evaluation.
 
-    ``heads='probe'``: the image-level numbers are those of the fold's probe heads (``fit_probe_heads``,
-    out-of-fold rows in ``probe_heads/fold_k/validation``); ``'joint'``: the heads trained with the network;
-    unset: the probe heads where the fold has them (the pipeline's default), else the joint heads. Masks are
-    the model's either way; ``metrics.json`` says which heads were scored (``heads``).
-
-    The validation table holds raw probabilities. When the fold has a ``calibration.json``, each
-    classification target's block gains ``calibration_fitted``: ECE / Brier raw and with the fold's
-    temperature, and ``reliability_<target>.png`` shows both curves; that temperature was fitted on
-    these same cases, so the calibrated scores are optimistic (a note in ``metrics.json`` says so)."""
-    from nnunet_mtl.calibration.evaluation import validation_calibration
-    from nnunet_mtl.evaluation.evaluate import evaluate
-    from nnunet_mtl.evaluation.report import json_safe
+    The validation table holds raw probabilities of the fold's heads (fitted or trained: ``metrics.json`` says
+    which, ``heads``). When the fold has a ``calibration.json``, each classification target's block gains
+    ``calibration_fitted``: ECE / Brier raw and with the fold's temperature, and ``reliability_<target>.png``
+    shows both curves; that temperature was fitted on these same cases, so the calibrated scores are
+    optimistic (a note in ``metrics.json`` says so)."""
     state = load_state(base_dir)
     use_base_dir(base_dir)
     fold_dir = os.path.join(model_folder(base_dir, state), f"fold_{fold}")
     val_dir = os.path.join(fold_dir, "validation")
-    # checked once: loading the probes reads their files and the checkpoints' signatures
-    probe_problem = _current_probe_problem(base_dir, fold) if heads in (None, "probe") else None
-    if heads is None:
-        heads = "joint" if probe_problem else "probe"
-    if heads not in HEADS_CHOICES:
-        raise ValueError(f"heads must be one of {HEADS_CHOICES}, got {heads!r}")
-    if not os.path.isfile(os.path.join(val_dir, "predictions.csv")):
+    csv_path = os.path.join(val_dir, "predictions.csv")
+    if not os.path.isfile(csv_path):
         raise PipelineError(f"{val_dir}: no whole-case validation yet; train fold {fold} first")
-    rows_dir = val_dir if heads == "joint" else os.path.join(probe_heads_folder(base_dir), f"fold_{fold}", "validation")
-    csv_path = os.path.join(rows_dir, "predictions.csv")
-    if heads == "probe" and probe_problem:
-        raise PipelineError(f"{probe_problem}; fit them (--heads probe) or score the joint heads (heads='joint')")
     dataset_json = read_json(os.path.join(state.raw_folder, "dataset.json"))
     case_ids = [os.path.basename(p)[:-len(dataset_json["file_ending"])]
                 for p in glob.glob(os.path.join(val_dir, "*" + dataset_json["file_ending"]))]
@@ -341,9 +373,10 @@ def evaluate_validation(base_dir: str, fold: int, output_folder: Optional[str] =
                       prediction_csv=csv_path, output_folder=output_folder, labels=description.table,
                       regions=dict(description.regions), n_bootstrap=n_bootstrap,
                       label_names=dict(description.label_names))
-    result["heads"] = heads
-    fitted = None if heads == "probe" else validation_calibration(  # the temperatures belong to the joint heads
-        fold_dir, csv_path, description.targets, description.table, output_folder, n_bootstrap)
+    summary_path = os.path.join(val_dir, "mtl_summary.json")
+    result["heads"] = read_json(summary_path).get("heads", "trained") if os.path.isfile(summary_path) else "trained"
+    fitted = validation_calibration(fold_dir, csv_path, description.targets, description.table, output_folder,
+                                    n_bootstrap)
     if fitted:
         for name, block in fitted.items():
             result.get("classification", {}).get(name, {})["calibration_fitted"] = json_safe(block)
@@ -353,68 +386,3 @@ def evaluate_validation(base_dir: str, fold: int, output_folder: Optional[str] =
                                f"onto the calibrated scale of the test predictions)")
     atomic_write_json(os.path.join(output_folder, "metrics.json"), result)  # evaluate's, with the heads scored
     return result
-
-
-# ------------------------------------------------------------------------------- heads on a stock model
-PROBE_HEADS_DIR = "probe_heads"
-HEADS_CHOICES = ("joint", "probe")
-
-
-def _current_probe_problem(base_dir: str, fold: int) -> Optional[str]:
-    """Why the fold's probe heads cannot be scored (none fitted, or fitted on a checkpoint since replaced:
-    their rows would belong to an older model), or None when they can."""
-    from nnunet_mtl.frozen.heads_model import FrozenHeads
-    folder = probe_heads_folder(base_dir)
-    rows = os.path.join(folder, f"fold_{fold}", "validation", "predictions.csv")
-    if not os.path.isfile(rows):
-        return f"{os.path.dirname(rows)}: no probe heads for fold {fold}"
-    try:
-        FrozenHeads.load(folder, [fold])
-    except (ValueError, FileNotFoundError) as e:
-        return str(e)
-    return None
-
-
-def probe_heads_folder(base_dir: str) -> str:
-    """Where ``fit_probe_heads`` puts the probes of the model trained in ``base_dir``."""
-    return os.path.join(os.path.abspath(base_dir), PROBE_HEADS_DIR)
-
-
-def fit_probe_heads(base_dir: str, folds: Optional[Sequence] = None, device: str = "cuda",
-                    overwrite: bool = False, checkpoint: str = "checkpoint_final.pth") -> dict:
-    """Linear probes on the trained model's own pooled whole-case features, per fold on that fold's
-    training cases (``add_frozen_heads`` with our model as the frozen one): the accuracy benchmark found
-    them above the jointly trained heads at the same budget (docs/benchmarks.md). Masks stay the model's;
-    probes fitted from the same checkpoints are kept, a retrained fold is fitted again."""
-    state = load_state(base_dir)
-    folder = model_folder(base_dir, state)
-    folds = list(folds) if folds else trained_folds(folder, checkpoint)
-    missing = [f for f in folds if not os.path.isfile(os.path.join(folder, f"fold_{f}", checkpoint))]
-    if not folds or missing:
-        which = f"fold {missing[0]}" if missing else "no fold"
-        raise PipelineError(f"{folder}: {which} has no {checkpoint}; train it before fitting probe heads")
-    try:
-        return add_frozen_heads(base_dir, folder, probe_heads_folder(base_dir), device=device, overwrite=overwrite,
-                                folds=folds, checkpoint=checkpoint)
-    except ValueError as e:  # e.g. too few training cases of a class for the probe's cross-validation
-        raise PipelineError(f"probe heads: {e} (the trained model is kept; --heads joint uses the heads trained "
-                            f"with it)") from None
-
-
-def add_frozen_heads(base_dir: Optional[str], model_dir: str, out_dir: str, labels_csv: Optional[str] = None,
-                     spec_json: Optional[str] = None, device: str = "cuda", overwrite: bool = False, **kwargs) -> dict:
-    """Heads on a trained stock nnU-Net model that stays frozen (``nnunet_mtl.frozen.heads_model.fit_heads``):
-    one probe per fold of the model's own split, out-of-fold validation in ``out_dir/fold_k/validation``;
-    heads already fitted there from the same inputs are kept unless ``overwrite``. ``base_dir`` holds the
-    model's ``nnUNet_preprocessed`` (its split and preprocessed cases); None keeps the nnU-Net folder
-    variables already set."""
-    from nnunet_mtl.frozen.heads_model import fit_heads
-    from nnunet_mtl.planning import add_trainer_path
-    from nnunet_mtl.targets import load_spec_file
-    if base_dir is not None:
-        use_base_dir(base_dir)
-    add_trainer_path()  # the stock model may be one of ours, or any trainer nnU-Net finds
-    spec = load_spec_file(spec_json) if spec_json else None
-    summary = fit_heads(model_dir, out_dir, labels_csv, spec, device=device, overwrite=overwrite, **kwargs)
-    print(f"{out_dir}: heads for {model_dir}; out-of-fold validation: {summary.get('headline', '')}")
-    return summary

@@ -1,4 +1,5 @@
 """Test helpers: build, plan, preprocess and train tiny synthetic datasets through nnU-Net itself."""
+import csv
 import json
 import os
 from dataclasses import dataclass
@@ -72,3 +73,27 @@ def make_trainer(ds: TinyDataset, trainer: str = "nnUNetTrainerMTL", fold=0, **k
         t = get_trainer_from_args(str(ds.id), ds.configuration, fold, trainer, ds.plans, device=torch.device("cpu"))
     t.on_train_start()
     return t
+
+
+def train_stock(ds: TinyDataset, fold: int = 0) -> str:
+    """Stock nnUNetTrainer on ``ds``, one epoch of 3 iterations (attributes set like nnUNetTrainer_Xepochs)."""
+    from nnunetv2.run.run_training import get_trainer_from_args, maybe_load_checkpoint
+    folder = ds.model_folder("nnUNetTrainer")
+    if not os.path.isfile(os.path.join(folder, f"fold_{fold}", "checkpoint_final.pth")):
+        t = get_trainer_from_args(str(ds.id), ds.configuration, fold, "nnUNetTrainer", ds.plans,
+                                  device=torch.device("cpu"))
+        t.num_epochs, t.num_iterations_per_epoch, t.num_val_iterations_per_epoch = 1, 3, 1
+        maybe_load_checkpoint(t, False, False, None)
+        t.run_training()
+    return folder
+
+
+def write_labels_csv(ds: TinyDataset, path: str) -> str:
+    """The dataset's classification labels (the ``mtl`` block of its dataset.json) as a user's labels CSV."""
+    cases = ds.dataset_json["mtl"]["cases"]
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["case_id", "finding"])
+        for cid in sorted(cases):
+            w.writerow([cid, cases[cid]["finding"]])
+    return path

@@ -114,9 +114,9 @@ def _validation_rows(ds, trainer):
     random.seed(0)
     np.random.seed(0)
     torch.manual_seed(0)
-    # heads_train_encoder: the heads whose predictions are the output (pipeline --heads joint) shape the encoder;
+    # heads_train_encoder: the heads whose predictions are the output (pipeline --heads trained) shape the encoder;
     # on detached features (the trainer's default) a bottleneck-pooled head does not read the small finding
-    # within 200 steps, where the probes (the pipeline's default output) do
+    # within 200 steps, where heads fitted on the same features (the pipeline's default output) do
     folder = train(ds, trainer, 0, num_epochs=10, num_iterations_per_epoch=20, num_val_iterations_per_epoch=4,
                    optimizer_name="adamw", initial_lr=3e-3, head_lr=1e-2, heads_train_encoder=True)
     rows = list(csv.DictReader(open(os.path.join(folder, "fold_0", "validation", "predictions.csv"))))

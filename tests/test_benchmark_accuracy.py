@@ -21,13 +21,13 @@ def names(selected):
     return [a.name for a in arms], probes
 
 
-def test_default_run_has_stock_mtl_joint_and_both_probes():
-    assert names(accuracy.select(None)) == (["stock", "mtl", "joint"], ["probe", "probe_mtl"])
+def test_default_run_has_stock_mtl_joint_and_both_fitted_arms():
+    assert names(accuracy.select(None)) == (["stock", "mtl", "joint"], ["fitted", "fitted_mtl"])
 
 
 def test_arms_by_name_add_what_they_start_from():
     assert names(accuracy.select(["finetune"])) == (["stock", "finetune"], [])
-    assert names(accuracy.select(["probe_mtl"])) == (["mtl"], ["probe_mtl"])
+    assert names(accuracy.select(["fitted_mtl"])) == (["mtl"], ["fitted_mtl"])
     assert names(accuracy.select(["adamw", "multiscale", "mask_pooling", "balanced"])) == (
         ["adamw", "multiscale", "mask_pooling", "balanced"], [])
     with pytest.raises(SystemExit, match="unknown arm"):
@@ -73,8 +73,8 @@ def heads(auc, r):
 
 def fake_results():
     rows = [{"arm": "trivial", "heads": heads(0.5, 0.0)},
-            {"arm": "probe", "needs": "stock", "train_s": 10.0, "wall_s": 10.0, "heads": heads(0.85, 0.8)},
-            {"arm": "probe_mtl", "needs": "mtl", "train_s": 12.0, "wall_s": 12.0, "heads": heads(0.8, 0.7),
+            {"arm": "fitted", "needs": "stock", "train_s": 10.0, "wall_s": 10.0, "heads": heads(0.85, 0.8)},
+            {"arm": "fitted_mtl", "needs": "mtl", "train_s": 12.0, "wall_s": 12.0, "heads": heads(0.8, 0.7),
              "time_note": "features of 3 cases read from an earlier run's cache"},
             {"arm": "stock", "trainer": "nnUNetTrainer", "train_s": 300.0, "predict_s": 5.0, "wall_s": 305.0,
              "dice": {"a": 0.6, "p": 0.25}, "dice_ratio_min": 1.0},
@@ -89,7 +89,7 @@ def fake_results():
 def test_summary_line_has_the_new_keys():
     pairs = dict(accuracy_report.summary_pairs(fake_results(), spec()))
     assert pairs["frozen_vs_scratch_time"] == "0.0500"
-    assert pairs["auc_probe_mtl"] == "0.800" and pairs["r_probe_mtl"] == "0.700"
+    assert pairs["auc_fitted_mtl"] == "0.800" and pairs["r_fitted_mtl"] == "0.700"
     assert pairs["auc_default"] == "0.800" and pairs["r_default"] == "0.700"  # the pipeline's default output
     assert pairs["auc_finetune"] == "0.550" and pairs["r_finetune"] == "0.100"
     assert pairs["dice_a_finetune"] == "0.6700" and pairs["dice_p_finetune"] == "0.4300"
@@ -99,10 +99,10 @@ def test_summary_line_has_the_new_keys():
 def test_time_table_counts_the_model_a_path_starts_from():
     t = {r["arm"]: r for r in accuracy_report.time_rows(fake_results()["rows"])}
     assert "trivial" not in t
-    assert t["probe"]["own_s"] == 10.0 and t["probe"]["total_s"] == 310.0
-    assert t["probe"]["own_ratio"] == pytest.approx(0.05)
+    assert t["fitted"]["own_s"] == 10.0 and t["fitted"]["total_s"] == 310.0
+    assert t["fitted"]["own_ratio"] == pytest.approx(0.05)
     assert t["finetune"]["total_s"] == 450.0 and t["finetune"]["total_ratio"] == pytest.approx(2.25)
-    assert t["mtl"]["own_ratio"] == 1.0 and t["probe_mtl"]["total_s"] == 212.0
+    assert t["mtl"]["own_ratio"] == 1.0 and t["fitted_mtl"]["total_s"] == 212.0
     lines = accuracy_report.time_lines(fake_results()["rows"])
     assert any("cache" in line for line in lines) and len(lines) == 2 + 5
 

@@ -21,8 +21,8 @@ from nnunet_mtl.calibration.temperature import apply_temperature
 from nnunet_mtl.cli import predict as predict_cli
 from nnunet_mtl.dataset_spec import targets_from_plans
 from nnunet_mtl.outputs.dicom.sr import read_sr_predictions
-from nnunet_mtl.inference.folders import load_predictor, predict_folder
-from tests.helpers import train
+from nnunet_mtl.inference.folders import predict_folder
+from nnunet_mtl.inference.loader import load_predictor
 from tests.test_dicom_outputs import _base as dicom_instance
 
 pytestmark = pytest.mark.timeout(900)
@@ -97,7 +97,7 @@ def test_predictions_csv_is_calibrated_with_the_folds_temperature(trained_2d, da
     with open(os.path.join(model, "fold_0", "calibration.json"), "w") as f:
         json.dump({"method": "temperature_scaling", "targets": fits}, f)
     images = os.path.join(dataset_2d.raw_folder, "imagesTs")
-    predictor = load_predictor(model, folds=[0], use_mirroring=False)
+    predictor = load_predictor(model, folds=[0], use_mirroring=False, backend="torch")
     assert predictor.calibration.temperatures == {t.name: pytest.approx(T) for t in spec.classification_targets}
     calibrated = read_rows(predict_folder(predictor, images, str(tmp_path / "cal")))
     predictor.calibration = None  # what --no_calibration does
@@ -118,6 +118,17 @@ def test_predictions_csv_is_calibrated_with_the_folds_temperature(trained_2d, da
     assert prediction_table.spec_from_header(header).names == spec.names
 
 
+def test_a_fold_too_small_to_fit_a_temperature_says_its_rows_are_not_calibrated(trained_2d, dataset_2d, tmp_path):
+    """The tiny fold has too few validation cases: its calibration.json keeps T = 1 (fitted: false), so no row may
+    say calibrated, and the probabilities are the raw ones."""
+    calibration = FoldCalibration.load(os.path.join(trained_2d, "fold_0"))
+    assert calibration.fits and not any(fit.fitted for fit in calibration.fits.values())
+    predictor = load_predictor(trained_2d, folds=[0], use_mirroring=False, backend="torch")
+    assert predictor.calibration is None and not predictor.outputs_calibrated
+    rows = read_rows(predict_folder(predictor, os.path.join(dataset_2d.raw_folder, "imagesTs"), str(tmp_path / "p")))
+    assert rows and {r[prediction_table.CALIBRATED_COLUMN] for r in rows.values()} == {"no"}
+
+
 def test_a_merge_keeps_each_rows_calibration_flag(tmp_path):
     from nnunet_mtl.inference.record import merge_into_folder
     from nnunet_mtl.targets import Target, TargetSpec
@@ -129,11 +140,6 @@ def test_a_merge_keeps_each_rows_calibration_flag(tmp_path):
 
 
 # ------------------------------------------------------------------------------- DICOM outputs
-@pytest.fixture(scope="module")
-def trained_3d(dataset_3d_resenc):
-    return train(dataset_3d_resenc, "nnUNetTrainerMTL", 0, validate=False, num_epochs=1)
-
-
 def test_ct_series_through_a_3d_model_gives_seg_and_sr(trained_3d, dataset_3d_resenc, tmp_path):
     test_image = sorted(glob.glob(os.path.join(dataset_3d_resenc.raw_folder, "imagesTs", "*_0000.nii.gz")))[0]
     inputs = tmp_path / "in"
@@ -246,7 +252,7 @@ def test_report_shows_the_gradcam_of_explain(trained_2d, dataset_2d, tmp_path):
     from nnunet_mtl.workflow import explain_folder
     images = os.path.join(dataset_2d.raw_folder, "imagesTs")
     out = tmp_path / "out"
-    predict_folder(load_predictor(trained_2d, folds=[0], use_mirroring=False), images, str(out))
+    predict_folder(load_predictor(trained_2d, folds=[0], use_mirroring=False, backend="torch"), images, str(out))
     explain_folder(trained_2d, images, str(out / "explanations"), [0], "checkpoint_final.pth", "cpu",
                    prediction_folder=str(out))
     index = clinical_outputs.write_report_folder(trained_2d, str(out), images)

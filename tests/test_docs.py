@@ -151,7 +151,7 @@ def test_every_readme_flag_exists_in_its_cli():
     assert len(per_cli.get("pipeline", ())) >= 25 and "--demo" in per_cli["pipeline"]
     assert {"--validation_data", "--prediction_csv", "--threshold_tuning"} <= per_cli.get("evaluation", set())
     assert {"--dataset_json", "--mode", "--folds", "--test_fraction"} <= per_cli.get("split_tools", set())
-    assert "--aggregation" in per_cli.get("predict", set())
+    assert "--backend" in per_cli.get("predict", set())
 
 
 @pytest.mark.parametrize("path", [NOTEBOOK] + EXTRA_DOCS, ids=os.path.basename)

@@ -11,8 +11,9 @@ import torch
 from dynamic_network_architectures.architectures.unet import PlainConvUNet
 from PIL import Image
 
-from nnunet_mtl.outputs.explain import (ExplainError, TileCAM, cam_for_preprocessed, ensemble_cam, explain_case,
-                                load_predictor, mirrored_cam, preprocess, resolve_stage)
+from nnunet_mtl.inference.predictor import nnUNetPredictorMTL
+from nnunet_mtl.outputs.explain import (ExplainError, cam_for_preprocessed, ensemble_cam, explain_case, load_predictor,
+                                        preprocess, resolve_stage)
 from nnunet_mtl.model.network import MTLNetwork
 from nnunet_mtl.targets import Target, TargetSpec
 from tests.test_losses_and_network import tiny_unet
@@ -118,8 +119,8 @@ def test_2d_maps_differ_between_classes_and_methods(model_2d, image_2d, tmp_path
     cam = {(m, s): cam_for_preprocessed(predictor.network, predictor, data, "finding", 1, s, m)
            for m in ("gradcam", "gradcam++", "hirescam") for s in (None, -2)}
     assert not np.allclose(cam["gradcam", None], cam["gradcam++", None], rtol=0, atol=1e-3 * cam["gradcam", None].max())
-    # at the pooled stage the head's gradient is spatially constant, so HiResCAM equals Grad-CAM;
-    # one stage shallower the gradient varies over space and the two must part
+    # at the pooled stage the head's gradient is spatially constant (a tile's features are averaged), so
+    # HiResCAM equals Grad-CAM; one stage shallower the gradient varies over space and the two must part
     assert np.allclose(cam["gradcam", None], cam["hirescam", None], rtol=1e-4, atol=1e-6)
     assert not np.allclose(cam["gradcam", -2], cam["hirescam", -2], rtol=0, atol=1e-3 * cam["gradcam", -2].max())
 
@@ -156,7 +157,7 @@ def test_cli_writes_outputs_and_reports_bad_input(model_2d, image_2d, tmp_path, 
     (dict(target="finding", method="lime"), "unknown method 'lime'"),
     (dict(target="finding", stage=9), "stage 9 does not exist"),
     (dict(target="finding", image="missing_0000.nii.gz"), "image file missing_0000.nii.gz does not exist"),
-    (dict(target="finding", model="no_such_model"), "model folder no_such_model does not exist"),
+    (dict(target="finding", model="no_such_model"), "no_such_model: model folder not found"),
     (dict(target="finding", folds=[7]), "fold_7"),
     (dict(target="finding", mask_file="small_mask"), "small_mask.nii.gz has shape"),
 ])
@@ -195,13 +196,13 @@ def test_3d_map_geometry_and_strongest_slice_overlay(model_3d, dataset_3d_resenc
 
 # ---------------------------------------------------------------------------------------- tiny networks
 class _Tiling:
-    """The three things cam_for_preprocessed asks of a predictor, for networks outside nnU-Net."""
+    """The engine's tiling (patch, step, Gaussian) that cam_for_preprocessed asks of a predictor, for networks
+    outside nnU-Net."""
 
     def __init__(self, patch):
-        from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
         from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
-        self.predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=False,
-                                         device=torch.device("cpu"), allow_tqdm=False)
+        self.predictor = nnUNetPredictorMTL(tile_step_size=0.5, use_gaussian=True, use_mirroring=False,
+                                            device=torch.device("cpu"), allow_tqdm=False)
         self.predictor.configuration_manager = ConfigurationManager({"patch_size": list(patch), "architecture": {}})
 
 
@@ -271,12 +272,14 @@ def test_cam_mass_sits_where_the_class_signal_is(blob_model, method):
 
 
 def test_mirrored_map_is_flip_equivariant(blob_model):
+    """With mirroring the map averages the flipped-back maps of every mirror (as the logits are averaged): the map of
+    a flipped image is the flipped map, and it differs from the unmirrored map."""
     img = np.random.default_rng(3).normal(0, 0.3, (32, 32)) + _blob((32, 32), (8, 11), 3, 2.0)
     x = torch.from_numpy(img.astype(np.float32))[None, None]  # off-centre, so flips move the map
-    with TileCAM(blob_model, "finding", 2) as cam:
-        a = mirrored_cam(cam, x, 1, mirror_axes=(0, 1))
-        b = mirrored_cam(cam, torch.flip(x, (2,)), 1, mirror_axes=(0, 1))
-        plain = cam(x, 1)
+    tiling = _Tiling((32, 32)).predictor
+    a = cam_for_preprocessed(blob_model, tiling, x, "finding", 1, 2, mirror_axes=(0, 1))[0]
+    b = cam_for_preprocessed(blob_model, tiling, torch.flip(x, (3,)), "finding", 1, 2, mirror_axes=(0, 1))[0]
+    plain = cam_for_preprocessed(blob_model, tiling, x, "finding", 1, 2)[0]
     assert np.allclose(a, np.flip(b, 1), atol=1e-5)
     assert plain.max() > 0 and not np.allclose(a, plain, atol=1e-4 * plain.max())
 

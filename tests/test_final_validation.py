@@ -1,4 +1,5 @@
-"""The trainer's final validation: one sliding window per case gives nnU-Net's masks and our heads."""
+"""The trainer's final validation (``training.final_validation``, run by our engine): one sliding window per case
+gives nnU-Net's masks, nnU-Net's summary.json and our heads' rows."""
 import csv
 import glob
 import json
@@ -13,7 +14,6 @@ from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from nnunet_mtl.inference.predictor import nnUNetPredictorMTL
-from nnunet_mtl.training.whole_case import ValidationHeads, validation_keys, write_validation_heads
 from tests.helpers import make_trainer
 
 pytestmark = pytest.mark.timeout(600)
@@ -61,7 +61,7 @@ def validated(dataset_2d):
 
 def test_one_encoder_pass_per_tile_and_mirror_for_masks_and_heads(validated):
     trainer, n_calls = validated
-    keys = validation_keys(trainer)
+    _, keys = trainer.do_split()
     assert n_calls == _expected_encoder_forwards(trainer, keys)
     folder = os.path.join(trainer.output_folder, "validation")
     for name in ("summary.json", "predictions.csv", "predictions.json", "mtl_summary.json"):
@@ -70,7 +70,7 @@ def test_one_encoder_pass_per_tile_and_mirror_for_masks_and_heads(validated):
     rows = _rows(folder)
     assert sorted(rows) == sorted(val_keys) == sorted(keys)
     summary = json.load(open(os.path.join(folder, "mtl_summary.json")))
-    assert summary["n_cases"] == len(val_keys) and summary["aggregation"] == "foreground_weighted"
+    assert summary["n_cases"] == len(val_keys) and summary["heads"] == "trained"
     assert len(json.load(open(os.path.join(folder, "summary.json")))["metric_per_case"]) == len(val_keys)
 
 
@@ -93,21 +93,18 @@ def test_validation_heads_equal_the_predictor_on_each_case(validated):
         trainer.set_deep_supervision_enabled(True)
 
 
-def test_masks_are_stock_and_a_missing_pass_falls_back(validated):
+def test_masks_and_summary_are_stock(validated):
+    """nnU-Net's own final validation of the same network writes the same masks and Dice."""
     trainer, _ = validated
     folder = os.path.join(trainer.output_folder, "validation")
     ours = _masks(folder)
-    before = _rows(folder)
+    with open(os.path.join(folder, "summary.json")) as f:
+        our_dice = json.load(f)["foreground_mean"]["Dice"]
     shutil.rmtree(folder)
     nnUNetTrainer.perform_actual_validation(trainer)  # stock, alone: its own predictor, no heads
     stock = _masks(folder)
     assert ours.keys() == stock.keys() and ours
     for name in ours:
         assert np.array_equal(ours[name], stock[name]), name
-    # as if nnU-Net had built its predictor elsewhere: no head outputs from its pass
-    summary = write_validation_heads(trainer, ValidationHeads(validation_keys(trainer)))
-    after = _rows(folder)
-    assert summary["n_cases"] == len(before) and sorted(after) == sorted(before)
-    for key in before:
-        assert float(after[key]["finding_prob_present"]) == pytest.approx(float(before[key]["finding_prob_present"]),
-                                                                          abs=1e-6)
+    with open(os.path.join(folder, "summary.json")) as f:
+        assert json.load(f)["foreground_mean"]["Dice"] == our_dice

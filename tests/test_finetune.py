@@ -8,7 +8,6 @@ from torch import nn
 from nnunet_mtl.training.finetune import IncompatibleWeights, load_stock_weights, resolve_checkpoint, set_heads_only
 from nnunet_mtl.model.network import unwrap
 from tests.helpers import make_trainer
-from tests.test_frozen import stock_model  # noqa: F401  (fixture: a tiny stock nnUNetTrainer, fold 0)
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -34,7 +33,8 @@ def test_shape_mismatch_is_one_error_naming_key_and_shapes(tmp_path):
         resolve_checkpoint(str(tmp_path / "nowhere"), 0)
 
 
-def test_init_from_stock_then_heads_only_phase_then_joint(stock_model, dataset_2d):  # noqa: F811
+def test_init_from_stock_then_heads_only_phase_then_joint(stock_2d, dataset_2d):
+    stock_model = stock_2d
     stock_file = resolve_checkpoint(stock_model, 0)
     assert stock_file == os.path.join(stock_model, "fold_0", "checkpoint_final.pth")
     stock = torch.load(stock_file, map_location="cpu", weights_only=False)["network_weights"]

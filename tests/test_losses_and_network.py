@@ -117,10 +117,9 @@ def test_class_weights_change_the_loss():
 
 @pytest.mark.parametrize("dim,residual,ds", [(2, False, True), (3, True, True), (2, False, False)])
 def test_mask_pooled_heads_keep_the_contract(dim, residual, ds):
-    from nnunet_mtl.model.heads import MaskPooledHead
     unet = tiny_unet(dim, residual, ds)
     stock_keys = set(unet.state_dict())
-    net = MTLNetwork(unet, SPEC, head_stages=(0, -1), head_class=MaskPooledHead)
+    net = MTLNetwork(unet, SPEC, head_stages=(0, -1), head_pools=("foreground", "global"))
     assert stock_keys <= set(net.state_dict())
     assert net.heads["subtype"].fc.in_features == 2 * (4 + 16)
     x = torch.randn(1, 1, *([16] * dim))
@@ -139,32 +138,32 @@ def test_mask_pooled_heads_keep_the_contract(dim, residual, ds):
 
 
 def test_mask_pooling_weights_by_foreground_and_falls_back_to_the_global_pool():
-    from nnunet_mtl.model.heads.mask_pooled import foreground_probability, masked_average
+    from nnunet_mtl.model.pooling import PoolRequest, features, foreground_probability, pool_sums
     feats = torch.zeros(2, 1, 4, 4)
     feats[:, :, :2] = 1.0                                       # top half 1, bottom half 0
     logits = torch.full((2, 2, 8, 8), -20.0)
     logits[:, 0] = 20.0                                         # background everywhere ...
     logits[0, 0, :4], logits[0, 1, :4] = -20.0, 20.0           # ... except the top half of sample 0
-    fg = foreground_probability(logits)
-    assert fg.shape == (2, 1, 8, 8) and float(fg[0, 0, 0, 0]) == pytest.approx(1.0)
-    pooled = masked_average(feats, fg, min_mass=1.0)
-    assert float(pooled[0, 0]) == pytest.approx(1.0, abs=1e-4)   # only the foreground's features
-    assert float(pooled[1, 0]) == pytest.approx(0.5, abs=1e-4)   # no foreground: the global average
-    region_fg = foreground_probability(torch.stack([logits[:, 1], logits[:, 1]], 1), "sigmoid")
+    fg = foreground_probability(logits, has_regions=False)
+    assert fg.shape == (2, 8, 8) and float(fg[0, 0, 0]) == pytest.approx(1.0)
+    pools = ("foreground", "global")
+    x = features(pool_sums([feats], None, PoolRequest((0,), pools), fg), (0,), pools)
+    assert float(x[0, 0]) == pytest.approx(1.0, abs=1e-4)   # only the foreground's features
+    assert float(x[1, 0]) == pytest.approx(0.5, abs=1e-4)   # no foreground: the global average
+    assert float(x[0, 1]) == pytest.approx(0.5, abs=1e-4)   # and the global pool beside it
+    region_fg = foreground_probability(torch.stack([logits[:, 1], logits[:, 1]], 1), has_regions=True)
     assert torch.allclose(region_fg, fg, atol=1e-6)
 
 
-def test_head_interface_a_new_head_is_one_subclass():
-    from nnunet_mtl.model.heads import Head
-
-    class MaxHead(Head):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            self.fc = torch.nn.Linear(sum(self.stage_channels), self.num_outputs)
-
-        def forward(self, skips, seg=None):
-            return self.fc(torch.cat([skips[s].flatten(2).amax(-1) for s in self.stages], 1))
-    net = MTLNetwork(tiny_unet(), SPEC, head_class=MaxHead)
+def test_a_head_reads_the_stages_and_pools_it_is_given():
+    """One head class: which stages and pools it reads is configuration (the trainers' ``head_stages`` /
+    ``head_pools``), its width follows."""
+    net = MTLNetwork(tiny_unet(), SPEC, head_stages=(0, 1, 2), head_pools=("global", "foreground"))
+    head = net.heads["subtype"]
+    assert head.read_config == {"stages": [0, 1, 2], "pools": ["global", "foreground"]}
+    assert head.fc.in_features == 2 * sum(net.encoder.output_channels)
     _, raw = net(torch.randn(2, 1, 16, 16), with_heads=True)
     assert raw["subtype"].shape == (2, 3)
     assert net.outputs_to_predictions(raw)["age"].shape == (2, 1)
+    with pytest.raises(ValueError, match="encoder stage 7 does not exist"):
+        MTLNetwork(tiny_unet(), SPEC, head_stages=(7,))

@@ -77,7 +77,7 @@ def test_csv_and_evaluation_carry_every_target(maskless, tmp_path):
     for r in rows:  # regression written in original units, not standardised
         assert min(train_sizes) - 10 < float(r["heart_size"]) < max(train_sizes) + 10
     summary = json.load(open(os.path.join(folder, "fold_0", "validation", "mtl_summary.json")))
-    assert summary["aggregation"] == "mean"
+    assert summary["heads"] == "trained"
     assert {"finding", "cardiomegaly"} <= set(summary["targets"])
     from nnunet_mtl.evaluation.evaluate import evaluate
     metrics = evaluate(prediction_csv=val_csv, output_folder=str(tmp_path / "eval"), labels=table, n_bootstrap=50)
@@ -89,9 +89,10 @@ def test_csv_and_evaluation_carry_every_target(maskless, tmp_path):
 
 def test_maskless_model_predicts_csv_for_test_cases(maskless, tmp_path):
     ds, folder = maskless
-    from nnunet_mtl.inference.folders import load_predictor, predict_folder
-    predictor = load_predictor(folder, folds=[0], use_mirroring=False)
-    assert predictor.effective_aggregation == "mean"
+    from nnunet_mtl.inference.folders import predict_folder
+    from nnunet_mtl.inference.loader import load_predictor
+    predictor = load_predictor(folder, folds=[0], use_mirroring=False, backend="torch")
+    assert not predictor.mtl_network.heads_need_segmentation  # no masks: the heads pool globally
     rows = list(csv.DictReader(open(predict_folder(predictor, os.path.join(ds.raw_folder, "imagesTs"),
                                                    str(tmp_path)))))
     assert len(rows) == 3 and all(r["cardiomegaly"] in ("no", "yes") for r in rows)

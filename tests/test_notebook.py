@@ -135,7 +135,7 @@ def test_training_curve_shows_losses_and_phase_weights(tmp_path):
 
 def test_budgets():
     from nnunet_mtl import notebook_utils as nbu
-    from nnunet_mtl.workflow import DEMO_BUDGET
+    from nnunet_mtl.training.knobs import DEMO_BUDGET
     assert nbu.budget("demo")["train"] == DEMO_BUDGET
     assert nbu.budget("full")["shrink"] is None and nbu.budget("full")["train"] == {}
     assert nbu.budget("tiny")["train"]["num_epochs"] == 2

@@ -6,10 +6,13 @@ import numpy as np
 import pytest
 import torch
 
+from nnunet_mtl.cli.backend_args import BACKEND_ENV, backend_default
 from nnunet_mtl.inference import openvino_backend
-from nnunet_mtl.model.heads import MaskPooledHead
+from nnunet_mtl.inference.folders import classify_files
+from nnunet_mtl.inference.loader import load_predictor
+from nnunet_mtl.inference import provenance as prediction_provenance
 from nnunet_mtl.model.network import unwrap
-from tests.test_batched_window import PATCH, case, dice, stub_predictor, tiny_mtl
+from tests.test_engine import PATCH, case, stub_predictor, tiny_mtl
 
 pytestmark = [pytest.mark.timeout(600),
               pytest.mark.skipif(not openvino_backend.available(), reason="openvino is not installed")]
@@ -18,37 +21,34 @@ pytestmark = [pytest.mark.timeout(600),
 @pytest.fixture(autouse=True)
 def own_cache(tmp_path, monkeypatch):
     monkeypatch.setenv(openvino_backend.CACHE_ENV, str(tmp_path / "ov_cache"))
-    monkeypatch.delenv(openvino_backend.BACKEND_ENV, raising=False)  # conftest pins torch for the other tests
 
 
-def wrapped(dim, seed=0, head_class=None):
-    net = tiny_mtl(dim, seed, head_class) if head_class else tiny_mtl(dim, seed)
+def wrapped(dim, seed=0, pools=("global",)):
+    net = tiny_mtl(dim, seed, pools)
     return net, openvino_backend.OpenVINONetwork(net, 1, PATCH[dim], threads=2)
 
 
+def _close(a: dict, b: dict, atol: float) -> bool:
+    return a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=atol, rtol=1e-5) for k in a)
+
+
 @pytest.mark.parametrize("dim", [2, 3])
-def test_forward_and_heads_equal_torch(dim):
-    net, ov = wrapped(dim)
+@pytest.mark.parametrize("pools", [("global",), ("foreground", "global")])
+def test_the_compiled_pooled_pass_equals_torch(dim, pools):
+    """The mask pass (segmentation + pool sums) and the heads-only pass (pool sums; no decoder without a
+    foreground pool) on OpenVINO give torch's numbers; the heads read them in torch."""
+    net, ov = wrapped(dim, pools=pools)
     x = torch.randn(3, 1, *PATCH[dim])
     with torch.inference_mode():
-        seg, heads = net(x, with_heads=True)
-        seg_ov, heads_ov = ov(x, with_heads=True)
-        encoder_only = ov.forward_heads(x)
+        seg, sums = net.pooled(x, None, True)
+        seg_ov, sums_ov = ov.pooled(x, None, True)
+        _, heads_only = ov.pooled(x)
         plain = ov(x)
     assert seg_ov.shape == seg.shape and torch.allclose(seg_ov, seg, atol=1e-4)
     assert torch.equal(plain, seg_ov)
-    for k in heads:
-        assert torch.allclose(heads_ov[k], heads[k], atol=1e-5), k
-        assert torch.allclose(encoder_only[k], heads[k], atol=1e-5), k
-    assert unwrap(ov) is net and ov.heads is net.heads  # the rest of the network stays torch's
-
-
-def test_heads_reading_the_segmentation_are_compiled_too():
-    net, ov = wrapped(2, head_class=MaskPooledHead)
-    x = torch.randn(2, 1, *PATCH[2])
-    with torch.inference_mode():
-        ref, got = net(x, with_heads=True)[1], ov(x, with_heads=True)[1]
-    assert all(torch.allclose(got[k], ref[k], atol=1e-5) for k in ref)
+    assert _close(sums_ov, sums, 1e-3) and _close(heads_only, sums, 1e-3)
+    assert _close(net.read(sums_ov), net.read(sums), 1e-5)
+    assert unwrap(ov) is net  # the heads' read-out stays torch's
 
 
 def test_each_fold_runs_its_own_weights_and_other_shapes_run_in_torch():
@@ -85,8 +85,8 @@ def test_converted_models_are_reused_from_the_cache(monkeypatch):
 
 @pytest.mark.parametrize("dim", [3])  # 2D: test_load_predictor_... and test_classify_... below
 def test_predictor_on_openvino_matches_torch(dim):
-    """Two folds, several tiles, 8 mirrors: masks Dice >= 0.999, case outputs within 1e-4; classify's
-    encoder-only path too."""
+    """Two folds, several tiles, 8 mirrors: masks Dice >= 0.999, case outputs within 1e-4; classify's heads-only
+    pass too."""
     data = case(dim)
     ref_logits, ref = stub_predictor(dim, 1).predict_case(data, "c")
     p = stub_predictor(dim, 1)
@@ -96,11 +96,13 @@ def test_predictor_on_openvino_matches_torch(dim):
         assert np.allclose(ref.outputs[k], heads.outputs[k], atol=1e-4), k
     m_ref, m = ref_logits.argmax(0).numpy(), logits.argmax(0).numpy()
     assert all(dice(m_ref, m, label) >= 0.999 for label in (1, 2))
-    q = stub_predictor(dim, 1, folds=1, aggregation="mean")
-    q.network = openvino_backend.OpenVINONetwork(q.network, 1, PATCH[dim], threads=2)
-    fast = q.predict_heads(data, "c").outputs
-    slow = stub_predictor(dim, 1, folds=1, aggregation="mean").predict_case(data, "c")[1].outputs
-    assert all(np.allclose(fast[k], slow[k], atol=1e-4) for k in slow)
+    fast = p.predict_heads(data, "c").outputs
+    assert all(np.allclose(fast[k], ref.outputs[k], atol=1e-4) for k in ref.outputs)
+
+
+def dice(a: np.ndarray, b: np.ndarray, label: int) -> float:
+    x, y = a == label, b == label
+    return 1.0 if not x.any() and not y.any() else 2 * (x & y).sum() / (x.sum() + y.sum())
 
 
 def test_backend_choice(monkeypatch):
@@ -112,13 +114,11 @@ def test_backend_choice(monkeypatch):
         openvino_backend.resolve_backend("openvino", cuda)
     with pytest.raises(ValueError, match="unknown backend"):
         openvino_backend.resolve_backend("onnx", cpu)
-    monkeypatch.setenv(openvino_backend.BACKEND_ENV, "torch")  # where no flag reaches (pipeline): the environment
-    assert openvino_backend.resolve_backend("auto", cpu) == "torch"
-    assert openvino_backend.resolve_backend("openvino", cpu) == "openvino"  # an explicit choice wins
-    monkeypatch.setenv(openvino_backend.BACKEND_ENV, "onnx")
-    with pytest.raises(ValueError, match="nnunet_mtl_backend"):
-        openvino_backend.resolve_backend("auto", cpu)
-    monkeypatch.delenv(openvino_backend.BACKEND_ENV)
+    monkeypatch.setenv(BACKEND_ENV, "torch")  # the command line's default; the library never reads it
+    assert backend_default() == "torch" and openvino_backend.resolve_backend("auto", cpu) == "openvino"
+    monkeypatch.setenv(BACKEND_ENV, "onnx")
+    with pytest.raises(SystemExit, match="nnunet_mtl_backend='onnx' is not a backend"):
+        backend_default()
     monkeypatch.setattr(openvino_backend, "available", lambda: False)
     assert openvino_backend.resolve_backend("auto", cpu) == "torch"
     with pytest.raises(ValueError, match="not installed"):
@@ -126,8 +126,6 @@ def test_backend_choice(monkeypatch):
 
 
 def test_load_predictor_uses_openvino_on_the_cpu_and_records_it(trained_2d):
-    from nnunet_mtl.inference import provenance as prediction_provenance
-    from nnunet_mtl.inference.folders import load_predictor
     ov = load_predictor(trained_2d, folds=[0])
     plain = load_predictor(trained_2d, folds=[0], backend="torch")
     assert ov.backend == "openvino" and isinstance(ov.network, openvino_backend.OpenVINONetwork)
@@ -153,9 +151,8 @@ def test_cache_keeps_the_newest_models(tmp_path):
 
 
 def test_classify_on_openvino_matches_torch(trained_2d, tmp_path):
-    """nnunet_mtl_classify's path (conversion, preprocessing, encoder-only heads) on both backends."""
+    """nnunet_mtl_classify's path (conversion, preprocessing, heads-only pass) on both backends."""
     from PIL import Image
-    from nnunet_mtl.inference.folders import classify_files, load_predictor
     image = tmp_path / "cxr.png"
     Image.fromarray((np.random.default_rng(3).random((64, 64)) * 255).astype(np.uint8)).save(image)
     rows = {}

@@ -13,7 +13,9 @@ import torch
 
 from nnunet_mtl import trainer_dir
 from nnunet_mtl.inference import openvino_backend
-from nnunet_mtl.inference.folders import load_predictor, predict_folder
+from nnunet_mtl.inference.folders import predict_folder
+from nnunet_mtl.inference.loader import load_predictor
+from nnunet_mtl.inference.tiling import tile_weights
 from tests.helpers import SHORT
 
 pytestmark = pytest.mark.timeout(600)
@@ -78,7 +80,7 @@ def test_folds_ensemble_averages_case_probabilities(stock_trained, trained_2d, d
     probs = {}
     for folds in ([0], [4], [0, 4]):
         out = tmp_path / "_".join(map(str, folds))
-        rows = read_csv(predict_folder(load_predictor(trained_2d, folds=folds), images, str(out)))
+        rows = read_csv(predict_folder(load_predictor(trained_2d, folds=folds, backend="torch"), images, str(out)))
         probs[tuple(folds)] = {r["case_id"]: float(r["finding_prob_present"]) for r in rows}
     for case, p in probs[(0, 4)].items():
         assert p == pytest.approx((probs[(0,)][case] + probs[(4,)][case]) / 2, abs=1e-6)
@@ -99,7 +101,7 @@ def test_model_folder_alone_predicts_without_raw_or_preprocessed_data(trained_2d
 
 def test_parts_share_one_output_folder(trained_2d, dataset_2d, tmp_path):
     images = os.path.join(dataset_2d.raw_folder, "imagesTs")
-    predictor = load_predictor(trained_2d, folds=[0], use_mirroring=False)
+    predictor = load_predictor(trained_2d, folds=[0], use_mirroring=False, backend="torch")
     for part in (0, 1):
         csv_path = predict_folder(predictor, images, str(tmp_path), num_parts=2, part_id=part)
     assert len(read_csv(csv_path)) == 3 and len(masks(tmp_path)) == 3
@@ -108,7 +110,7 @@ def test_parts_share_one_output_folder(trained_2d, dataset_2d, tmp_path):
 def test_process_engine_names_every_case_like_the_threaded_one(trained_2d, dataset_2d, tmp_path):
     """nnU-Net's own predict_from_files loop: each case's heads land in its own row."""
     images = os.path.join(dataset_2d.raw_folder, "imagesTs")
-    predictor = load_predictor(trained_2d, folds=[0], use_mirroring=False)
+    predictor = load_predictor(trained_2d, folds=[0], use_mirroring=False, backend="torch")
     rows = {}
     for engine in ("threads", "processes"):
         csv_path = predict_folder(predictor, images, str(tmp_path / engine), engine=engine,
@@ -120,30 +122,41 @@ def test_process_engine_names_every_case_like_the_threaded_one(trained_2d, datas
     assert len(set(rows["threads"].values())) == 3
 
 
-def test_case_class_uses_every_tile_not_the_last(trained_2d):
-    """A lesion only in the first tile changes the case probabilities; the last tile is unchanged."""
-    predictor = load_predictor(trained_2d, folds=[0], use_mirroring=False, aggregation="mean")
+def _tile_sums(predictor, data):
+    """Each tile's own pool sums (its unmirrored forward, its share of each voxel), tile by tile, with nnU-Net's
+    slicers."""
+    padded, slicers, _ = predictor.padded_tiles(data)
+    shares = tile_weights(padded.shape[1:], slicers, predictor.configuration_manager.patch_size,
+                          predictor.use_gaussian, torch.device("cpu"))
+    net = predictor.mtl_network
+    with torch.inference_mode():
+        return [net.pooled(padded[sl][None], None, False, w[None])[1] for sl, w in zip(slicers, shares)]
+
+
+def test_the_case_readout_pools_every_tile_not_the_last(trained_2d):
+    """A lesion only in the first tile changes the case's outputs, the last tile's pools stay as they were: the
+    heads read the pools of every tile added up (one case, one read-out), not the last tile's."""
+    predictor = load_predictor(trained_2d, folds=[0], use_mirroring=False, backend="torch")
     rng = np.random.default_rng(0)
     base = torch.from_numpy(rng.normal(0, 0.3, (1, 1, 64, 192)).astype(np.float32))
     lesion = base.clone()
     lesion[..., 16:48, 8:40] += 3.0  # inside the first tile only (tiles start at x = 0, 64, 128)
-    _, heads_base = predictor.predict_case(base)
-    _, heads_lesion = predictor.predict_case(lesion)
-    out_base, out_lesion = heads_base.outputs["finding"], heads_lesion.outputs["finding"]
-    tiles_base, tiles_lesion = heads_base.folds[0].outputs["finding"], heads_lesion.folds[0].outputs["finding"]
-    assert len(heads_base.folds) == 1 and len(tiles_base) >= 3
-    assert np.allclose(tiles_base[-1], tiles_lesion[-1], atol=1e-6), "the last tile does not see the lesion"
-    assert np.abs(tiles_base[0] - tiles_lesion[0]).max() > 1e-6, "the first tile sees the lesion"
-    # the case output moves by exactly the mean of the per-tile changes: every tile counts
-    expected = np.mean([l - b for b, l in zip(tiles_base, tiles_lesion)], axis=0)
-    assert np.allclose(out_lesion - out_base, expected, atol=1e-6)
-    assert np.abs(out_lesion - out_base).max() > 0
+    tiles_base, tiles_lesion = _tile_sums(predictor, base), _tile_sums(predictor, lesion)
+    assert len(tiles_base) >= 3
+    assert all(torch.equal(tiles_base[-1][k], tiles_lesion[-1][k]) for k in tiles_base[-1]), "the last tile"
+    assert any(not torch.equal(tiles_base[0][k], tiles_lesion[0][k]) for k in tiles_base[0]), "the first tile"
+    case_base = predictor.case_pools(base)[0]
+    for k, v in case_base.items():  # the case's pools are its tiles' pools added up
+        assert torch.allclose(v, sum(t[k] for t in tiles_base), rtol=1e-5, atol=1e-4), k
+    out_base = predictor.predict_case(base)[1].outputs["finding"]
+    out_lesion = predictor.predict_case(lesion)[1].outputs["finding"]
+    assert np.abs(out_lesion - out_base).max() > 1e-6
     assert out_base.sum() == pytest.approx(1.0, abs=1e-5)
 
 
 def test_heads_come_from_the_same_forwards_as_the_stock_logits(trained_2d):
-    """nnU-Net's mirror loop runs unchanged: logits equal a stock predictor's on the same weights, and
-    every tile's head outputs are the mean over its mirror passes."""
+    """The mask pass is nnU-Net's (logits equal a stock predictor's on the same weights, mirroring on), and the
+    case's head outputs are the heads' read-out of its tiles' unmirrored pools."""
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
     ours = load_predictor(trained_2d, folds=[0], backend="torch")  # the OpenVINO path: test_openvino_backend
     stock = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=True, device=torch.device("cpu"),
@@ -152,16 +165,12 @@ def test_heads_come_from_the_same_forwards_as_the_stock_logits(trained_2d):
     data = torch.from_numpy(np.random.default_rng(1).normal(0, 1, (1, 1, 64, 150)).astype(np.float32))
     logits, heads = ours.predict_case(data, "x")
     assert torch.equal(logits, stock.predict_logits_from_preprocessed_data(data))
-    assert ours.predict_logits_from_preprocessed_data(data).equal(logits), "outside a case: stock behaviour"
-    fold = heads.folds[0]
-    n_tiles = len(ours._internal_get_sliding_window_slicers((1, 64, 150)))
-    assert len(fold.foreground) == n_tiles and fold.outputs["finding"].shape == (n_tiles, 2)
-    net = ours.network
-    tile = data[:, 0, :, :64][None]  # the first tile (2D slicers pick the slice); mirror axes (0, 1): four passes
+    assert ours.predict_logits_from_preprocessed_data(data).equal(logits)
+    tiles = _tile_sums(ours, data)
     with torch.inference_mode():
-        passes = [net(torch.flip(tile, a) if a else tile, with_heads=True)[1] for a in ((), (2,), (3,), (2, 3))]
-        mean = torch.stack([net.outputs_to_predictions(p)["finding"][0] for p in passes]).mean(0)
-    assert np.allclose(fold.outputs["finding"][0], mean.numpy(), atol=1e-5)
+        case = {k: sum(t[k] for t in tiles) for k in tiles[0]}
+        expected = ours.mtl_network.read(case)["finding"][0].numpy()
+    assert np.allclose(heads.outputs["finding"], expected, atol=1e-5)
 
 
 def test_quick_classify_prints_one_line_per_file(trained_2d, tmp_path):
@@ -171,8 +180,7 @@ def test_quick_classify_prints_one_line_per_file(trained_2d, tmp_path):
         arr = (np.random.default_rng(i).random((64, 64)) * 255).astype(np.uint8)
         files.append(str(tmp_path / f"img{i}.png"))
         Image.fromarray(arr).save(files[-1])
-    proc = run([sys.executable, "-m", "nnunet_mtl.cli.classify", trained_2d, *files, "-f", "0",
-                "--aggregation", "floored"])
+    proc = run([sys.executable, "-m", "nnunet_mtl.cli.classify", trained_2d, *files, "-f", "0"])
     lines = [l for l in proc.stdout.splitlines() if l.startswith(str(tmp_path))]
     assert len(lines) == 2
     for line, f in zip(lines, files):
@@ -184,7 +192,7 @@ def test_both_engines_share_one_record_and_parts_publish_only_finished_rows(trai
     """Rows recorded by nnU-Net's process loop are kept by a threaded re-run; each part reports its own
     cases and the table holds the rows finished so far."""
     images = os.path.join(dataset_2d.raw_folder, "imagesTs")
-    predictor = load_predictor(trained_2d, folds=[0], use_mirroring=False)
+    predictor = load_predictor(trained_2d, folds=[0], use_mirroring=False, backend="torch")
     lines, out = [], str(tmp_path / "out")
     kw = dict(num_processes_preprocessing=1, num_processes_export=1, report=lines.append)
     predict_folder(predictor, images, out, engine="processes", **kw)

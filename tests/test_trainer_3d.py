@@ -5,14 +5,9 @@ import os
 
 import pytest
 
-from tests.helpers import make_trainer, train
+from tests.helpers import make_trainer
 
 pytestmark = pytest.mark.timeout(900)
-
-
-@pytest.fixture(scope="module")
-def trained_3d(dataset_3d_resenc):
-    return train(dataset_3d_resenc, "nnUNetTrainerMTL", 0, num_epochs=1)
 
 
 def test_resenc_3d_trains_and_validates_whole_cases(trained_3d, dataset_3d_resenc):
@@ -32,8 +27,9 @@ def test_multiscale_heads_on_3d_resenc(dataset_3d_resenc):
     trainer = make_trainer(dataset_3d_resenc, "nnUNetTrainerMTLMultiScale")
     channels = trainer.network.encoder.output_channels
     head = trainer.network.heads["subtype"]
-    assert head.stages == tuple(sorted({0, 1, 2, len(channels) - 1}))
-    assert head.fc.in_features == sum(channels[s] for s in head.stages)
+    stages = sorted({0, 1, 2, len(channels) - 1})
+    assert head.read_config["stages"] == stages
+    assert head.fc.in_features == sum(channels[s] for s in stages)
     calls = []
     hook = trainer.network.encoder.register_forward_hook(lambda *a: calls.append(1))
     trainer.train_step(next(trainer.dataloader_train))
@@ -42,8 +38,9 @@ def test_multiscale_heads_on_3d_resenc(dataset_3d_resenc):
 
 
 def test_3d_model_predicts_test_volumes(trained_3d, dataset_3d_resenc, tmp_path):
-    from nnunet_mtl.inference.folders import load_predictor, predict_folder
-    predictor = load_predictor(trained_3d, folds=[0], use_mirroring=False)
+    from nnunet_mtl.inference.folders import predict_folder
+    from nnunet_mtl.inference.loader import load_predictor
+    predictor = load_predictor(trained_3d, folds=[0], use_mirroring=False, backend="torch")
     rows = list(csv.DictReader(open(predict_folder(predictor, os.path.join(dataset_3d_resenc.raw_folder, "imagesTs"),
                                                    str(tmp_path)))))
     assert len(rows) == 2

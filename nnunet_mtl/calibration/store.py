@@ -21,7 +21,7 @@ import numpy as np
 from nnunet_mtl.calibration.temperature import (TemperatureFit, apply_temperature, combine_temperatures,
                                                 fit_temperature, MIN_CASES)
 from nnunet_mtl.io_utils import atomic_write_json, read_json
-from nnunet_mtl.prediction_table import CALIBRATED_COLUMN, YES, prob_column
+from nnunet_mtl.prediction_table import CALIBRATED_COLUMN, NO, YES, prob_column
 from nnunet_mtl.targets import CaseTable, TargetSpec
 
 log = logging.getLogger(__name__)
@@ -86,32 +86,38 @@ def fit_fold(spec: TargetSpec, predictions: Mapping[str, Mapping], labels: CaseT
 
 @dataclass
 class EnsembleCalibration:
-    """One temperature per target for a fold ensemble (targets without a fit are left as they are)."""
+    """One temperature per target for a fold ensemble (targets without a fitted one are left as they are)."""
     temperatures: Dict[str, float]
     folds: Sequence[str] = ()
 
     @classmethod
     def from_fold_dirs(cls, fold_dirs: Iterable[str]) -> Optional["EnsembleCalibration"]:
-        """Geometric mean of the folds' temperatures; None when no fold has a calibration file.
+        """Per target, the geometric mean of the folds' fitted temperatures; None when no fold has a fitted one.
 
-        A fold without a file counts as T=1 for every target (logged), so a partly calibrated
-        ensemble is never silently more confident than its folds."""
+        A target enters only where a fold has a *fitted* temperature (a fit the cases could not support keeps
+        T = 1 in its file and says so; it is not a calibration). A fold without a fit for such a target counts
+        as T = 1 (logged), so a partly calibrated ensemble is never more confident than its folds."""
         fold_dirs = list(fold_dirs)
         loaded = {d: FoldCalibration.load(d) for d in fold_dirs}
-        if all(c is None for c in loaded.values()):
+        names = sorted({n for c in loaded.values() if c for n, fit in c.fits.items() if fit.fitted})
+        if not names:
             return None
-        names = sorted({n for c in loaded.values() if c for n in c.fits})
         temps = {}
         for name in names:
             per_fold = []
             for d, c in loaded.items():
-                if c is None or name not in c.fits:
-                    log.warning("%s: no calibration for %r; counted as T=1", d, name)
+                fit = None if c is None else c.fits.get(name)
+                if fit is None or not fit.fitted:
+                    log.warning("%s: no fitted calibration for %r; counted as T=1", d, name)
                     per_fold.append(1.0)
                 else:
-                    per_fold.append(c.fits[name].temperature)
+                    per_fold.append(fit.temperature)
             temps[name] = combine_temperatures(per_fold)
         return cls(temps, tuple(fold_dirs))
+
+    def covers(self, targets: Iterable[str]) -> bool:
+        """Whether every one of these targets has a fitted temperature (what ``probabilities_calibrated`` says)."""
+        return all(t in self.temperatures for t in targets)
 
     def apply_probs(self, target: str, probs: np.ndarray) -> np.ndarray:
         return apply_temperature(probs, self.temperatures.get(target, 1.0))
@@ -134,7 +140,7 @@ class EnsembleCalibration:
             probs = self.apply_probs(t.name, np.array([float(row[c]) for c in cols]))
             out.update({c: float(p) for c, p in zip(cols, probs)})
             out[t.name] = t.classes[int(np.argmax(probs))]
-        out[CALIBRATED_COLUMN] = YES
+        out[CALIBRATED_COLUMN] = YES if self.covers(t.name for t in spec.classification_targets) else NO
         return out
 
 

@@ -1,14 +1,22 @@
-"""nnunet_mtl_add_heads: image-level heads on an nnU-Net model that is already trained (it stays frozen).
+"""nnunet_mtl_add_heads: image-level heads fitted on an nnU-Net model that is already trained (its weights unchanged).
 
-  nnunet_mtl_add_heads -m STOCK_MODEL_DIR --labels_csv L [--spec_json S] -o HEADS_DIR
+  nnunet_mtl_add_heads -m MODEL_DIR --labels_csv L [--spec_json S] -o OUT_MODEL_DIR
       per fold of the model's own split: pooled encoder features of every case (cached), a linear
-      probe fitted on the fold's training cases, out-of-fold predictions of its validation cases
-  nnunet_mtl_predict -m HEADS_DIR -i IMAGES -o OUT
-      masks from the stock model (as nnUNetv2_predict) and predictions.csv from the heads, with every
+      read-out fitted on the fold's training cases and written into the fold's checkpoint as its heads,
+      out-of-fold predictions of its validation cases. OUT_MODEL_DIR is a model folder of nnunet_mtl
+      (the model's weights plus the heads); -o MODEL_DIR fits the heads of one of our models in place.
+  nnunet_mtl_predict -m OUT_MODEL_DIR -i IMAGES -o OUT
+      masks as the model gives them (as nnUNetv2_predict) and predictions.csv from the heads, with every
       option of nnunet_mtl_predict (``nnunet_mtl_add_heads predict ...`` is the same command)
 """
 import argparse
 import sys
+
+from nnunet_mtl.cli import predict
+from nnunet_mtl.cli.backend_args import add_backend_argument
+from nnunet_mtl.planning import add_trainer_path
+from nnunet_mtl.targets import TargetSpecError, load_spec_file
+from nnunet_mtl.training.fitting import fit_heads
 
 
 def _device_default() -> str:
@@ -19,20 +27,21 @@ def _device_default() -> str:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="nnunet_mtl_add_heads", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("-m", "--model", required=True, help="stock nnU-Net model folder (TRAINER__PLANS__CONFIGURATION)")
-    p.add_argument("-o", "--output", required=True, help="folder for the fitted heads (made if missing)")
+    p.add_argument("-m", "--model", required=True, help="trained nnU-Net model folder (TRAINER__PLANS__CONFIGURATION)")
+    p.add_argument("-o", "--output", required=True,
+                   help="model folder to write (made if missing; the model's own folder: its heads, in place)")
     p.add_argument("--labels_csv", default=None, help="case_id + one column per target (default: the mtl block "
                                                       "of the model's dataset.json)")
     p.add_argument("--spec_json", default=None, help="target spec (kinds, classes) for the labels CSV")
     p.add_argument("-f", "--folds", nargs="+", type=int, default=None, help="folds (default: every trained fold)")
     p.add_argument("--splits", default=None, help="splits_final.json (default: the dataset's in nnUNet_preprocessed)")
     p.add_argument("-chk", "--checkpoint", default="checkpoint_final.pth")
-    p.add_argument("--cache_dir", default=None, help="feature cache (default: OUTPUT/feature_cache)")
+    p.add_argument("--cache_dir", default=None, help="pooled-feature cache (default: OUTPUT/feature_cache)")
     p.add_argument("--stages", nargs="+", type=int, default=None,
                    help="encoder stages to pool (0 = first, -1 = bottleneck; default: all)")
     p.add_argument("--pools", nargs="+", default=["global", "foreground"], choices=["global", "foreground"])
-    p.add_argument("--mirroring", action="store_true", help="test-time mirroring while extracting features")
     p.add_argument("-device", "--device", default=None, choices=["cuda", "cpu", "mps"])
+    add_backend_argument(p)
     p.add_argument("--overwrite", action="store_true",
                    help="fit again even when OUTPUT holds heads fitted from the same inputs (they are kept otherwise)")
     return p
@@ -40,25 +49,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["predict"]:  # kept as an alias: a heads folder is a model folder of nnunet_mtl_predict
-        from nnunet_mtl.cli import predict
+    if argv[:1] == ["predict"]:  # kept as an alias: the output is a model folder of nnunet_mtl_predict
         return predict.main(argv[1:])
-    from nnunet_mtl.planning import add_trainer_path
-    from nnunet_mtl.targets import TargetSpecError
-    add_trainer_path()  # the stock model may be one of ours, or any trainer nnU-Net finds
+    add_trainer_path()  # the model may be one of ours, or any trainer nnU-Net finds
     try:
         args = build_parser().parse_args(argv)
-        from nnunet_mtl.frozen.heads_model import fit_heads
-        from nnunet_mtl.targets import load_spec_file
         spec = load_spec_file(args.spec_json) if args.spec_json else None
         summary = fit_heads(args.model, args.output, args.labels_csv, spec, args.folds, args.splits, args.checkpoint,
-                            args.device or _device_default(), args.cache_dir, args.mirroring, args.stages, args.pools,
+                            args.device or _device_default(), args.backend, args.cache_dir, args.stages, args.pools,
                             overwrite=args.overwrite)
     except (FileNotFoundError, ValueError, RuntimeError, TargetSpecError) as e:
         print(f"nnunet_mtl_add_heads: error: {e}", file=sys.stderr)
         return 2
     print(f"out-of-fold validation: {summary.get('headline', summary)}")
-    print(f"heads: {args.output}")
+    print(f"model with fitted heads: {args.output}")
     return 0
 
 

@@ -1,14 +1,16 @@
 """nnunet_mtl_classify -m MODEL_DIR FILE [FILE ...]: one line per file as it finishes: name, class,
 probability, seconds; or name, ERROR and the reason (the other files go on; exit code 1 at the end).
-Only these lines go to stdout; nnU-Net's messages go to stderr. Only the heads are needed: where the
-encoder alone gives the same probabilities it runs without the decoder (``predict_heads``)."""
+Only these lines go to stdout; nnU-Net's messages go to stderr. Only the heads are needed, so each tile runs
+once (no mirrors, no logits stitched; no decoder where no head reads the segmentation): the probabilities
+are those nnunet_mtl_predict writes for the same image and model (``predict_heads``)."""
 import argparse
 import contextlib
 import sys
 import tempfile
 
-from nnunet_mtl.cli.aggregation_args import add_aggregation_arguments
 from nnunet_mtl.cli.backend_args import add_backend_argument
+from nnunet_mtl.inference.folders import classify_files
+from nnunet_mtl.inference.loader import load_predictor
 
 PROG = "nnunet_mtl_classify"
 
@@ -21,11 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-f", "--folds", nargs="+", default=None)
     p.add_argument("-chk", "--checkpoint", default="checkpoint_final.pth")
     p.add_argument("-device", "--device", default="cpu", choices=["cuda", "cpu", "mps"])
-    p.add_argument("--disable_tta", action="store_true")
-    add_aggregation_arguments(p)
     p.add_argument("--tile_batch", type=int, default=None,
-                   help="network inputs (tiles x mirrors) per forward (default 1; batching a 2D image's mirrors "
-                        "was slower on a 2-core CPU, see nnunet_mtl/inference/tiling.py)")
+                   help="tiles per forward (default 1; see nnunet_mtl/inference/tiling.py)")
     add_backend_argument(p)
     return p
 
@@ -38,13 +37,10 @@ def main(argv=None) -> int:
             p.error("give the model with -m MODEL_DIR")
         args.model, args.files = args.files[0], args.files[1:]
         print(f"{PROG}: the model as first argument is deprecated; use -m {args.model}", file=sys.stderr)
-    from nnunet_mtl.inference.folders import classify_files, load_predictor
     try:
         with contextlib.redirect_stdout(sys.stderr):
             predictor = load_predictor(args.model, args.folds, args.checkpoint, args.device,
-                                       use_mirroring=not args.disable_tta, aggregation=args.aggregation,
-                                       foreground_floor=args.foreground_floor, tile_batch=args.tile_batch,
-                                       backend=args.backend)
+                                       tile_batch=args.tile_batch, backend=args.backend)
         spec = predictor.spec
         targets = spec.classification_targets
         if not targets:
@@ -57,7 +53,7 @@ def main(argv=None) -> int:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2
     failed = 0
-    with tempfile.TemporaryDirectory() as work:
+    with tempfile.TemporaryDirectory() as work, contextlib.closing(predictor):
         for r in classify_files(predictor, args.files, work, chatter=sys.stderr):
             if "error" in r:
                 failed += 1
@@ -73,5 +69,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from nnunet_mtl.cli.run import run
-    run(main)
+    sys.exit(main())

@@ -7,7 +7,6 @@ import argparse
 import os
 import sys
 
-from nnunet_mtl.cli.aggregation_args import add_aggregation_arguments
 from nnunet_mtl.file_names import case_name
 
 
@@ -15,8 +14,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="nnunet_mtl_explain", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-m", "--model", required=True,
-                   help="trained model folder (holds plans.json and fold_X), or a heads folder (nnunet_mtl_add_heads, "
-                        "pipeline --heads probe)")
+                   help="model folder (holds plans.json and fold_X): trained, or made by nnunet_mtl_add_heads")
     p.add_argument("-i", "--input", nargs="+", required=True,
                    help="the case's image files, one per input channel, in channel order")
     p.add_argument("-o", "--output", required=True, help="output folder")
@@ -32,7 +30,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-chk", "--checkpoint", default="checkpoint_final.pth")
     p.add_argument("-device", "--device", default="cpu", choices=["cuda", "cpu", "mps"])
     p.add_argument("--disable_tta", action="store_true", help="no mirroring, for the prediction and the map")
-    add_aggregation_arguments(p)
     return p
 
 
@@ -43,8 +40,7 @@ def main(argv=None) -> int:
         paths = explain_case(args.model, args.input, os.path.join(args.output, case_name(args.input[0])),
                              args.target, class_name=args.class_name, method=args.method, stage=args.stage,
                              folds=args.folds, checkpoint=args.checkpoint, device=args.device, mask_file=args.mask,
-                             top_k=args.top_k, use_mirroring=not args.disable_tta,
-                             aggregation=args.aggregation, foreground_floor=args.foreground_floor)
+                             top_k=args.top_k, use_mirroring=not args.disable_tta)
     except (ExplainError, FileNotFoundError) as e:
         print(f"nnunet_mtl_explain: error: {e}", file=sys.stderr)
         return 2

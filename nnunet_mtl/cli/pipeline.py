@@ -5,8 +5,8 @@
     python pipeline.py --base_dir W --input_dir DATA --prepare_only
     python pipeline.py --base_dir W --train_only --fold 0
     python pipeline.py --base_dir W --inference_only --test_input IN --test_output OUT [--explain]
-    python pipeline.py --add_heads --stock_model STOCK --labels_csv L --model_dir HEADS   # heads on a stock model
-    python pipeline.py --inference_only --model_dir HEADS --test_input IN --test_output OUT
+    python pipeline.py --add_heads --stock_model STOCK --labels_csv L --model_dir MODEL   # heads on a stock model
+    python pipeline.py --inference_only --model_dir MODEL --test_input IN --test_output OUT
 
 A thin command line over nnunet_mtl.workflow; see README.md for the input layouts. ``pipeline.py`` at the
 repository root and the console script ``nnunet_mtl_pipeline`` both run ``main`` here.
@@ -14,12 +14,13 @@ repository root and the console script ``nnunet_mtl_pipeline`` both run ``main``
 import argparse
 import os
 import sys
+import time
 
-from nnunet_mtl.inference.case_aggregation import AGGREGATIONS, DEFAULT_AGGREGATION, MASKLESS_AGGREGATION
+from nnunet_mtl.cli.backend_args import add_backend_argument
 from nnunet_mtl.conversion.description import add_description_arguments, description_from_args
 from nnunet_mtl.conversion.registry import LAYOUT_NAMES
-from nnunet_mtl.workflow import DEMO_BUDGET, DEMO_SHRINK
-from nnunet_mtl.training.knobs import add_knob_arguments, knobs_from_args
+from nnunet_mtl.training.knobs import (DEFAULT_HEADS, DEMO_BUDGET, DEMO_SHRINK, HEADS_CHOICES, add_knob_arguments,
+                                      knobs_from_args)
 
 DEFAULT_BASE_DIR = "nnunet_mtl_work"
 
@@ -31,8 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
     steps.add_argument("--train_only", action="store_true", help="train (needs a prepared base_dir)")
     steps.add_argument("--inference_only", action="store_true", help="predict with trained folds")
     steps.add_argument("--add_heads", action="store_true",
-                       help="fit image-level heads on a trained stock nnU-Net model (--stock_model) into --model_dir "
-                            "(as nnunet_mtl_add_heads); with --inference_only, then predict with them")
+                       help="fit image-level heads on a trained stock nnU-Net model (--stock_model), written as the "
+                            "model folder --model_dir (as nnunet_mtl_add_heads); with --inference_only, then predict "
+                            "with it")
     steps.add_argument("--demo", nargs="?", const="2d", choices=["2d", "3d"],
                        help="make a small synthetic dataset (2d radiographs by default, or 3d pancreas layout) and run every step")
 
@@ -74,17 +76,18 @@ def build_parser() -> argparse.ArgumentParser:
                     help="fold(s) to train, to fit heads on (--add_heads) or to predict with (default: all)")
     tr.add_argument("--device", default=None, choices=["cuda", "cpu", "mps"], help="default: cuda if available")
     tr.add_argument("--num_gpus", type=int, default=1, help="DDP training on this many GPUs (nnU-Net's launcher)")
-    tr.add_argument("--heads", default="probe", choices=["probe", "joint"],
-                    help="image-level predictions from linear probes fitted after training on the trained network's "
-                         "pooled whole-case features (probe, default: BASE_DIR/probe_heads, out-of-fold validated; "
-                         "more accurate in docs/benchmarks.md) or from the heads trained with the network (joint; their "
-                         "gradient then trains the encoder too unless --heads_train_encoder false)")
+    tr.add_argument("--heads", default=DEFAULT_HEADS, choices=HEADS_CHOICES,
+                    help="the image-level heads: fitted (default) = after training, each fold's heads are fitted in "
+                         "closed form on the trained network's pooled whole-case features of its training cases and "
+                         "written into its checkpoint (out-of-fold validated; more accurate in docs/benchmarks.md); "
+                         "trained = the heads trained by gradient with the network (their gradient then trains the "
+                         "encoder too unless --heads_train_encoder false)")
     add_knob_arguments(tr)  # --epochs --lr --patience ...: one line each in nnunet_mtl/training/knobs.py
 
     inf = p.add_argument_group("inference")
-    inf.add_argument("--model_dir", help="--inference_only: predict with this model folder, or a heads folder of "
-                                         "--add_heads / nnunet_mtl_add_heads (default: the model trained in "
-                                         "BASE_DIR); --add_heads: where the heads are written")
+    inf.add_argument("--model_dir", help="--inference_only: predict with this model folder (one of --add_heads / "
+                                         "nnunet_mtl_add_heads, or trained elsewhere; default: the model trained in "
+                                         "BASE_DIR); --add_heads: the model folder to write")
     inf.add_argument("--stock_model", help="--add_heads: the trained nnU-Net model folder "
                                            "(.../DatasetXXX_Name/TRAINER__PLANS__CONFIGURATION)")
     inf.add_argument("--test_input", help="folder of test images (default: the dataset's imagesTs)")
@@ -92,9 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     inf.add_argument("--checkpoint", default="checkpoint_final.pth")
     inf.add_argument("--step_size", type=float, default=0.5)
     inf.add_argument("--disable_tta", action="store_true", help="no test-time mirroring")
-    inf.add_argument("--aggregation", choices=AGGREGATIONS,
-                     help=f"tile -> case rule for the heads (default {DEFAULT_AGGREGATION}; "
-                          f"{MASKLESS_AGGREGATION} without masks)")
+    add_backend_argument(inf)
     inf.add_argument("--explain", action="store_true", help="also write Grad-CAM maps and overlays")
     inf.add_argument("--save_probabilities", action="store_true")
     inf.add_argument("--mask_format", default="input", choices=["input", "nifti"],
@@ -120,7 +121,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     os.environ.setdefault("nnUNet_n_proc_DA", "0" if (os.cpu_count() or 1) <= 2 else str(min(12, os.cpu_count())))
     os.environ.setdefault("nnUNet_def_n_proc", "2")
-    from nnunet_mtl import workflow
+    from nnunet_mtl import workflow  # after the settings above: nnU-Net reads them when it is first imported
     device = args.device or _default_device()
     base_given = args.base_dir is not None
     args.base_dir = args.base_dir or DEFAULT_BASE_DIR
@@ -131,10 +132,11 @@ def main(argv=None) -> int:
         if args.add_heads:
             if not (args.stock_model and args.model_dir):
                 raise workflow.PipelineError("--add_heads needs --stock_model (the trained nnU-Net model) and "
-                                             "--model_dir (where the heads go)")
+                                             "--model_dir (the model folder to write)")
             stock_base = args.base_dir if base_given or not os.environ.get("nnUNet_preprocessed") else None
-            workflow.add_frozen_heads(stock_base, args.stock_model, args.model_dir, args.labels_csv, args.spec_json,
-                                      device, args.overwrite, folds=args.fold, checkpoint=args.checkpoint)
+            workflow.add_heads(stock_base, args.stock_model, args.model_dir, args.labels_csv, args.spec_json,
+                               device, args.overwrite, folds=args.fold, checkpoint=args.checkpoint,
+                               backend=args.backend)
         if args.prepare_only or run_all:
             if not args.input_dir:
                 raise workflow.PipelineError("--input_dir is required to prepare a dataset (or use --demo)")
@@ -145,16 +147,14 @@ def main(argv=None) -> int:
         if args.train_only or run_all:
             knobs = _training_knobs(args)
             workflow.train(args.base_dir, args.fold, device, args.num_gpus, args.overwrite, **knobs)
-            if args.heads == "probe":
-                workflow.fit_probe_heads(args.base_dir, args.fold, device, args.overwrite)
+            if args.heads == "fitted":
+                workflow.fit_heads(args.base_dir, args.fold, device, args.overwrite, backend=args.backend)
         if args.inference_only or run_all:
-            if args.heads == "probe" and not args.model_dir:
-                args.model_dir = _probe_heads(args.base_dir, args.fold, device)
             workflow.infer(args.base_dir, args.test_input, args.test_output, args.fold, args.checkpoint, device,
                            args.overwrite, args.explain, step_size=args.step_size, use_mirroring=not args.disable_tta,
-                           aggregation=args.aggregation, save_probabilities=args.save_probabilities,
-                           calibration=not args.no_calibration, dicom_outputs=args.dicom_outputs, report=args.report,
-                           mask_format=args.mask_format, model_dir=args.model_dir)
+                           save_probabilities=args.save_probabilities, calibration=not args.no_calibration,
+                           dicom_outputs=args.dicom_outputs, report=args.report, mask_format=args.mask_format,
+                           model_dir=args.model_dir, heads=args.heads, backend=args.backend)
     except (workflow.PipelineError, ValueError, FileNotFoundError, FileExistsError) as e:
         print(f"{parser.prog}: error: {e}", file=sys.stderr)
         return 2
@@ -162,23 +162,12 @@ def main(argv=None) -> int:
 
 
 def _training_knobs(args) -> dict:
-    """The knobs the command line sets; with ``--heads joint`` (the trained heads' predictions are the output)
+    """The knobs the command line sets; with ``--heads trained`` (the trained heads' predictions are the output)
     the heads' gradient also trains the encoder unless ``--heads_train_encoder`` says otherwise."""
     knobs = knobs_from_args(args)
-    if args.heads == "joint":
+    if args.heads == "trained":
         knobs.setdefault("heads_train_encoder", True)
     return knobs
-
-
-def _probe_heads(base_dir: str, folds, device: str) -> str:
-    """The probe heads of the model trained in BASE_DIR; fitted first when a model trained with
-    ``--heads joint`` (or before probes were the default) has none yet."""
-    from nnunet_mtl import workflow
-    folder = workflow.probe_heads_folder(base_dir)
-    if not os.path.isdir(folder):
-        print(f"{folder}: no probe heads yet; fitting them on the trained model (--heads joint uses its own heads)")
-        workflow.fit_probe_heads(base_dir, folds, device)
-    return folder
 
 
 def _shrink(args):
@@ -206,9 +195,7 @@ def _default_device() -> str:
 
 def run_demo(args, device: str) -> int:
     """Synthetic data in a user-facing layout, then every step with a short budget."""
-    import time
-
-    from nnunet_mtl import synthetic, workflow
+    from nnunet_mtl import synthetic, workflow  # imported in main first, after nnU-Net's settings
     start = time.time()
     kind = args.demo
     input_dir = os.path.join(args.base_dir, f"demo_input_{kind}")
@@ -226,13 +213,11 @@ def run_demo(args, device: str) -> int:
     knobs = dict(DEMO_BUDGET)
     knobs.update(_training_knobs(args))
     workflow.train(args.base_dir, [0], device, 1, args.overwrite, **knobs)
-    model_dir = None
-    if args.heads == "probe":  # the pipeline's default path: probes on the trained model's features
-        workflow.fit_probe_heads(args.base_dir, [0], device, args.overwrite)
-        model_dir = workflow.probe_heads_folder(args.base_dir)
+    if args.heads == "fitted":  # the pipeline's default path: heads fitted on the trained model's features
+        workflow.fit_heads(args.base_dir, [0], device, args.overwrite, backend=args.backend)
     csv_path = workflow.infer(args.base_dir, None, args.test_output, [0], device=device, overwrite=args.overwrite,
-                              explain=args.explain, model_dir=model_dir)
-    metrics = workflow.evaluate_validation(args.base_dir, 0, n_bootstrap=200, heads=args.heads)
+                              explain=args.explain, heads=args.heads, backend=args.backend)
+    metrics = workflow.evaluate_validation(args.base_dir, 0, n_bootstrap=200)
     print(f"[demo] test predictions: {csv_path}")
     print(f"[demo] validation report: {os.path.join(args.base_dir, 'evaluation_fold0')}")
     _print_headline(metrics)
@@ -241,12 +226,11 @@ def run_demo(args, device: str) -> int:
 
 
 def _print_headline(metrics: dict) -> None:
-    from nnunet_mtl.evaluation.summary import summary_lines
+    from nnunet_mtl.evaluation.summary import summary_lines  # imported in main first, after nnU-Net's settings
     print("[demo] whole validation cases:")
     for line in summary_lines(metrics):
         print(f"[demo]   {line}")
 
 
 if __name__ == "__main__":
-    from nnunet_mtl.cli.run import run
-    run(main)
+    sys.exit(main())

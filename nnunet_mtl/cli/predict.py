@@ -1,9 +1,12 @@
 """nnunet_mtl_predict: masks + per-case head predictions (CSV/JSON) from a trained model folder."""
 import argparse
+import contextlib
 import sys
 
-from nnunet_mtl.cli.aggregation_args import add_aggregation_arguments
 from nnunet_mtl.cli.backend_args import add_backend_argument
+from nnunet_mtl.inference.folders import converted_source, predict_folder
+from nnunet_mtl.inference.loader import load_predictor
+from nnunet_mtl.outputs import clinical as clinical_outputs
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -12,12 +15,11 @@ def build_parser() -> argparse.ArgumentParser:
                                                         "DICOM/NIfTI files, or DICOM series folders)")
     p.add_argument("-o", "--output", required=True, help="output folder for masks and predictions.csv")
     p.add_argument("-m", "--model", required=True,
-                   help="trained model folder (holds plans.json and fold_X), or a heads folder of nnunet_mtl_add_heads")
+                   help="model folder (holds plans.json and fold_X): trained, or made by nnunet_mtl_add_heads")
     p.add_argument("-f", "--folds", nargs="+", default=None, help="folds to ensemble (default: all found)")
     p.add_argument("-chk", "--checkpoint", default="checkpoint_final.pth")
     p.add_argument("-step_size", "--step_size", type=float, default=0.5, help="sliding-window step (default 0.5)")
     p.add_argument("--disable_tta", action="store_true", help="no mirroring at test time (slower nets, lower accuracy)")
-    add_aggregation_arguments(p)
     p.add_argument("--tile_batch", type=int, default=None,
                    help="network inputs (tiles x mirrors) per forward (default 1: nnU-Net's own loop); larger "
                         "values batch tiles and their mirrored copies: more memory, same results to 1e-5")
@@ -51,19 +53,18 @@ def _cuda() -> bool:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    from nnunet_mtl.outputs import clinical as clinical_outputs
-    from nnunet_mtl.inference.folders import converted_source, load_predictor, predict_folder
     try:
         predictor = load_predictor(args.model, args.folds, args.checkpoint, args.device, args.step_size,
-                                   not args.disable_tta, args.aggregation, args.verbose, args.foreground_floor,
-                                   tile_batch=args.tile_batch, backend=args.backend)
+                                   not args.disable_tta, args.verbose, tile_batch=args.tile_batch,
+                                   backend=args.backend)
         if args.no_calibration:
             predictor.calibration = None
-        csv_path = predict_folder(predictor, args.input, args.output, overwrite=args.overwrite,
-                                  save_probabilities=args.save_probabilities or args.dicom_outputs == "fractional",
-                                  num_processes_preprocessing=args.npp, num_processes_export=args.nps,
-                                  num_parts=args.num_parts, part_id=args.part_id, engine=args.engine,
-                                  mask_format=args.mask_format)
+        with contextlib.closing(predictor):
+            csv_path = predict_folder(predictor, args.input, args.output, overwrite=args.overwrite,
+                                      save_probabilities=args.save_probabilities or args.dicom_outputs == "fractional",
+                                      num_processes_preprocessing=args.npp, num_processes_export=args.nps,
+                                      num_parts=args.num_parts, part_id=args.part_id, engine=args.engine,
+                                      mask_format=args.mask_format)
         if args.dicom_outputs:
             clinical_outputs.write_dicom_folder(args.model, args.output, args.dicom_outputs)
         if args.report:
@@ -76,5 +77,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from nnunet_mtl.cli.run import run
-    run(main)
+    sys.exit(main())

@@ -3,7 +3,10 @@ evaluation CLI and the pipeline's demo print, and the rows of the DSC table the 
 from __future__ import annotations
 
 import math
-from typing import List, Mapping
+from typing import Dict, List, Mapping
+
+from nnunet_mtl.evaluation.metrics import classification_metrics, regression_metrics
+from nnunet_mtl.targets import TargetSpec
 
 CLASSIFICATION_KEYS = ("macro_f1", "accuracy", "balanced_accuracy", "roc_auc", "sensitivity", "specificity")
 
@@ -50,3 +53,26 @@ def summary_lines(result: Mapping) -> List[str]:
 def format_summary(result: Mapping) -> str:
     """``summary_lines`` as one text."""
     return "\n".join(summary_lines(result))
+
+
+def whole_case_summary(spec: TargetSpec, rows: List[dict], table) -> Dict[str, object]:
+    """Accuracy / macro-F1 (classification) and MAE (regression) over whole-case prediction rows,
+    computed by the same functions as evaluation.py so both reports agree."""
+    summary, headline = {"n_cases": len(rows), "targets": {}}, []
+    for t in spec:
+        pairs = [(r[t.name], table.value(r["case_id"], t.name)) for r in rows
+                 if table.value(r["case_id"], t.name) is not None]
+        if not pairs:
+            continue
+        if t.is_classification:
+            scores = classification_metrics([t.classes.index(g) for _, g in pairs],
+                                            [t.classes.index(p) for p, _ in pairs], None, t.classes)
+            acc, f1 = scores["accuracy"], scores["macro_f1"]
+            summary["targets"][t.name] = {"accuracy": acc, "macro_f1": f1, "n": len(pairs)}
+            headline.append(f"{t.name}: accuracy {acc:.3f}, macro-F1 {f1:.3f} (n={len(pairs)})")
+        else:
+            mae = regression_metrics([g for _, g in pairs], [p for p, _ in pairs])["mae"]
+            summary["targets"][t.name] = {"mae": mae, "n": len(pairs)}
+            headline.append(f"{t.name}: MAE {mae:.3f} (n={len(pairs)})")
+    summary["headline"] = "; ".join(headline)
+    return summary

@@ -11,82 +11,33 @@ import contextlib
 import os
 import re
 import time
-from types import SimpleNamespace
-from typing import TYPE_CHECKING, Callable, Dict, Iterator, List, Optional, Sequence
+from typing import Callable, Dict, Iterator, List, Optional, Sequence
 
 import torch
 
-from nnunet_mtl.inference.tiling import DEFAULT_TILE_BATCH
-from nnunet_mtl.inference.case_aggregation import DEFAULT_AGGREGATION, DEFAULT_FOREGROUND_FLOOR
-from nnunet_mtl.inference import openvino_backend
+from nnunet_mtl.conversion.case_discovery import NOT_IMAGES
+from nnunet_mtl.conversion.inference_inputs import ModelInputs, PreparedInputs, prepare_cases
+from nnunet_mtl.conversion.masks import ConversionError
 from nnunet_mtl.inference import provenance
-from nnunet_mtl.io_utils import read_json
+from nnunet_mtl.inference.loader import model_inputs
 from nnunet_mtl.inference.masks import DEFAULT_MASK_FORMAT, MASK_FORMATS, mask_ending, to_mask_format
-from nnunet_mtl.inference.record import CSV_NAME, PROVENANCE_NAME, PredictionRecord, remove_case_files, table_case_ids
 from nnunet_mtl.inference.predictor import nnUNetPredictorMTL
+from nnunet_mtl.inference.record import PROVENANCE_NAME, PredictionRecord, remove_case_files, table_case_ids
 from nnunet_mtl.inference.threaded_engine import run_cases
-
-if TYPE_CHECKING:
-    from nnunet_mtl.conversion.inference_inputs import ModelInputs, PreparedInputs
+from nnunet_mtl.io_utils import read_json
 
 NNUNET_NAME = re.compile(r"^(.+)_(\d{4})\.nii\.gz$")
 
 
-def load_predictor(model_dir: str, folds: Optional[Sequence] = None, checkpoint: str = "checkpoint_final.pth",
-                   device: str = "cpu", step_size: float = 0.5, use_mirroring: bool = True,
-                   aggregation: str = DEFAULT_AGGREGATION, verbose: bool = False,
-                   foreground_floor: float = DEFAULT_FOREGROUND_FLOOR,
-                   tile_batch: Optional[int] = None, backend: str = "auto") -> nnUNetPredictorMTL:
-    """A predictor for an nnunet_mtl model folder (the folder holding plans.json and fold_X/), or for a
-    frozen-heads folder (``nnunet_mtl_add_heads``: ``frozen.heads_predictor``, a stock model's masks);
-    ``aggregation`` / ``foreground_floor``: how tiles make a case (see case_aggregation); ``tile_batch``:
-    network inputs (tiles x mirrors) per forward (``batched_window``; None: its default, nnU-Net's own loop);
-    ``backend``: what runs the network (``openvino_backend``: 'auto' = OpenVINO on the CPU when installed, else
-    torch; a heads folder always uses torch)."""
-    from nnunet_mtl.inference.heads_predictor import check_model_folder, is_heads_folder, load_heads_predictor
-    from nnunet_mtl.planning import add_trainer_path
-    if is_heads_folder(model_dir):
-        return load_heads_predictor(model_dir, folds, checkpoint, device, step_size, use_mirroring, verbose)
-    check_model_folder(model_dir)
-    add_trainer_path()  # the checkpoint names our trainer; nnU-Net finds it through nnUNet_extTrainer
-    dev = torch.device(device)
-    backend_name = openvino_backend.resolve_backend(backend, dev)  # a wrong name fails before loading
-    if dev.type == "cpu":
-        torch.set_num_threads(max(1, os.cpu_count() or 1))
-    predictor = nnUNetPredictorMTL(tile_step_size=step_size, use_gaussian=True, use_mirroring=use_mirroring,
-                                   perform_everything_on_device=dev.type == "cuda", device=dev, verbose=verbose,
-                                   verbose_preprocessing=False, allow_tqdm=verbose, head_aggregation=aggregation,
-                                   foreground_floor=foreground_floor,
-                                   tile_batch=DEFAULT_TILE_BATCH if tile_batch is None else tile_batch)
-    if folds is None:
-        folds = nnUNetPredictorMTL.auto_detect_available_folds(model_dir, checkpoint)
-    folds = [f if f == "all" else int(f) for f in folds]
-    predictor.initialize_from_trained_model_folder(model_dir, folds, checkpoint)
-    predictor.checkpoint_files = provenance.checkpoint_files(model_dir, folds, checkpoint)  # the predictions' provenance
-    predictor.backend = backend_name
-    if predictor.backend == "openvino":
-        predictor.network = openvino_backend.OpenVINONetwork(
-            predictor.network, len(predictor.dataset_json["channel_names"]), predictor.configuration_manager.patch_size)
-    return predictor
-
-
 def _is_nnunet_input_folder(folder: str) -> bool:
     """Only ``CASE_XXXX.nii.gz`` images (side files like notes.txt aside): nnU-Net can read it as it is."""
-    from nnunet_mtl.conversion.case_discovery import NOT_IMAGES
     files = [f for f in os.listdir(folder) if not f.startswith(".")]
     images = [f for f in files if os.path.isdir(os.path.join(folder, f)) or not f.lower().endswith(NOT_IMAGES)]
     return bool(images) and all(NNUNET_NAME.match(f) and os.path.isfile(os.path.join(folder, f)) for f in images)
 
 
-def model_inputs(predictor: nnUNetPredictorMTL) -> "ModelInputs":
-    """The channels and image dimensionality a loaded predictor's model takes (``ModelInputs``)."""
-    from nnunet_mtl.conversion.inference_inputs import ModelInputs
-    return ModelInputs.from_plans(predictor.dataset_json, predictor.configuration_manager.patch_size,
-                                  predictor.plans_manager.plans.get("original_median_shape_after_transp"))
-
-
 def prepare_inputs(inputs: Sequence[str], work_dir: str, clip_percentiles=(0.5, 98.5),
-                   model: Optional["ModelInputs"] = None, force: bool = False) -> Dict[str, str]:
+                   model: Optional[ModelInputs] = None, force: bool = False) -> Dict[str, str]:
     """Files/folders -> {case_id: path of CASE_0000.nii.gz}; converts non-nnU-Net inputs into work_dir.
 
     ``model`` (``model_inputs(predictor)``) checks channel count and dimensionality and writes colour
@@ -94,25 +45,22 @@ def prepare_inputs(inputs: Sequence[str], work_dir: str, clip_percentiles=(0.5, 
     Conversions are reused while their source is unchanged (``conversions.json`` in work_dir);
     ``force`` reconverts all; conversions of inputs not given are removed. See ``prepare_folder``
     for every channel file and what was done."""
-    from nnunet_mtl.conversion.inference_inputs import prepare_cases
     prepared = prepare_cases(inputs, work_dir, model, clip_percentiles, force)
     return {cid: files[0] for cid, files in prepared.cases.items()}
 
 
-def prepare_folder(input_dir: str, output_dir: str, model: Optional["ModelInputs"] = None,
-                   clip_percentiles=(0.5, 98.5), force: bool = False) -> "PreparedInputs":
+def prepare_folder(input_dir: str, output_dir: str, model: Optional[ModelInputs] = None,
+                   clip_percentiles=(0.5, 98.5), force: bool = False) -> PreparedInputs:
     """Check a test folder against the model and bring it into nnU-Net's format (``PreparedInputs``:
     the folder nnU-Net reads, per case its files and sources, what was converted, reused, removed).
     An empty folder, duplicate case names, unsupported files, a channel or dimensionality mismatch
     are one-line ``ConversionError``s naming the file."""
-    from nnunet_mtl.conversion.inference_inputs import prepare_cases
     return prepare_cases(list_inputs(input_dir), converted_source(input_dir, output_dir), model, clip_percentiles,
                          force, where=input_dir)
 
 
 def list_inputs(input_dir: str) -> List[str]:
     if not os.path.isdir(input_dir):
-        from nnunet_mtl.conversion.masks import ConversionError
         raise ConversionError(f"{input_dir}: input folder not found")
     return sorted(os.path.join(input_dir, f) for f in os.listdir(input_dir) if not f.startswith("."))
 
@@ -189,8 +137,8 @@ def predict_folder(predictor: nnUNetPredictorMTL, input_dir: str, output_dir: st
         run_cases(predictor, lists, ofiles, save_probabilities, export_threads=num_processes_export,
                   preprocess_threads=num_processes_preprocessing, on_case_done=finished)
     elif todo:
-        _predict_with_processes(predictor, lists, ofiles, save_probabilities, num_processes_preprocessing,
-                                num_processes_export, finished)
+        predictor.predict_files(lists, ofiles, save_probabilities, num_processes_preprocessing, num_processes_export,
+                                finished)
     csv_path = record.publish(valid, {"model_key": key, "model": identity})
     note = f" (model or settings changed: {', '.join(changed)}; its cases predicted again)" if changed else ""
     report(f"{output_dir}: {len(todo)} predicted, {len(mine) - len(todo)} kept, {len(gone)} removed{note}")
@@ -210,25 +158,6 @@ def _model_changes(output_dir: str, identity: dict, latest: Dict[str, dict], key
     return [k for k in identity if old.get(k) != identity[k]] or ["model"]
 
 
-def _predict_with_processes(predictor: nnUNetPredictorMTL, lists, ofiles, save_probabilities: bool,
-                            n_preprocessing: int, n_export: int, finished: Callable) -> None:
-    """nnU-Net's own predict_from_files on exactly these cases; the predictor hands over each case's
-    row once its export has finished (its ``write_case_table``, redirected here into the record)."""
-    def record_rows(folder: str, outputs: Dict[str, dict]) -> str:
-        for cid, out in outputs.items():
-            finished(os.path.join(folder, cid), SimpleNamespace(outputs=out))
-        return os.path.join(folder, CSV_NAME)
-
-    predictor.write_case_table = record_rows
-    try:
-        predictor.predict_from_files(lists, ofiles, save_probabilities=save_probabilities, overwrite=True,
-                                     num_processes_preprocessing=n_preprocessing,
-                                     num_processes_segmentation_export=n_export,
-                                     folder_with_segs_from_prev_stage=None, num_parts=1, part_id=0)
-    finally:
-        del predictor.write_case_table
-
-
 def classify_files(predictor: nnUNetPredictorMTL, files: Sequence[str], work_dir: str,
                    clip_percentiles=(0.5, 98.5), chatter=None) -> Iterator[dict]:
     """One result per file, yielded as each finishes: ``file``, ``case_id``, ``outputs`` (head
@@ -236,8 +165,8 @@ def classify_files(predictor: nnUNetPredictorMTL, files: Sequence[str], work_dir
     predicted, and the next file goes on. Each file is converted in its own folder, so two files
     with the same name in different folders stay apart; inputs are checked against the model's
     channels and dimensionality. ``chatter``: where nnU-Net's prints go (e.g. sys.stderr). Only head
-    outputs are needed, so the predictor's ``predict_heads`` runs (the encoder alone where that is exact)."""
-    from nnunet_mtl.conversion.inference_inputs import prepare_cases
+    outputs are needed, so the predictor's ``predict_heads`` runs: one unmirrored forward per tile, the very
+    numbers ``predict_folder`` writes for the same image."""
     preprocessor = predictor.configuration_manager.preprocessor_class(verbose=False)
     model = model_inputs(predictor)
     quiet = (lambda: contextlib.redirect_stdout(chatter)) if chatter is not None else contextlib.nullcontext
@@ -250,8 +179,7 @@ def classify_files(predictor: nnUNetPredictorMTL, files: Sequence[str], work_dir
                 data, _, _ = preprocessor.run_case(channel_files, None, predictor.plans_manager,
                                                    predictor.configuration_manager, predictor.dataset_json)
                 data = torch.from_numpy(data)
-                heads = predictor.predict_heads(data, case_id) if hasattr(predictor, "predict_heads") \
-                    else predictor.predict_case(data, case_id)[1]
+                heads = predictor.predict_heads(data, case_id)
         except Exception as e:  # noqa: BLE001 - one file's failure is its own line; the others go on
             yield {"file": path, "error": _one_line(e)}
             continue

@@ -9,15 +9,17 @@ bf16 units do not switch to bf16), head outputs by ~1e-6. ONNX Runtime was measu
 over torch eager) and lost in 3D; OpenVINO needs no ONNX file and no extra dependency beyond its wheel.
 
 ``OpenVINONetwork`` stands in for the predictor's ``MTLNetwork``: ``load_state_dict`` (nnU-Net calls it per
-fold) selects that fold's compiled model, ``forward(x, with_heads)`` and ``forward_heads(x)`` run it, and
-everything else (the heads' output conversion, stages, ``heads_need_segmentation``) is the torch network's,
-which keeps the same weights (``torch_network``; Grad-CAM and training never see this class). Inputs of
-another spatial shape than the patch (never in the sliding window) fall back to torch.
+fold) selects that fold's compiled graphs, ``pooled(x, request, with_seg)`` (the engine's one network call) runs
+the graph traced from ``MTLNetwork.pooled`` for that request: segmentation plus pool sums for the mask pass,
+pool sums alone for the heads-only pass. The heads' read-out of a case's sums is the torch network's, which
+keeps the same weights (``torch_network``; Grad-CAM and training never see this class). Inputs of another
+spatial shape than the patch (never in the sliding window) fall back to torch.
 
 Converted models are kept under ``cache_dir()`` keyed by a hash of the weights, the patch and the library
 versions, so a later run with the same checkpoint skips the conversion (seconds per fold); the files are
 written to a temporary name and renamed, so a killed run never leaves a half model behind; the newest
-``KEEP_CACHED`` are kept. ``nnunet_mtl_backend`` (environment) says what 'auto' means where no flag reaches.
+``KEEP_CACHED`` are kept. The backend is an argument (``resolve_backend``); only the command line reads the
+environment (``cli.backend_args``).
 """
 from __future__ import annotations
 
@@ -33,9 +35,10 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
+from nnunet_mtl.model.pooling import PoolRequest, sum_keys
+
 BACKENDS = ("auto", "torch", "openvino")
 CACHE_ENV = "nnunet_mtl_openvino_cache"
-BACKEND_ENV = "nnunet_mtl_backend"  # what 'auto' means where no flag reaches (pipeline, notebooks): auto|torch|openvino
 KEEP_CACHED = 16  # converted models kept (newest first); older ones are removed when a new one is saved
 
 
@@ -47,10 +50,6 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     """'auto': OpenVINO on the CPU when it is installed, else torch. 'openvino' elsewhere is an error."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r} (choose from {', '.join(BACKENDS)})")
-    if backend == "auto" and os.environ.get(BACKEND_ENV, "auto") != "auto":
-        backend = os.environ[BACKEND_ENV]
-        if backend not in BACKENDS:
-            raise ValueError(f"{BACKEND_ENV}={backend!r}: choose from {', '.join(BACKENDS)}")
     if backend == "auto":
         return "openvino" if device.type == "cpu" and available() else "torch"
     if backend == "openvino":
@@ -76,41 +75,43 @@ def weights_key(params: Dict[str, torch.Tensor], extra: str) -> str:
 
 
 class _Graph(nn.Module):
-    """The traced function: ``full`` = (segmentation, *head outputs), ``heads`` = encoder + heads only."""
+    """The traced function: ``MTLNetwork.pooled`` for one request, its outputs as a flat tuple (the segmentation
+    first when asked, then the pool sums in ``sum_keys`` order)."""
 
-    def __init__(self, network: nn.Module, kind: str, head_names: List[str]):
+    def __init__(self, network: nn.Module, request: Optional[PoolRequest], with_seg: bool):
         super().__init__()
-        self.network, self.kind, self.head_names = network, kind, head_names
+        self.network, self.request, self.with_seg = network, request, with_seg
+        self.keys = sum_keys(request) if request is not None else ()
 
-    def forward(self, x):
-        if self.kind == "heads":
-            raw = self.network.forward_heads(x)
-            return tuple(raw[k] for k in self.head_names)
-        if not self.head_names:
-            return self.network(x)
-        seg, raw = self.network(x, with_heads=True)
-        return (seg,) + tuple(raw[k] for k in self.head_names)
+    def forward(self, x, weights):
+        seg, sums = self.network.pooled(x, self.request, self.with_seg, weights)
+        return ((seg,) if self.with_seg else ()) + tuple(sums[k] for k in self.keys)
 
 
 class OpenVINONetwork(nn.Module):
+    """The predictor's network on the OpenVINO backend: ``pooled`` (the engine's one call) runs the compiled
+    graph of the fold loaded last; ``forward`` (segmentation only, nnU-Net's contract) too."""
+
     def __init__(self, network: nn.Module, in_channels: int, patch_size: Sequence[int], threads: Optional[int] = None):
         super().__init__()
         self.torch_network = network
         self.in_channels = int(in_channels)
         self.patch_size = [int(p) for p in patch_size]
         self.threads = int(threads or torch.get_num_threads())
-        self.head_names = list(getattr(network, "heads", {}).keys())
         self._params: Optional[Dict[str, torch.Tensor]] = None  # the weights loaded last (nnU-Net: per fold)
         # (id of a params dict, graph kind) -> (that dict, kept alive so its id stays unique; its infer request)
-        self._compiled: Dict[Tuple[int, str], Tuple[Dict[str, torch.Tensor], object]] = {}
+        self._compiled: Dict[Tuple[int, tuple], Tuple[Dict[str, torch.Tensor], object]] = {}
         self._lock = threading.Lock()   # an infer request is not thread-safe
+        self._core = None               # one OpenVINO runtime per network, released by close()
 
-    def __getattr__(self, name):
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            return getattr(self._modules["torch_network"], name)
-
+    def close(self) -> None:
+        """Release the compiled models, then the runtime, in that order. The runtime is made with
+        ``FORCE_TBB_TERMINATE``: releasing it ends OpenVINO's TBB worker threads then and there, so none is left
+        running into the process's exit, where the native libraries' static destructors run (a process with
+        OpenVINO loaded once spun at 100 % CPU there, inside SimpleITK's, which carries a TBB of its own)."""
+        with self._lock:
+            self._compiled.clear()
+            self._core = None
     # ------------------------------------------------------------------ nnU-Net's calls
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         result = self.torch_network.load_state_dict(state_dict, strict=strict)
@@ -120,34 +121,34 @@ class OpenVINONetwork(nn.Module):
     def state_dict(self, *args, **kwargs):  # the torch network's keys, as nnU-Net's checkpoints have them
         return self.torch_network.state_dict(*args, **kwargs)
 
-    def forward(self, x: torch.Tensor, with_heads: bool = False):
-        if not self._fits(x):
-            return self.torch_network(x, with_heads=with_heads) if with_heads else self.torch_network(x)
-        outs = self._run("full", x)
-        seg = outs[0]
-        heads = dict(zip(self.head_names, outs[1:]))
-        if with_heads:
-            return seg, heads
-        if getattr(self.torch_network, "capture_heads", False):
-            self.torch_network.last_head_outputs = heads
-        return seg
+    def forward(self, x: torch.Tensor):
+        return self.pooled(x, None, True)[0]
 
-    def forward_heads(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+    def pooled(self, x: torch.Tensor, request: Optional[PoolRequest] = None, with_seg: bool = False,
+               weights: Optional[torch.Tensor] = None):
+        """As ``MTLNetwork.pooled``; inputs of another shape than the patch run on torch."""
+        request = request or self.torch_network.request
         if not self._fits(x):
-            return self.torch_network.forward_heads(x)
-        return dict(zip(self.head_names, self._run("heads", x)))
+            return self.torch_network.pooled(x, request, with_seg, weights)
+        if weights is None:
+            weights = torch.ones((x.shape[0], *self.patch_size))
+        outs = self._run((request, with_seg), x, weights)
+        seg = outs[0] if with_seg else None
+        keys = sum_keys(request) if request is not None else ()
+        return seg, dict(zip(keys, outs[1:] if with_seg else outs))
 
     # ------------------------------------------------------------------ compiled graphs
     def _fits(self, x: torch.Tensor) -> bool:
         return x.device.type == "cpu" and list(x.shape[1:]) == [self.in_channels] + self.patch_size
 
-    def _run(self, kind: str, x: torch.Tensor) -> List[torch.Tensor]:
+    def _run(self, kind: tuple, x: torch.Tensor, weights: torch.Tensor) -> List[torch.Tensor]:
         with self._lock:
             request = self._request(kind)
-            result = request.infer({0: x.detach().float().contiguous().numpy()})
+            result = request.infer({0: x.detach().float().contiguous().numpy(),
+                                    1: weights.detach().float().contiguous().numpy()})
             return [torch.from_numpy(result[out].copy()) for out in request.model_outputs]
 
-    def _request(self, kind: str):
+    def _request(self, kind: tuple):
         if self._params is None:  # no fold loaded through load_state_dict: the weights the network has
             self._params = self.torch_network.state_dict()
         key = (id(self._params), kind)
@@ -155,10 +156,13 @@ class OpenVINONetwork(nn.Module):
             self._compiled[key] = (self._params, self._compile(kind, self._params).create_infer_request())
         return self._compiled[key][1]
 
-    def _compile(self, kind: str, params: Dict[str, torch.Tensor]):
+    def _compile(self, kind: tuple, params: Dict[str, torch.Tensor]):
         import openvino as ov
-        core = ov.Core()
-        extra = f"{kind}|{self.in_channels}|{self.patch_size}|{self.head_names}|{ov.__version__}|{torch.__version__}"
+        if self._core is None:
+            self._core = ov.Core()
+            self._core.set_property({"FORCE_TBB_TERMINATE": True})
+        core = self._core
+        extra = f"{kind}|{self.in_channels}|{self.patch_size}|{ov.__version__}|{torch.__version__}"
         path = os.path.join(cache_dir(), weights_key(params, extra), "model.xml")
         if os.path.isfile(path):
             model = core.read_model(path)
@@ -168,16 +172,17 @@ class OpenVINONetwork(nn.Module):
         return core.compile_model(model, "CPU", {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32",
                                                  "INFERENCE_NUM_THREADS": self.threads})
 
-    def _convert(self, kind: str):
+    def _convert(self, kind: tuple):
         import openvino as ov
         was_training = self.torch_network.training
         self.torch_network.eval()
-        example = torch.zeros(1, self.in_channels, *self.patch_size)
+        example = (torch.zeros(1, self.in_channels, *self.patch_size), torch.ones(1, *self.patch_size))
         try:
             with torch.no_grad(), warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # tracing warnings: shape checks are constants for a fixed patch
-                return ov.convert_model(_Graph(self.torch_network, kind, self.head_names), example_input=example,
-                                        input=[ov.PartialShape([-1, self.in_channels] + self.patch_size)])
+                return ov.convert_model(_Graph(self.torch_network, *kind), example_input=example,
+                                        input=[ov.PartialShape([-1, self.in_channels] + self.patch_size),
+                                               ov.PartialShape([-1] + self.patch_size)])
         finally:
             self.torch_network.train(was_training)
 

@@ -1,31 +1,33 @@
-"""nnUNetPredictorMTL: nnU-Net's predictor that also returns whole-case head outputs.
+"""nnUNetPredictorMTL: the one inference engine. nnU-Net's predictor whose sliding window also reads the heads.
 
-One pass of nnU-Net's sliding window gives both: the segmentation exactly as stock nnU-Net
-computes it (its own tile loop, mirror loop and Gaussian run unchanged), and, for every tile
-and every mirror, the head outputs of the same forward. A ``CaseCollector`` gathers them per
-tile and fold; ``case_aggregation`` combines the tiles (``head_aggregation``), then the folds
-are averaged. Entry points that know the case: ``predict_case`` (one preprocessed case; the
-in-process engine ``threaded_engine.run_cases`` calls it) and nnU-Net's own
-``predict_from_files`` / ``predict_from_data_iterator``. Outside a case the predictor is
-nnU-Net's, unchanged.
+What a predictor offers (every CLI, the pipeline, the notebook, the trainer's final validation, fitting heads
+and Grad-CAM call these, nothing else):
 
-``tile_batch`` > 1 sends that many network inputs (tiles x mirrors) through each forward
-(``batched_window``: nnU-Net's accumulation, in its order; results equal to about 1e-6).
-``predict_heads`` (classify) gives the head outputs alone: from the encoder only, without the
-decoder, where that equals the full pass (no head reads the segmentation, and one tile or a rule
-that weights tiles equally); otherwise it is ``predict_case``.
+* ``predict_case(data, case_id) -> (logits, CaseHeads)``: one preprocessed case ``(c, *spatial)``, masks and
+  head outputs from one pass. The folds run through nnU-Net's own ``predict_logits_from_preprocessed_data``
+  (fold loop, device handling, out-of-memory retry); each fold's sliding window is ``tiling.sliding_window``
+  (nnU-Net's arithmetic, so the masks are stock's), whose unmirrored forwards also give the case's pooled
+  features; the fold's heads read them (``MTLNetwork.read``) and the folds' outputs are averaged.
+* ``predict_heads(data, case_id) -> CaseHeads``: the head outputs alone, from the same unmirrored forwards
+  (one per tile, no logits stitched; without a head that reads the segmentation, no decoder): equal to
+  ``predict_case``'s (tested), at a fraction of its cost. ``nnunet_mtl_classify`` uses it.
+* ``case_pools(data, request) -> [pool sums per fold]``: the same pass for any stages and pools (fitting heads).
+* ``calibrated_outputs`` / ``outputs_calibrated``: the folds' temperatures (``calibration``), applied to rows.
+* ``predict_from_data_iterator``: nnU-Net's multiprocessing loop, with each case's row handed over once its
+  mask is written (``on_case_done``).
 
-Results go to ``predictions.csv`` / ``predictions.json`` in the output folder, merged with rows
-already there (``prediction_merge``), so ``-num_parts/-part_id`` processes can share a folder.
-Loading a model folder also loads its folds' ``calibration.json`` (``calibration.store``); each
-case's classification probabilities are then temperature-scaled before its row is made, and the
-row says so (``probabilities_calibrated``). ``calibration = None`` turns that off.
+``network`` is the torch ``MTLNetwork`` or, on the OpenVINO backend, an ``OpenVINONetwork`` around it; both
+offer ``pooled(x, request, with_seg)``, the engine's one network call (``inference.openvino_backend``).
+The private nnU-Net methods used (``_internal_get_sliding_window_slicers``,
+``_internal_predict_sliding_window_return_logits``, ``_internal_get_data_iterator_from_lists_of_filenames``)
+are used here and nowhere else.
 """
 from __future__ import annotations
 
-import contextlib
 import os
-from typing import Dict, Optional, Tuple
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -33,208 +35,210 @@ from acvl_utils.cropping_and_padding.padding import pad_nd_image
 from batchgenerators.dataloading.multi_threaded_augmenter import MultiThreadedAugmenter
 from nnunetv2.configuration import default_num_processes
 from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
-from nnunetv2.inference.sliding_window_prediction import compute_gaussian
-from nnunetv2.utilities.helpers import empty_cache
+from nnunetv2.utilities.helpers import dummy_context, empty_cache
 from torch._dynamo import OptimizedModule
 
-from nnunet_mtl.inference import tiling as batched_window
-from nnunet_mtl.inference.tiling import DEFAULT_TILE_BATCH
 from nnunet_mtl.calibration.store import EnsembleCalibration
-from nnunet_mtl.inference.case_aggregation import (DEFAULT_AGGREGATION, DEFAULT_FOREGROUND_FLOOR, MASKLESS_AGGREGATION,
-                                         Aggregation)
-from nnunet_mtl.inference.case_collector import CaseCollector, CaseHeads
-from nnunet_mtl.dataset_spec import DatasetSpec, has_block, targets_from_plans
+from nnunet_mtl.dataset_spec import targets_from_plans
+from nnunet_mtl.inference import tiling
+from nnunet_mtl.inference.openvino_backend import OpenVINONetwork
+from nnunet_mtl.inference.record import merge_into_folder
 from nnunet_mtl.model.network import unwrap
-from nnunet_mtl.inference.record import CSV_NAME, JSON_NAME, merge_into_folder  # noqa: F401 (re-exported)
+from nnunet_mtl.model.pooling import PoolRequest, Sums
 from nnunet_mtl.targets import TargetSpec
+
+CaseDone = Callable[[str, "CaseHeads"], None]
+
+
+@dataclass
+class CaseHeads:
+    """One case's head outputs: ``outputs`` (target -> probabilities or value, folds averaged, raw) and each
+    fold's own (``folds``)."""
+    case_id: Optional[str]
+    outputs: Dict[str, np.ndarray]
+    folds: List[Dict[str, np.ndarray]] = field(default_factory=list)
+
+
+def average_folds(per_fold: Sequence[Dict[str, np.ndarray]], case_id: Optional[str]) -> CaseHeads:
+    """Fold ensemble: the plain mean of each fold's outputs (probabilities, or values), as nnU-Net averages
+    its folds' logits."""
+    if not per_fold:
+        raise RuntimeError(f"case {case_id!r}: no fold was predicted")
+    outputs = {n: np.mean([f[n] for f in per_fold], axis=0) for n in per_fold[0]}
+    return CaseHeads(case_id, outputs, list(per_fold))
 
 
 class nnUNetPredictorMTL(nnUNetPredictor):
-    def __init__(self, *args, head_aggregation: str = DEFAULT_AGGREGATION,
-                 foreground_floor: float = DEFAULT_FOREGROUND_FLOOR, tile_batch: int = DEFAULT_TILE_BATCH, **kwargs):
+    def __init__(self, *args, tile_batch: int = tiling.DEFAULT_TILE_BATCH, **kwargs):
         super().__init__(*args, **kwargs)
-        self.requested_aggregation = Aggregation(head_aggregation, foreground_floor)  # checks the name early
         if int(tile_batch) < 1:
             raise ValueError(f"tile_batch must be >= 1, got {tile_batch}")
-        self.tile_batch = int(tile_batch)  # network inputs (tiles x mirrors) per forward; 1: nnU-Net's own loop
-        self.collector = CaseCollector()
+        self.tile_batch = int(tile_batch)  # network inputs (tiles x mirrors) per forward; 1: nnU-Net's own order
         self.calibration: Optional[EnsembleCalibration] = None  # the folds' temperatures, set on loading
+        self.checkpoint_files: List[str] = []  # what the predictions come from (provenance)
+        self.backend = "torch"
+        self._fold_outputs: Optional[List[Dict[str, np.ndarray]]] = None  # the open case's per-fold outputs
 
     def initialize_from_trained_model_folder(self, model_training_output_dir: str, use_folds,
                                              checkpoint_name: str = 'checkpoint_final.pth'):
-        """nnU-Net's loading, then the loaded folds' calibration files (None when no fold has one)."""
+        """nnU-Net's loading, then the loaded folds' calibration files (None when no fold has a fitted one)."""
         if use_folds is None:
             use_folds = nnUNetPredictor.auto_detect_available_folds(model_training_output_dir, checkpoint_name)
         super().initialize_from_trained_model_folder(model_training_output_dir, use_folds, checkpoint_name)
-        self.calibration = EnsembleCalibration.from_fold_dirs(
-            os.path.join(model_training_output_dir, f"fold_{f}") for f in use_folds)
+        fold_dirs = [os.path.join(model_training_output_dir, f"fold_{f}") for f in use_folds]
+        self.calibration = EnsembleCalibration.from_fold_dirs(fold_dirs)
+        self.checkpoint_files = [os.path.join(d, checkpoint_name) for d in fold_dirs]
 
     @property
     def spec(self) -> TargetSpec:
         return targets_from_plans(self.plans_manager.plans)
 
-    @property
-    def aggregation(self) -> Aggregation:
-        return aggregation_for(self.dataset_json, self.requested_aggregation)
+    def close(self) -> None:
+        """Release the backend's native objects (OpenVINO's compiled models and runtime) now, not at exit."""
+        if isinstance(self.network, OpenVINONetwork):
+            self.network.close()
 
     @property
-    def effective_aggregation(self) -> str:
-        return self.aggregation.rule
+    def mtl_network(self):
+        """The torch MTLNetwork (inside DDP / compile / OpenVINO wrappers): its heads read the pool sums."""
+        return unwrap(self.network)
 
     # ------------------------------------------------------------------ one case
     def predict_case(self, data: torch.Tensor, case_id: Optional[str] = None) -> Tuple[torch.Tensor, CaseHeads]:
-        """Segmentation logits and head outputs of one preprocessed case ``(c, *spatial)``: with the
-        loaded folds, or, after ``manual_initialization`` without parameters, the network's weights."""
-        self.collector.begin_case(case_id, self.aggregation)
-        try:
+        """Segmentation logits and head outputs of one preprocessed case ``(c, *spatial)``: with the loaded folds,
+        or, after ``manual_initialization`` without parameters, the network's current weights."""
+        with self._collecting_folds() as per_fold:
             if self.list_of_parameters:
                 logits = self.predict_logits_from_preprocessed_data(data)
             else:
                 logits = self.predict_sliding_window_return_logits(data)
-        except BaseException:
-            self.collector.abort_case()
-            raise
-        return logits, self.collector.end_case()
+        return logits, average_folds(per_fold, case_id)
 
-    # ------------------------------------------------------------------ head outputs only (classify)
     def predict_heads(self, data: torch.Tensor, case_id: Optional[str] = None) -> CaseHeads:
-        """Head outputs of one preprocessed case, as ``predict_case(...)[1]`` gives them. Where that is exact
-        (``heads_only_exact``) only the encoder and heads run, for every tile and mirror; else the full pass."""
-        padded, slicers = self._padded_tiles(data)
-        if not self._heads_only_exact(len(slicers)):
-            return self.predict_case(data, case_id)[1]
-        self.collector.begin_case(case_id, self.aggregation)
+        """Head outputs of one preprocessed case, equal to ``predict_case(...)[1]``: the same unmirrored forward of
+        every tile, without stitching logits (and without the decoder where no head reads the segmentation)."""
+        return average_folds([self.read_pools(sums) for sums in self._fold_pools(data, None)], case_id)
+
+    def case_pools(self, data: torch.Tensor, request: Optional[PoolRequest] = None) -> List[Sums]:
+        """Per fold (the loaded ones, or the network's weights), one case's pool sums (``request``, default what
+        the heads read) from each tile's unmirrored forward."""
+        return list(self._fold_pools(data, request))
+
+    def _fold_pools(self, data: torch.Tensor, request: Optional[PoolRequest]) -> Iterator[Sums]:
+        """The case's pool sums fold by fold; each fold's weights stay loaded until the next is asked for."""
+        padded, slicers, _ = self.padded_tiles(data)
         n_threads = torch.get_num_threads()  # as nnU-Net's predict_logits_from_preprocessed_data does
         torch.set_num_threads(min(default_num_processes, n_threads))
         try:
             for params in self.list_of_parameters or [None]:
-                if params is not None:
+                if params is not None:  # as nnU-Net's fold loop loads a fold
                     (self.network._orig_mod if isinstance(self.network, OptimizedModule) else
                      self.network).load_state_dict(params)
                 self.network = self.network.to(self.device)
                 self.network.eval()
-                self.collector.begin_fold()
-                net = unwrap(self.network)
-                forward_heads = getattr(self.network, "forward_heads", net.forward_heads)  # the backend's, if any
-                # no decoder, so no segmentation: the foreground is not computed (0 here, and the rule does not
-                # read it: one tile, or a rule with floor 1)
-                with torch.autocast(self.device.type) if self.device.type == "cuda" else contextlib.nullcontext():
-                    batched_window.heads_window(
-                        lambda x: net.outputs_to_predictions(forward_heads(x)), padded, slicers,
-                        self.allowed_mirroring_axes if self.use_mirroring else None, self.device, self.tile_batch,
-                        lambda heads: self.collector.add_tile(torch.zeros(()), heads))
-                self.collector.end_fold()
-        except BaseException:
-            self.collector.abort_case()
-            raise
+                with torch.inference_mode(), self._autocast():
+                    sums = tiling.pooled_window(lambda x, w: (None, self.network_pooled(x, request, False, w)[1]),
+                                                padded, slicers, self.configuration_manager.patch_size,
+                                                self.use_gaussian, self.device, self.tile_batch)
+                yield sums
         finally:
             torch.set_num_threads(n_threads)
-        return self.collector.end_case()
-
-    def heads_only_exact(self, data: torch.Tensor) -> bool:
-        """Whether the encoder alone gives this case's head outputs exactly: no head reads the segmentation,
-        and the tiles' foreground does not matter (one tile, or a rule that weights tiles equally)."""
-        return self._heads_only_exact(len(self._padded_tiles(data)[1]))
-
-    def _heads_only_exact(self, n_tiles: int) -> bool:
-        net = unwrap(self.network)
-        if not hasattr(net, "forward_heads") or net.heads_need_segmentation:
-            return False
-        return self.aggregation.floor == 1.0 or n_tiles == 1
-
-    def _padded_tiles(self, data: torch.Tensor):
-        """The case padded to the patch size and its tiles, as nnU-Net's sliding window makes them."""
-        padded, _ = pad_nd_image(data, self.configuration_manager.patch_size, 'constant', {'value': 0}, True, None)
-        return padded, self._internal_get_sliding_window_slicers(padded.shape[1:])
-
-    # ------------------------------------------------------------------ per fold, per tile (nnU-Net's hooks)
-    def predict_sliding_window_return_logits(self, input_image: torch.Tensor):
-        logits = super().predict_sliding_window_return_logits(input_image)
-        if self.collector.in_case:
-            self.collector.end_fold()
-        return logits
-
-    def _internal_predict_sliding_window_return_logits(self, data, slicers, do_on_device: bool = True):
-        if self.collector.in_case:
-            self.collector.begin_fold()  # again when nnU-Net retries on the CPU after running out of GPU memory
-        if self.tile_batch == 1:
-            return super()._internal_predict_sliding_window_return_logits(data, slicers, do_on_device)
-        in_case = self.collector.in_case
-        empty_cache(self.device)
-        return batched_window.sliding_window(
-            (lambda x: self.network(x, with_heads=True)) if in_case else self.network, data, slicers,
-            self.configuration_manager.patch_size, self.label_manager.num_segmentation_heads,
-            self.allowed_mirroring_axes if self.use_mirroring else None, self.use_gaussian, self.device,
-            self.device if do_on_device else torch.device("cpu"), self.tile_batch,
-            on_tile=(lambda seg, heads: self.collector.add_tile(self._foreground_fraction(seg), heads))
-            if in_case else None,
-            heads_of=unwrap(self.network).outputs_to_predictions if in_case else None)
 
     @torch.inference_mode()
-    def _internal_maybe_mirror_and_predict(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.collector.in_case:
-            return super()._internal_maybe_mirror_and_predict(x)
-        network = self.network
-        passes = _HeadPasses(network)
-        self.network = passes  # nnU-Net's mirror loop calls self.network(x) once per mirror
+    def read_pools(self, sums: Sums) -> Dict[str, np.ndarray]:
+        """The loaded fold's heads on one case's pool sums: target -> probabilities or value (numpy)."""
+        return {k: v[0].float().cpu().numpy() for k, v in self.mtl_network.read(sums).items()}
+
+    def network_pooled(self, x: torch.Tensor, request: Optional[PoolRequest], with_seg: bool,
+                       weights: torch.Tensor):
+        """The engine's one network call: the backend's ``pooled`` (OpenVINO's compiled graph, or the torch
+        MTLNetwork inside any DDP / compile wrapper); ``weights``: each tile's share of its voxels (``tiling``)."""
+        runner = self.network if isinstance(self.network, OpenVINONetwork) else self.mtl_network
+        return runner.pooled(x, request, with_seg, weights)
+
+    def _autocast(self):
+        return torch.autocast(self.device.type) if self.device.type == "cuda" else dummy_context()
+
+    def padded_tiles(self, data: torch.Tensor):
+        """(the case padded to the patch size, its tiles, the slicer that removes the padding), as nnU-Net's
+        sliding window makes them."""
+        padded, revert = pad_nd_image(data, self.configuration_manager.patch_size, 'constant', {'value': 0}, True, None)
+        return padded, self._internal_get_sliding_window_slicers(padded.shape[1:]), revert  # nnU-Net's private tiling
+
+    @contextmanager
+    def _collecting_folds(self):
+        """Per-fold head outputs of the sliding windows run inside the block (one case)."""
+        if self._fold_outputs is not None:
+            raise RuntimeError("a case is already being predicted by this predictor")
+        self._fold_outputs = []
         try:
-            seg = super()._internal_maybe_mirror_and_predict(x)
+            yield self._fold_outputs
         finally:
-            self.network = network
-        self.collector.add_tile(self._foreground_fraction(seg), passes.mean())
-        return seg
+            self._fold_outputs = None
 
-    def _foreground_fraction(self, seg: torch.Tensor) -> torch.Tensor:
-        """Gaussian-weighted mean foreground probability of one tile's mirror-averaged logits (0-d)."""
-        seg = seg[0].float()
-        fg = torch.sigmoid(seg).amax(0) if self.label_manager.has_regions else 1.0 - torch.softmax(seg, 0)[0]
-        if not self.use_gaussian:
-            return fg.mean()
-        g = compute_gaussian(tuple(self.configuration_manager.patch_size), sigma_scale=1. / 8,
-                             value_scaling_factor=10, device=fg.device).float()
-        return (fg * g).sum() / g.sum()
+    # ------------------------------------------------------------------ nnU-Net's hook: one fold's sliding window
+    @torch.inference_mode()
+    def _internal_predict_sliding_window_return_logits(self, data, slicers, do_on_device: bool = True):
+        """nnU-Net's sliding window (``tiling``: its arithmetic, its order), whose unmirrored forwards also give the
+        fold's head outputs for the case being predicted."""
+        empty_cache(self.device)
+        results_device = self.device if do_on_device else torch.device("cpu")
+        logits, sums = tiling.sliding_window(
+            lambda x, w: self.network_pooled(x, None, True, w), data, slicers, self.configuration_manager.patch_size,
+            self.label_manager.num_segmentation_heads, self.allowed_mirroring_axes if self.use_mirroring else None,
+            self.use_gaussian, self.device, results_device, self.tile_batch)
+        if self._fold_outputs is not None and sums:
+            self._fold_outputs.append(self.read_pools(sums))
+        return logits
 
-    # ------------------------------------------------------------------ many cases -> CSV
+    # ------------------------------------------------------------------ many cases: nnU-Net's process pool
+    def predict_files(self, input_lists, output_files, save_probabilities: bool, n_preprocessing: int,
+                      n_export: int, on_case_done: CaseDone) -> None:
+        """nnU-Net's multiprocessing path (preprocessing and export in worker processes) on exactly these cases."""
+        iterator = self._internal_get_data_iterator_from_lists_of_filenames(  # nnU-Net's private data iterator
+            input_lists, None, output_files, n_preprocessing)
+        self.predict_from_data_iterator(iterator, save_probabilities, n_export, on_case_done)
+
     def predict_from_data_iterator(self, data_iterator, save_probabilities: bool = False,
-                                   num_processes_segmentation_export: int = default_num_processes):
-        """nnU-Net's loop; each item is one case (named after its output file). nnU-Net exports in
-        worker processes and waits only at the end, so between items the rows of earlier cases whose
-        mask is written are handed to ``write_case_table``, the rest when the loop is done: a killed
-        run keeps the rows of its finished cases, and no row is written before its mask."""
+                                   num_processes_segmentation_export: int = default_num_processes,
+                                   on_case_done: Optional[CaseDone] = None):
+        """nnU-Net's loop; each item is one case (named after its output file). nnU-Net exports in worker
+        processes and waits only at the end, so between items the rows of earlier cases whose mask is written are
+        handed to ``on_case_done(ofile, heads)`` (default: merged into the output folder's predictions table),
+        the rest when the loop is done: a killed run keeps the rows of its finished cases, and no row is handed
+        over before its mask exists."""
+        on_case_done = on_case_done or self._merge_row
         waiting = []  # (ofile, heads, stat of a mask there before) of cases whose rows are not handed over yet
 
         def announced():
             for n, item in enumerate(data_iterator):
-                self._hand_over(waiting, exported_only=True)
+                self._hand_over(waiting, on_case_done, exported_only=True)
                 ofile = item['ofile']
-                name = os.path.basename(ofile) if ofile is not None else f"case_{n:04d}"
                 before = self._mask_stat(ofile) if ofile is not None else None
-                self.collector.begin_case(name, self.aggregation)
-                yield item  # nnU-Net predicts this case before it asks for the next one
-                heads = self.collector.end_case()
+                with self._collecting_folds() as per_fold:
+                    yield item  # nnU-Net predicts this case before it asks for the next one
+                name = os.path.basename(ofile) if ofile is not None else f"case_{n:04d}"
                 if ofile is not None:  # in-memory results (no file) have no row
-                    waiting.append((ofile, heads, before))
+                    waiting.append((ofile, average_folds(per_fold, name), before))
 
         try:
             ret = super().predict_from_data_iterator(announced(), save_probabilities,
                                                      num_processes_segmentation_export)
         finally:
-            self.collector.abort_case()
             if isinstance(data_iterator, MultiThreadedAugmenter):
                 data_iterator._finish()
-        self._hand_over(waiting, exported_only=False)  # nnU-Net has waited for every export
+        self._hand_over(waiting, on_case_done, exported_only=False)  # nnU-Net has waited for every export
         return ret
 
-    def _hand_over(self, waiting: list, exported_only: bool) -> None:
-        """``write_case_table`` for the waiting cases (only those whose mask is complete when
-        ``exported_only``), per output folder; removes them from ``waiting``."""
+    def _hand_over(self, waiting: list, on_case_done: CaseDone, exported_only: bool) -> None:
         ready = [w for w in waiting if not exported_only or self._exported(w[0], w[2])]
-        if not ready:
-            return
-        handed = {id(w) for w in ready}
-        waiting[:] = [w for w in waiting if id(w) not in handed]
-        for folder in sorted({os.path.dirname(o) for o, _, _ in ready}):
-            self.write_case_table(folder, {h.case_id: h.outputs for o, h, _ in ready if os.path.dirname(o) == folder})
+        for w in ready:
+            waiting.remove(w)
+            on_case_done(w[0], w[1])
+
+    def _merge_row(self, ofile: str, heads: CaseHeads) -> None:
+        merge_into_folder(os.path.dirname(ofile), self.spec, {heads.case_id: self.calibrated_outputs(heads.outputs)},
+                          self.outputs_calibrated)
 
     def _mask_stat(self, ofile: str) -> Optional[tuple]:
         """Identity of the mask file at ``ofile`` now (None when there is none)."""
@@ -258,47 +262,14 @@ class nnUNetPredictorMTL(nnUNetPredictor):
             return False
         return True
 
+    # ------------------------------------------------------------------ calibration
     @property
     def outputs_calibrated(self) -> bool:
-        """Whether rows made now carry calibrated probabilities (the ``probabilities_calibrated`` flag)."""
-        return self.calibration is not None and bool(self.spec.classification_targets)
+        """Whether rows made now carry calibrated probabilities: a fitted temperature for every classification
+        target (the ``probabilities_calibrated`` flag)."""
+        targets = self.spec.classification_targets
+        return self.calibration is not None and bool(targets) and self.calibration.covers(t.name for t in targets)
 
     def calibrated_outputs(self, outputs: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
         """One case's outputs with the classification probabilities calibrated (unchanged without calibration)."""
         return outputs if self.calibration is None else self.calibration.apply_outputs(self.spec, outputs)
-
-    def write_case_table(self, folder: str, outputs: Dict[str, Dict[str, np.ndarray]]) -> str:
-        """Merge these cases' rows (calibrated when the folds have calibration files) into
-        folder/predictions.csv|json; return the CSV path."""
-        outputs = {cid: self.calibrated_outputs(out) for cid, out in outputs.items()}
-        return merge_into_folder(folder, self.spec, outputs, self.outputs_calibrated)
-
-
-def aggregation_for(dataset_json: Optional[dict], requested: Aggregation) -> Aggregation:
-    """The requested rule; a model trained without masks has no meaningful foreground: plain mean."""
-    dataset_json = dataset_json or {}
-    if not has_block(dataset_json) or DatasetSpec.from_dataset_json(dataset_json).has_masks:
-        return requested
-    return Aggregation(MASKLESS_AGGREGATION, requested.foreground_floor)
-
-
-class _HeadPasses:
-    """Stands in for the network during one tile's mirror loop (nnU-Net's own): every forward
-    returns the segmentation nnU-Net expects and keeps the same pass's head outputs (converted to
-    probabilities / values; image-level, so a mirrored pass needs no flip back)."""
-
-    def __init__(self, network: torch.nn.Module):
-        self.network = network
-        self.net = unwrap(network)
-        self.sum: Optional[Dict[str, torch.Tensor]] = None
-        self.n = 0
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        seg, raw = self.network(x, with_heads=True)
-        out = self.net.outputs_to_predictions(raw)
-        self.sum = out if self.sum is None else {k: self.sum[k] + v for k, v in out.items()}
-        self.n += 1
-        return seg
-
-    def mean(self) -> Dict[str, torch.Tensor]:
-        return {k: (v / self.n)[0].float() for k, v in self.sum.items()}

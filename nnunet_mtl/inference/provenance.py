@@ -2,7 +2,7 @@
 and, per case, its input (source files and their content).
 
 A row in the prediction record (``prediction_merge``) is kept by a re-run only while both still
-hold: a retrained fold, another step size, mirroring, backend or aggregation rule, a changed or reconverted
+hold: a retrained fold, another step size, mirroring or backend, refitted heads (written into the checkpoints), a changed or reconverted
 input make the case out of date. Checkpoints are identified by path, size and mtime (cheap; a
 retraining rewrites them); a predictor not loaded from a model folder by its weights' hash.
 Input files by SHA-256, recomputed only when size or mtime changed (as ``conversion/provenance``).
@@ -12,27 +12,28 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from typing import Dict, List, Mapping, Optional, Sequence
+from typing import TYPE_CHECKING, Dict, List, Mapping, Optional, Sequence
 
 from nnunet_mtl.conversion.provenance import content_hash, load_manifest, source_stat
 
+if TYPE_CHECKING:  # the engine imports this module's neighbours; only its type is named here
+    from nnunet_mtl.inference.predictor import nnUNetPredictorMTL
 
-def model_identity(predictor) -> dict:
+
+def model_identity(predictor: "nnUNetPredictorMTL") -> dict:
     """Everything about the loaded model and settings that changes a case's mask or row."""
-    files = getattr(predictor, "checkpoint_files", None)
+    files = predictor.checkpoint_files
     if files:
         checkpoints = [{"path": os.path.abspath(p), "size": os.stat(p).st_size, "mtime_ns": os.stat(p).st_mtime_ns}
                        for p in files]
     else:
         checkpoints = [{"weights_sha256": _weights_hash(predictor)}]
-    aggregation = predictor.aggregation
     return {"checkpoints": checkpoints,
             "step_size": float(predictor.tile_step_size),
             "use_mirroring": bool(predictor.use_mirroring),
-            "backend": getattr(predictor, "backend", "torch"),  # OpenVINO's logits differ from torch's by ~1e-5
-            "aggregation": {"rule": aggregation.rule, "foreground_floor": float(aggregation.floor)},
+            "backend": predictor.backend,  # OpenVINO's logits differ from torch's by ~1e-5
             "targets": predictor.spec.to_json(),
-            "calibration": None if getattr(predictor, "calibration", None) is None
+            "calibration": None if predictor.calibration is None
             else {k: float(v) for k, v in sorted(predictor.calibration.temperatures.items())}}
 
 
@@ -80,7 +81,7 @@ def same_input(recorded: Optional[Mapping], current: Mapping) -> bool:
 
 def _weights_hash(predictor) -> str:
     h = hashlib.sha256()
-    params = getattr(predictor, "list_of_parameters", None) or [predictor.network.state_dict()]
+    params = predictor.list_of_parameters or [predictor.mtl_network.state_dict()]
     for state in params:
         for name in sorted(state):
             h.update(name.encode())

@@ -19,7 +19,7 @@ from typing import Callable, List, Optional, Sequence
 import torch
 from nnunetv2.inference.export_prediction import export_prediction_from_logits
 
-from nnunet_mtl.inference.case_collector import CaseHeads
+from nnunet_mtl.inference.predictor import CaseHeads
 
 
 def run_cases(predictor, input_lists: Sequence[List[str]], output_files: Sequence[str],

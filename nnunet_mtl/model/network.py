@@ -2,64 +2,87 @@
 
 It keeps ``encoder`` and ``decoder`` as direct attributes, so state-dict keys match a stock
 nnU-Net model (stock weights load with strict=False) and nnU-Net's
-``set_deep_supervision_enabled`` (``network.decoder.deep_supervision``) keeps working.
-``forward(x)`` keeps nnU-Net's contract (segmentation only), so stock validation and
-``nnUNetv2_predict`` work unchanged; ``forward(x, with_heads=True)`` returns
-``(seg, {target: raw head output})``. A keyword (not a second method) survives DDP/compile wrappers.
+``set_deep_supervision_enabled`` (``network.decoder.deep_supervision``) keeps working. Three calls:
+
+* ``forward(x)``: nnU-Net's contract (segmentation only), so stock validation and ``nnUNetv2_predict`` work;
+* ``forward(x, with_heads=True)``: ``(seg, {target: raw head output})`` of each sample (a training patch),
+  the heads reading that sample's pooled features (a keyword, not a second method, survives DDP/compile);
+* ``pooled(x, request)``: ``(seg or None, pool sums)`` of each sample, the inference engine's one call per
+  tile; the sums of a case's tiles add up (``pooling``) and ``read`` turns them into the heads' outputs.
+  Without a head that reads the segmentation the decoder does not run.
 """
 from __future__ import annotations
 
-from typing import Dict, Optional, Type
+from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
-from nnunet_mtl.model.heads import Head, PooledHead, build_heads
+from nnunet_mtl.model.heads import build_heads
+from nnunet_mtl.model.pooling import PoolRequest, Sums, foreground_probability, pool_sums
 from nnunet_mtl.targets import TargetSpec
 
 
 class MTLNetwork(nn.Module):
-    def __init__(self, unet: nn.Module, spec: TargetSpec, head_stages=(-1,), head_dropout: float = 0.2,
-                 head_class: Optional[Type[Head]] = None, seg_activation: str = "softmax"):
+    def __init__(self, unet: nn.Module, spec: TargetSpec, head_stages: Sequence[int] = (-1,),
+                 head_dropout: float = 0.2, head_pools: Sequence[str] = ("global",),
+                 seg_activation: str = "softmax"):
         super().__init__()
         self.encoder = unet.encoder
         self.decoder = unet.decoder
         self.spec = spec
+        self.has_regions = seg_activation == "sigmoid"
         with torch.random.fork_rng(devices=[]):  # the heads' initialisation leaves the random stream as stock's
-            self.heads = build_heads(spec, list(self.encoder.output_channels), head_stages, head_dropout,
-                                     head_class or PooledHead, seg_activation)
+            self.heads = build_heads(spec, list(self.encoder.output_channels), head_stages, head_pools, head_dropout)
         self.detach_head_inputs = False     # True: heads learn on the features without training the encoder
         self.capture_heads = False          # when True, a plain forward also stores head outputs
         self.last_head_outputs = None
+
+    @property
+    def request(self) -> Optional[PoolRequest]:
+        """What the heads read, together (None without heads)."""
+        return PoolRequest.union(h.request for h in self.heads.values())
+
+    @property
+    def heads_need_segmentation(self) -> bool:
+        return any(h.reads_segmentation for h in self.heads.values())
 
     def forward(self, x: torch.Tensor, with_heads: bool = False):
         skips = self.encoder(x)
         seg = self.decoder(skips)
         if with_heads or self.capture_heads:
-            heads = self.run_heads(skips, seg)
+            sums = self._sums(skips, seg, self.request, x.shape[2:])
+            heads = {name: head(sums) for name, head in self.heads.items()}
             if with_heads:
                 return seg, heads
             self.last_head_outputs = heads
         return seg
 
-    def forward_heads(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
-        """Raw head outputs from the encoder alone (no decoder): equal to ``forward(x, True)[1]`` when no head
-        ``reads_segmentation`` (``heads_need_segmentation``), at a fraction of the cost."""
-        return self.run_heads(self.encoder(x))
+    def pooled(self, x: torch.Tensor, request: Optional[PoolRequest] = None, with_seg: bool = False,
+               weights: Optional[torch.Tensor] = None) -> Tuple[Optional[torch.Tensor], Sums]:
+        """Each sample's pool sums (``request``, default what the heads read; none without heads) and, with
+        ``with_seg``, the segmentation logits of the same forward (else None; the decoder then runs only
+        when the pools read the segmentation). ``weights``: ``[B, *patch]`` voxel weights (``tiling``: a
+        tile's share of each voxel of its case); None: every voxel 1, as for a training patch."""
+        request = request or self.request
+        skips = self.encoder(x)
+        needs_seg = with_seg or (request is not None and request.reads_segmentation)
+        seg = self.decoder(skips) if needs_seg else None
+        sums = {} if request is None else self._sums(skips, seg, request, x.shape[2:], weights)
+        return (seg if with_seg else None), sums
 
-    @property
-    def heads_need_segmentation(self) -> bool:
-        return any(head.reads_segmentation for head in self.heads.values())
+    def read(self, sums: Sums) -> Dict[str, torch.Tensor]:
+        """Pool sums (one case's, added over its tiles) -> each target's probabilities / value in original units."""
+        return {name: head.to_output(head(sums)) for name, head in self.heads.items()}
 
-    def run_heads(self, skips, seg=None) -> Dict[str, torch.Tensor]:
-        """Every head on this pass's skips; heads that read the segmentation get its highest-resolution
-        logits (the first deep-supervision output)."""
+    def _sums(self, skips, seg, request: PoolRequest, patch, weights: Optional[torch.Tensor] = None) -> Sums:
         seg_hi = seg[0] if isinstance(seg, (list, tuple)) else seg
         if self.detach_head_inputs:
             skips = [s.detach() for s in skips]
-            seg_hi = None if seg_hi is None else seg_hi.detach()
-        return {name: head(skips, seg_hi) if head.reads_segmentation else head(skips)
-                for name, head in self.heads.items()}
+        fg = None
+        if request.reads_segmentation:
+            fg = foreground_probability(seg_hi.detach(), self.has_regions)
+        return pool_sums(skips, weights, request, fg, tuple(patch))
 
     def outputs_to_predictions(self, raw: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
         """Raw head outputs -> probabilities (classification) / original units (regression)."""
@@ -67,7 +90,7 @@ class MTLNetwork(nn.Module):
 
 
 def unwrap(network: nn.Module) -> nn.Module:
-    """The MTLNetwork inside DDP / torch.compile / OpenVINO (``openvino_backend``) wrappers."""
+    """The MTLNetwork inside DDP / torch.compile / OpenVINO (``inference.openvino_backend``) wrappers."""
     while True:
         if isinstance(getattr(network, "_modules", {}).get("torch_network"), nn.Module):
             network = network._modules["torch_network"]

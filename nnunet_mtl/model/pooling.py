@@ -1,106 +1,143 @@
-"""Per-stage pooling of encoder features over the tiles of one case.
+"""Pooled encoder features: the one definition of what an image-level head reads.
 
-Every network forward (one tile, or one mirrored copy of it) yields the encoder skips
-``[B, C_s, *spatial_s]`` and the segmentation logits ``[B, K, *patch]``. Two pools per stage are
-accumulated as sums, so tiles combine the way nnU-Net stitches them (overlaps weighted by the
-Gaussian importance map ``g``, resized to the stage's resolution):
+Every forward (a training patch, or one tile of a case) gives the encoder skips ``[B, C_s, *spatial_s]``
+and the segmentation logits ``[B, K, *patch]``. Per encoder stage, two pools of the feature map:
 
-* ``global``: ``sum(x * g) / sum(g)``: the Gaussian-weighted mean over the whole case;
-* ``foreground``: ``sum(x * g * p) / sum(g * p)`` with ``p`` the model's own predicted foreground
-  probability (1 - P(background); max sigmoid for region models), resized to the stage. When the
-  model predicts no foreground anywhere it falls back to the global pool.
+* ``global``: ``sum(x * w) / sum(w)``, the mean of the features;
+* ``foreground``: ``sum(x * w * p) / sum(w * p)``, ``p`` the same forward's predicted foreground
+  probability (1 - P(background); the max sigmoid for region labels), detached; where the predicted
+  foreground carries no weight, the global pool.
 
-Mirroring needs no special care: a flipped input gives flipped skips and a flipped ``p``, and
-both pools are invariant to the flip (``g`` is symmetric).
+``w`` is a voxel weight per sample (area-resized to each stage): 1 for a training patch; for the tiles
+of a case, the sliding window's share of each voxel (``tiling``: nnU-Net's Gaussian of the tile over the
+sum of the Gaussians of every tile covering the voxel), so a case's pools are the plain means of its
+features as nnU-Net stitches them, and a case of one tile is pooled exactly as a training patch. The pools
+are kept as sums (numerators and denominators), which add over tiles: a whole case's features are its
+tiles' sums added up and then divided, with the very function that gives one patch's features in training.
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence
+from dataclasses import dataclass
+from typing import Dict, Iterable, Optional, Sequence, Tuple
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 POOLS = ("global", "foreground")
 EPS = 1e-6
+Sums = Dict[str, torch.Tensor]  # "{pool}_num_s{stage}": [B, C_s], "{pool}_den_s{stage}": [B]
 
 
 def foreground_probability(seg_logits: torch.Tensor, has_regions: bool) -> torch.Tensor:
-    """[B, K, *spatial] logits -> [B, *spatial] probability that a voxel is foreground."""
+    """``[B, K, *spatial]`` logits -> ``[B, *spatial]`` probability that a voxel is foreground."""
     seg = seg_logits.float()
     if has_regions:
         return torch.sigmoid(seg).amax(1)
+    if seg.shape[1] == 1:
+        return torch.sigmoid(seg)[:, 0]
     return 1.0 - torch.softmax(seg, 1)[:, 0]
 
 
-def resize_to(weights: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
-    """[B, *spatial] -> [B, *shape] by area averaging (the stage's view of a voxel weight)."""
+@dataclass(frozen=True)
+class PoolRequest:
+    """Which stages (absolute indices) and pools a reader needs; ``|`` merges two requests."""
+    stages: Tuple[int, ...]
+    pools: Tuple[str, ...]
+
+    def __post_init__(self):
+        unknown = sorted(set(self.pools) - set(POOLS))
+        if unknown:
+            raise ValueError(f"unknown pool(s) {unknown}; use {list(POOLS)}")
+
+    def __or__(self, other: "PoolRequest") -> "PoolRequest":
+        return PoolRequest(tuple(sorted(set(self.stages) | set(other.stages))),
+                           tuple(p for p in POOLS if p in self.pools or p in other.pools))
+
+    @property
+    def reads_segmentation(self) -> bool:
+        return "foreground" in self.pools
+
+    @classmethod
+    def union(cls, requests: Iterable["PoolRequest"]) -> Optional["PoolRequest"]:
+        out = None
+        for r in requests:
+            out = r if out is None else out | r
+        return out
+
+
+def resolve_stages(stages: Optional[Sequence[int]], n_stages: int) -> Tuple[int, ...]:
+    """Stage indices (negative: from the bottleneck; None: all) as absolute indices, checked, in order given."""
+    if stages is None:
+        return tuple(range(n_stages))
+    out = []
+    for s in stages:
+        idx = int(s) + n_stages if int(s) < 0 else int(s)
+        if not 0 <= idx < n_stages:
+            raise ValueError(f"encoder stage {s} does not exist (the encoder has {n_stages} stages)")
+        if idx not in out:
+            out.append(idx)
+    return tuple(out)
+
+
+def _resize(weights: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+    """``[B, *spatial]`` -> ``[B, *shape]`` by area averaging (the stage's view of a voxel weight)."""
     if tuple(weights.shape[1:]) == tuple(shape):
         return weights
     return F.interpolate(weights[:, None], size=tuple(shape), mode="area")[:, 0]
 
 
-def stage_sums(skip: torch.Tensor, importance: torch.Tensor, fg: Optional[torch.Tensor]) -> Dict[str, torch.Tensor]:
-    """Per forward of a batch: both pools' numerators ``[B, C]`` and denominators ``[B]`` at one stage;
-    ``importance`` / ``fg``: ``[B, *patch]`` (``fg`` None: the global pool only)."""
-    x = skip.float()
-    g = resize_to(importance, x.shape[2:])
-    sums = {"global_num": (x * g[:, None]).flatten(2).sum(2), "global_den": g.flatten(1).sum(1)}
-    if fg is not None:
-        gp = g * resize_to(fg, x.shape[2:])
-        sums.update(foreground_num=(x * gp[:, None]).flatten(2).sum(2), foreground_den=gp.flatten(1).sum(1))
+def sum_keys(request: PoolRequest) -> Tuple[str, ...]:
+    """The keys of ``pool_sums`` for a request, in a fixed order (a compiled graph's outputs follow it)."""
+    pools = ("global",) + (("foreground",) if request.reads_segmentation else ())
+    return tuple(f"{p}_{part}_s{s}" for s in request.stages for p in pools for part in ("num", "den"))
+
+
+def pool_sums(skips: Sequence[torch.Tensor], weights: Optional[torch.Tensor], request: PoolRequest,
+              foreground: Optional[torch.Tensor] = None, patch: Optional[Sequence[int]] = None) -> Sums:
+    """Per sample of a batch, the requested pools' numerators and denominators at the requested stages.
+    ``weights``: ``[B, *patch]`` voxel weights (None: 1 everywhere on ``patch``, the input's spatial shape);
+    ``foreground``: ``[B, *patch]`` (needed when the foreground pool is asked)."""
+    b = skips[0].shape[0]
+    if weights is None:
+        weights = torch.ones((b, *(patch or foreground.shape[1:])), device=skips[0].device)
+    imp = weights.to(skips[0].device, torch.float32)
+    if request.reads_segmentation and foreground is None:
+        raise ValueError("the foreground pool needs the segmentation logits of the same forward")
+    sums = {}
+    for s in request.stages:
+        x = skips[s].float()
+        g = _resize(imp, x.shape[2:])
+        sums[f"global_num_s{s}"] = (x * g[:, None]).flatten(2).sum(2)
+        sums[f"global_den_s{s}"] = g.flatten(1).sum(1)
+        if request.reads_segmentation:
+            gp = g * _resize(foreground.float(), x.shape[2:])
+            sums[f"foreground_num_s{s}"] = (x * gp[:, None]).flatten(2).sum(2)
+            sums[f"foreground_den_s{s}"] = gp.flatten(1).sum(1)
     return sums
 
 
-def has_foreground(foreground_den: torch.Tensor, global_den: torch.Tensor) -> torch.Tensor:
-    """Whether the predicted foreground carries weight; where it does not, the foreground pool is the global one."""
-    return foreground_den > EPS * global_den
+def add_sums(total: Optional[Sums], sums: Sums) -> Sums:
+    """Accumulate per-case sums (``sums`` already summed over its batch, or per sample: added as they are)."""
+    if total is None:
+        return {k: v.clone() for k, v in sums.items()}
+    return {k: total[k] + sums[k] for k in total}
 
 
-class StagePooler:
-    """Accumulates the sums of both pools for every stage over the forwards of one case."""
-
-    def __init__(self):
-        self.sums: Optional[List[Dict[str, torch.Tensor]]] = None
-        self.n_forwards = 0
-
-    def add(self, skips: Sequence[torch.Tensor], fg: torch.Tensor, importance: torch.Tensor) -> None:
-        """skips: the encoder's outputs; fg: [B, *patch] foreground probability; importance: [*patch]."""
-        if self.sums is None:
-            self.sums = [{} for _ in skips]
-        imp = importance.to(fg.device, fg.dtype)[None].expand_as(fg)
-        for acc, skip in zip(self.sums, skips):
-            for k, v in stage_sums(skip, imp, fg).items():
-                v = v.sum(0)  # the batch's forwards are tiles / mirrors of the same case
-                acc[k] = acc[k] + v if k in acc else v
-        self.n_forwards += 1
-
-    def result(self) -> Dict[str, np.ndarray]:
-        """{'global_s0': (C0,), 'foreground_s0': (C0,), ..., 'foreground_fraction': ()} as numpy."""
-        if self.sums is None:
-            raise RuntimeError("no network forward was captured for this case")
-        out = {}
-        for s, acc in enumerate(self.sums):
-            glob = acc["global_num"] / acc["global_den"].clamp_min(EPS)
-            fg = (acc["foreground_num"] / acc["foreground_den"]
-                  if has_foreground(acc["foreground_den"], acc["global_den"]) else glob)
-            out[f"global_s{s}"] = glob.cpu().numpy().astype(np.float32)
-            out[f"foreground_s{s}"] = fg.cpu().numpy().astype(np.float32)
-        first = self.sums[0]
-        out["foreground_fraction"] = np.float32(float(first["foreground_den"]) / max(float(first["global_den"]), EPS))
-        return out
+def case_sums(sums: Sums, rows: Optional[Sequence[int]] = None) -> Sums:
+    """A batch's per-sample sums (the chosen ``rows``, default all) added into one sample's ``[1, ...]``."""
+    return {k: (v if rows is None else v[list(rows)]).sum(0, keepdim=True) for k, v in sums.items()}
 
 
-def n_stages(pooled: Dict[str, np.ndarray]) -> int:
-    return sum(1 for k in pooled if k.startswith("global_s"))
-
-
-def feature_vector(pooled: Dict[str, np.ndarray], stages: Optional[Sequence[int]] = None,
-                   pools: Sequence[str] = POOLS) -> np.ndarray:
-    """One case's features: the chosen pools of the chosen stages (negative = from the bottleneck), concatenated."""
-    total = n_stages(pooled)
-    chosen = range(total) if stages is None else [s % total for s in stages]
-    unknown = sorted(set(pools) - set(POOLS))
-    if unknown:
-        raise ValueError(f"unknown pool(s) {unknown}; use {list(POOLS)}")
-    return np.concatenate([pooled[f"{p}_s{s}"] for s in chosen for p in pools]).astype(np.float64)
+def features(sums: Sums, stages: Sequence[int], pools: Sequence[str]) -> torch.Tensor:
+    """``[B, F]``: the pools of the stages, stage by stage, pool by pool (the order fitted heads are fitted in)."""
+    parts = []
+    for s in stages:
+        glob = sums[f"global_num_s{s}"] / sums[f"global_den_s{s}"].clamp_min(EPS)[:, None]
+        for p in pools:
+            if p == "global":
+                parts.append(glob)
+            else:
+                den = sums[f"foreground_den_s{s}"]
+                fore = sums[f"foreground_num_s{s}"] / den.clamp_min(EPS)[:, None]
+                parts.append(torch.where((den > EPS * sums[f"global_den_s{s}"])[:, None], fore, glob))
+    return torch.cat(parts, 1)

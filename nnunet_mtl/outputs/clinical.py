@@ -20,8 +20,9 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Mapping
 
 from nnunet_mtl.conversion.provenance import load_manifest
-from nnunet_mtl.dataset_spec import DATASET_JSON_KEY, DatasetSpec, targets_from_plans
-from nnunet_mtl.file_names import predicted_mask
+from nnunet_mtl.dataset_spec import DatasetSpec, targets_from_plans
+from nnunet_mtl.file_names import predicted_mask, safe_name
+from nnunet_mtl.inference.folders import CONVERTED_INPUTS
 from nnunet_mtl.io_utils import read_json
 from nnunet_mtl.prediction_table import CALIBRATED_COLUMN, CASE_COLUMN, YES
 from nnunet_mtl.inference.record import CSV_NAME
@@ -45,15 +46,7 @@ class ModelFacts:
 
     @classmethod
     def from_model_folder(cls, model_dir: str) -> "ModelFacts":
-        """Our model folder, or a frozen-heads folder: then the targets are the heads' and the masks
-        (file ending, labels) the stock model's, as its predictor writes them."""
-        from nnunet_mtl.frozen.heads_model import INFO_FILE
-        if os.path.isfile(info := os.path.join(model_dir, INFO_FILE)):
-            heads = read_json(info)
-            dataset_json = read_json(os.path.join(heads["stock_model"], "dataset.json"))
-            spec = TargetSpec.from_json(heads["targets"])
-            has_masks = DATASET_JSON_KEY not in dataset_json or DatasetSpec.from_dataset_json(dataset_json).has_masks
-            return cls(spec, dataset_json["file_ending"], has_masks, exported_label_values(dataset_json))
+        """Any model folder of ours (trained, or made by ``nnunet_mtl_add_heads``)."""
         dataset_json = read_json(os.path.join(model_dir, "dataset.json"))
         spec = targets_from_plans(read_json(os.path.join(model_dir, "plans.json")))
         return cls(spec, dataset_json["file_ending"], DatasetSpec.from_dataset_json(dataset_json).has_masks,
@@ -83,7 +76,6 @@ def read_rows(output_dir: str) -> List[dict]:
 def case_sources(output_dir: str) -> Dict[str, List[str]]:
     """Case id -> the user's input paths, from the converted-input manifest ({} when nothing was converted:
     inputs already in nnU-Net's format are not DICOM)."""
-    from nnunet_mtl.inference.folders import CONVERTED_INPUTS
     return {cid: list(rec.get("sources", [])) for cid, rec in
             load_manifest(os.path.join(output_dir, CONVERTED_INPUTS)).items()}
 
@@ -134,12 +126,11 @@ def write_dicom_folder(model_dir: str, output_dir: str, seg_type: str = "binary"
 def gradcam_overlays(output_dir: str, case_ids, spec: TargetSpec) -> Dict[str, str]:
     """Case id -> the Grad-CAM overlay PNG of its first classification target that has one
     (``--explain`` writes ``explanations/<case>_<target>-<class>_<method>_overlay.png``)."""
-    from nnunet_mtl.outputs.explain import _safe
     root = os.path.join(output_dir, EXPLANATIONS_DIR)
     out = {}
     for cid in case_ids:
         for t in spec.classification_targets:
-            stem = glob.escape(f"{cid}_{_safe(t.name)}-")
+            stem = glob.escape(f"{cid}_{safe_name(t.name)}-")
             found = sorted(glob.glob(os.path.join(root, stem + "*_overlay.png"))
                            + glob.glob(os.path.join(root, glob.escape(cid), stem + "*_overlay.png")))
             if found:

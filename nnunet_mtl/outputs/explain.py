@@ -13,10 +13,8 @@ Why this shape:
 from __future__ import annotations
 
 import importlib.util
-import itertools
 import logging
 import os
-import re
 from typing import Dict, Optional, Sequence
 
 import numpy as np
@@ -24,15 +22,15 @@ import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
 from acvl_utils.cropping_and_padding.bounding_boxes import insert_crop_into_image
-from acvl_utils.cropping_and_padding.padding import pad_nd_image
 from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
-from nnunetv2.inference.sliding_window_prediction import compute_gaussian
 from torch import nn
 
-from nnunet_mtl.inference.case_aggregation import DEFAULT_AGGREGATION, DEFAULT_FOREGROUND_FLOOR
-from nnunet_mtl.model.heads import resolve_stages
+from nnunet_mtl.file_names import safe_name
 from nnunet_mtl.io_utils import atomic_save_image, atomic_write_json
+from nnunet_mtl.inference import loader, tiling
+from nnunet_mtl.inference.loader import ModelFolderError
 from nnunet_mtl.inference.masks import read_mask_array
+from nnunet_mtl.model.pooling import resolve_stages
 from nnunet_mtl.model.network import unwrap
 from nnunet_mtl.targets import Target, TargetSpec, TargetSpecError
 
@@ -57,9 +55,9 @@ class ExplainError(ValueError):
 
 # ------------------------------------------------------------------------------ one tile
 class HeadLogits(nn.Module):
-    """Input tile -> one head's raw outputs: the classifier-shaped model pytorch_grad_cam expects.
-    Runs encoder + head; the decoder too for heads that pool with the predicted mask (its
-    foreground is detached inside the head, so the map still explains the encoder features)."""
+    """Input tile -> one head's raw outputs: the classifier-shaped model pytorch_grad_cam expects. Runs the
+    network's ``pooled`` (encoder; the decoder too for heads that pool with the predicted foreground, which is
+    detached, so the map explains the encoder features) and the head on the tile's pools."""
 
     def __init__(self, network: nn.Module, target: str):
         super().__init__()
@@ -67,12 +65,8 @@ class HeadLogits(nn.Module):
         self.target = target
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        net, head = self.network, self.network.heads[self.target]
-        skips = net.encoder(x)
-        if not head.reads_segmentation:
-            return head(skips)
-        seg = net.decoder(skips)
-        return head(skips, seg[0] if isinstance(seg, (list, tuple)) else seg)
+        head = self.network.heads[self.target]
+        return head(self.network.pooled(x, head.request)[1])
 
 
 def check_method(method: str) -> str:
@@ -88,7 +82,7 @@ def resolve_stage(network: nn.Module, target: str, stage: Optional[int] = None) 
     net = unwrap(network)
     if target not in net.heads:
         raise ExplainError(f"unknown target {target!r} (the network has heads {sorted(net.heads)})")
-    head_stages = net.heads[target].stages
+    head_stages = net.heads[target].request.stages
     if stage is None:
         return max(head_stages)
     try:
@@ -139,50 +133,27 @@ class TileCAM:
         return up[:, 0].clamp_min(0).numpy()
 
 
-def mirrored_cam(tile_cam: TileCAM, x: torch.Tensor, class_index: int, mirror_axes=None) -> np.ndarray:
-    """Average the tile's map over nnU-Net's mirror combinations (flipped back), like its logits.
-    nnU-Net's own mirror loop (``_internal_maybe_mirror_and_predict``) runs in inference mode and
-    returns only logits, so it cannot carry the gradients a map needs; the combinations are the same."""
-    cam = tile_cam(x, class_index)
-    if not mirror_axes:
-        return cam
-    axes = [a + 2 for a in mirror_axes]
-    combos = [c for i in range(len(axes)) for c in itertools.combinations(axes, i + 1)]
-    for c in combos:
-        cam += np.flip(tile_cam(torch.flip(x, c), class_index), axis=tuple(a - 1 for a in c))
-    return cam / (len(combos) + 1)
-
-
 # ------------------------------------------------------------------------------ whole case
 def cam_for_preprocessed(network: nn.Module, predictor, data: torch.Tensor, target: str, class_index: int,
                          stage: Optional[int] = None, method: str = "gradcam", mirror_axes=None) -> np.ndarray:
-    """Map of one preprocessed case ``(c, *spatial)`` -> ``(*spatial)``, with the network's current
-    weights, tiled by the predictor's sliding window and stitched with its Gaussian, unscaled."""
+    """Map of one preprocessed case ``(c, *spatial)`` -> ``(*spatial)``, with the network's current weights:
+    one map per tile and mirror (flipped back), stitched by the sliding window (``tiling``) as logits are,
+    unscaled."""
     data = torch.as_tensor(data)
     stage = resolve_stage(network, target, stage)
-    patch = tuple(predictor.configuration_manager.patch_size)
-    padded, revert = pad_nd_image(data, patch, "constant", {"value": 0}, True, None)
-    slicers = predictor._internal_get_sliding_window_slicers(padded.shape[1:])
-    weight = (compute_gaussian(patch, sigma_scale=1. / 8, value_scaling_factor=10, device=torch.device("cpu"))
-              .float().numpy() if predictor.use_gaussian else np.ones(patch, dtype=np.float32))
-    total = np.zeros(padded.shape[1:], dtype=np.float32)
-    norm = np.zeros(padded.shape[1:], dtype=np.float32)
+    padded, slicers, revert = predictor.padded_tiles(data)
     device = next(unwrap(network).parameters()).device
     with TileCAM(network, target, stage, method) as tile_cam:
-        for sl in slicers:
-            tile = padded[sl][None].to(device)
-            total[sl[1:]] += mirrored_cam(tile_cam, tile, class_index, mirror_axes)[0] * weight
-            norm[sl[1:]] += weight
-    return (total / np.maximum(norm, 1e-8))[tuple(revert[1:])]
+        cam, _ = tiling.sliding_window(lambda x, _: (torch.from_numpy(tile_cam(x, class_index))[:, None], None), padded,
+                                       slicers, predictor.configuration_manager.patch_size, 1, mirror_axes,
+                                       predictor.use_gaussian, device, torch.device("cpu"), dtype=torch.float32)
+    return cam[0].numpy()[tuple(revert[1:])]
 
 
 def fold_networks(predictor):
-    """The predictor's folds in turn, each a network with ``heads``: ours with each fold's weights loaded
-    (as nnU-Net does), or a frozen-heads predictor's stock network with each fold's probes as torch heads."""
-    if hasattr(predictor, "explain_networks"):
-        yield from predictor.explain_networks()
-        return
-    net = unwrap(predictor.network)
+    """The predictor's folds in turn: its network with each fold's weights (heads included) loaded, as nnU-Net
+    loads them."""
+    net = predictor.mtl_network
     for p in predictor.list_of_parameters or [None]:
         if p is not None:
             net.load_state_dict(p)
@@ -236,29 +207,16 @@ def write_map_image(arr: np.ndarray, properties: dict, path: str) -> str:
 
 # ------------------------------------------------------------------------------ model and inputs
 def load_predictor(model_dir: str, folds=None, checkpoint: str = "checkpoint_final.pth", device: str = "cpu",
-                   use_mirroring: bool = True, aggregation: str = DEFAULT_AGGREGATION,
-                   foreground_floor: float = DEFAULT_FOREGROUND_FLOOR):
-    """The inference API's predictor, after one-line checks naming the missing folder or checkpoint."""
-    from nnunet_mtl.inference import folders as inference
-    from nnunet_mtl.inference.heads_predictor import is_heads_folder
-    if not os.path.isdir(model_dir):
-        raise ExplainError(f"model folder {model_dir} does not exist")
-    if is_heads_folder(model_dir):  # probe heads: the stock model's folds, checked by their loader
-        return inference.load_predictor(model_dir, folds, checkpoint, device, use_mirroring=use_mirroring)
-    for name in ("plans.json", "dataset.json"):
-        if not os.path.isfile(os.path.join(model_dir, name)):
-            raise ExplainError(f"model folder {model_dir} has no {name}")
+                   use_mirroring: bool = True):
+    """The engine for a model folder, on torch (maps need gradients); a folder or checkpoint it cannot use is one
+    ``ExplainError`` line naming it."""
     if folds is not None:
         folds = [str(f) for f in ([folds] if isinstance(folds, (int, str)) else folds)]
-        for f in folds:
-            ck = os.path.join(model_dir, f"fold_{f}", checkpoint)
-            if not os.path.isfile(ck):
-                raise ExplainError(f"checkpoint {ck} does not exist")
-    elif not any(os.path.isfile(os.path.join(model_dir, d, checkpoint)) for d in os.listdir(model_dir)
-                 if d.startswith("fold_")):
-        raise ExplainError(f"model folder {model_dir} has no fold_*/{checkpoint}")
-    return inference.load_predictor(model_dir, folds, checkpoint, device, use_mirroring=use_mirroring,
-                                    aggregation=aggregation, foreground_floor=foreground_floor)
+    try:
+        return loader.load_predictor(model_dir, folds, checkpoint, device, use_mirroring=use_mirroring,
+                                     backend="torch")
+    except ModelFolderError as e:
+        raise ExplainError(str(e)) from None
 
 
 def lookup_target(spec: TargetSpec, target: str, where: str) -> Target:
@@ -297,16 +255,13 @@ def preprocess(predictor, image_files: Sequence[str]):
     return torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32)), props
 
 
-def _safe(text) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(text)).strip("_") or "x"
 
 
 # ------------------------------------------------------------------------------ public entry point
 def explain_case(model_dir: str, image_files: Sequence[str], output_prefix: str, target: str,
                  class_name=None, method: str = "gradcam", stage: Optional[int] = None, folds=None,
                  checkpoint: str = "checkpoint_final.pth", device: str = "cpu", mask_file: Optional[str] = None,
-                 top_k: int = 3, use_mirroring: bool = True, predictor=None, aggregation: str = DEFAULT_AGGREGATION,
-                 foreground_floor: float = DEFAULT_FOREGROUND_FLOOR) -> Dict[str, str]:
+                 top_k: int = 3, use_mirroring: bool = True, predictor=None) -> Dict[str, str]:
     """Explain one case's head decision; return the written paths.
 
     Writes ``{output_prefix}_{target}-{class}_{method}`` + ``_cam.nii.gz`` (map in [0, 1] with the
@@ -317,7 +272,7 @@ def explain_case(model_dir: str, image_files: Sequence[str], output_prefix: str,
     method = check_method(method)
     image_files = [image_files] if isinstance(image_files, str) else list(image_files)
     if predictor is None:
-        predictor = load_predictor(model_dir, folds, checkpoint, device, use_mirroring, aggregation, foreground_floor)
+        predictor = load_predictor(model_dir, folds, checkpoint, device, use_mirroring)
     where = str(model_dir)
     tgt = lookup_target(predictor.spec, target, where)
     stage_idx = resolve_stage(next(fold_networks(predictor)), target, stage)
@@ -327,7 +282,7 @@ def explain_case(model_dir: str, image_files: Sequence[str], output_prefix: str,
         raise ExplainError(f"mask file {mask_file} does not exist")
     data, props = preprocess(predictor, image_files)
 
-    logits, heads = predictor.predict_case(data, _safe(os.path.basename(output_prefix)))
+    logits, heads = predictor.predict_case(data, safe_name(os.path.basename(output_prefix)))
     raw_outputs = np.asarray(heads.outputs[target], dtype=float)
     # what predictions.csv shows for this case: calibrated when the folds have calibration files
     outputs = np.asarray(predictor.calibrated_outputs(heads.outputs)[target], dtype=float)
@@ -340,7 +295,7 @@ def explain_case(model_dir: str, image_files: Sequence[str], output_prefix: str,
     cam = cam / raw_max if raw_max > 0 else cam
 
     label = tgt.classes[class_index] if tgt.is_classification else "value"
-    base = f"{output_prefix}_{_safe(target)}-{_safe(label)}_{method.replace('++', 'pp')}"
+    base = f"{output_prefix}_{safe_name(target)}-{safe_name(label)}_{method.replace('++', 'pp')}"
     image = predictor.plans_manager.image_reader_writer_class().read_images(image_files[:1])[0][0]
     title = f"{target}: {label} ({method}, stage {stage_idx})"
     if tgt.is_classification:
@@ -351,8 +306,7 @@ def explain_case(model_dir: str, image_files: Sequence[str], output_prefix: str,
                "class_index": class_index, "method": method, "stage": stage_idx,
                "folds": len(predictor.list_of_parameters), "raw_max": raw_max, "outputs": outputs.tolist(),
                "outputs_uncalibrated": raw_outputs.tolist(), "probabilities_calibrated": predictor.outputs_calibrated,
-               "slices_shown": paths.pop("slices"), "outline": "mask_file" if mask_file else "predicted segmentation",
-               "aggregation": heads.aggregation.rule}
+               "slices_shown": paths.pop("slices"), "outline": "mask_file" if mask_file else "predicted segmentation"}
     if tgt.is_classification:
         summary["probabilities"] = dict(zip(tgt.classes, outputs.tolist()))
     atomic_write_json(base + ".json", summary)

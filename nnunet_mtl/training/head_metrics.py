@@ -11,7 +11,6 @@ import torch
 from sklearn.metrics import f1_score
 
 from nnunet_mtl.training.losses import IGNORE_INDEX
-from nnunet_mtl.evaluation.metrics import classification_metrics, regression_metrics
 from nnunet_mtl.targets import TargetSpec
 from nnunet_mtl.training.step_helpers import gather_list
 
@@ -54,26 +53,3 @@ def patch_head_metrics(spec: TargetSpec, val_outputs: List[dict], is_ddp: bool,
             scores.append(1.0 / (1.0 + mae / std))
     record["head_score"] = float(np.mean(scores)) if scores else math.nan
     return record
-
-
-def whole_case_summary(spec: TargetSpec, rows: List[dict], table) -> Dict[str, object]:
-    """Accuracy / macro-F1 (classification) and MAE (regression) over whole-case prediction rows,
-    computed by the same functions as evaluation.py so both reports agree."""
-    summary, headline = {"n_cases": len(rows), "targets": {}}, []
-    for t in spec:
-        pairs = [(r[t.name], table.value(r["case_id"], t.name)) for r in rows
-                 if table.value(r["case_id"], t.name) is not None]
-        if not pairs:
-            continue
-        if t.is_classification:
-            scores = classification_metrics([t.classes.index(g) for _, g in pairs],
-                                            [t.classes.index(p) for p, _ in pairs], None, t.classes)
-            acc, f1 = scores["accuracy"], scores["macro_f1"]
-            summary["targets"][t.name] = {"accuracy": acc, "macro_f1": f1, "n": len(pairs)}
-            headline.append(f"{t.name}: accuracy {acc:.3f}, macro-F1 {f1:.3f} (n={len(pairs)})")
-        else:
-            mae = regression_metrics([g for _, g in pairs], [p for p, _ in pairs])["mae"]
-            summary["targets"][t.name] = {"mae": mae, "n": len(pairs)}
-            headline.append(f"{t.name}: MAE {mae:.3f} (n={len(pairs)})")
-    summary["headline"] = "; ".join(headline)
-    return summary

@@ -105,6 +105,15 @@ BUDGETS = {
     "tiny": dict(num_epochs=2, num_iterations_per_epoch=3, num_val_iterations_per_epoch=1, warmup_epochs=1,
                  ramp_epochs=1),
 }
+# the demo (pipeline.py --demo, the notebook's "demo"): every step on a CPU in minutes; its numbers say nothing
+# about real data
+DEMO_BUDGET = BUDGETS["demo"]
+DEMO_SHRINK = {"3d": dict(max_features=24, batch_size=2, n_stages=4, patch_size=(16, 32, 32)),
+               "2d": dict(max_features=32, batch_size=4, n_stages=5)}
+
+# how a model's image-level heads are set (pipeline --heads): fitted in closed form after training, or trained
+HEADS_CHOICES = ("fitted", "trained")
+DEFAULT_HEADS = "fitted"
 
 
 def check_knobs(values: dict, source: str = ENV_VAR) -> dict:

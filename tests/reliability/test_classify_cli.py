@@ -9,7 +9,8 @@ import pytest
 from PIL import Image
 
 from nnunet_mtl import trainer_dir
-from nnunet_mtl.inference.folders import classify_files, load_predictor
+from nnunet_mtl.inference.folders import classify_files
+from nnunet_mtl.inference.loader import load_predictor
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -56,7 +57,7 @@ def test_old_positional_model_still_works_with_a_deprecation_line(trained_2d, fi
 
 
 def test_equal_names_in_two_folders_stay_apart_and_results_stream(trained_2d, files, tmp_path):
-    predictor = load_predictor(trained_2d, folds=[0], use_mirroring=False)
+    predictor = load_predictor(trained_2d, folds=[0], use_mirroring=False, backend="torch")
     asked = []
 
     def given():

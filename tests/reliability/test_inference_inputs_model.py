@@ -7,12 +7,13 @@ import pytest
 import SimpleITK as sitk
 
 from nnunet_mtl.conversion.masks import ConversionError
-from nnunet_mtl.inference.folders import load_predictor, model_inputs, predict_folder
+from nnunet_mtl.inference.folders import predict_folder
+from nnunet_mtl.inference.loader import load_predictor, model_inputs
 from tests.reliability.helpers import snapshot
 
 
 def test_trained_2d_model_takes_one_channel_2d_images_and_refuses_a_volume(trained_2d, tmp_path):
-    predictor = load_predictor(trained_2d, folds=[0])
+    predictor = load_predictor(trained_2d, folds=[0], backend="torch")
     model = model_inputs(predictor)
     assert model.image_dims == 2 and model.n_channels == 1
     (tmp_path / "in").mkdir()

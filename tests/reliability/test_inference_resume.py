@@ -13,7 +13,8 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from nnunet_mtl.inference.folders import load_predictor, predict_folder
+from nnunet_mtl.inference.folders import predict_folder
+from nnunet_mtl.inference.loader import load_predictor
 from nnunet_mtl.inference.record import PROVENANCE_NAME, RECORD_NAME
 from tests.reliability.helpers import snapshot
 
@@ -22,14 +23,15 @@ pytestmark = pytest.mark.timeout(600)
 KILL_AFTER_FIRST_ROW = textwrap.dedent("""
     import os, signal, sys
     from nnunet_mtl.inference import record as prediction_merge
-    from nnunet_mtl.inference.folders import load_predictor, predict_folder
+    from nnunet_mtl.inference.folders import predict_folder
+    from nnunet_mtl.inference.loader import load_predictor
     append = prediction_merge.PredictionRecord.append
     def append_then_die(self, *args, **kwargs):
         append(self, *args, **kwargs)
         os.kill(os.getpid(), signal.SIGKILL)
     prediction_merge.PredictionRecord.append = append_then_die
     model, images, out = sys.argv[1:4]
-    predict_folder(load_predictor(model, folds=[0], use_mirroring=False), images, out,
+    predict_folder(load_predictor(model, folds=[0], use_mirroring=False, backend="torch"), images, out,
                    num_processes_preprocessing=1, num_processes_export=1)
 """)
 
@@ -50,7 +52,7 @@ def _record(out):
 
 
 def _predict(model_dir, images, out, lines, **kw):
-    predictor = load_predictor(model_dir, folds=[0], use_mirroring=False)
+    predictor = load_predictor(model_dir, folds=[0], use_mirroring=False, backend="torch")
     return predict_folder(predictor, images, out, num_processes_preprocessing=1, num_processes_export=1,
                           report=lines.append, **kw)
 
@@ -119,11 +121,11 @@ def test_retrained_model_replaces_every_row_and_mask(model, images, tmp_path):
 def test_changed_settings_make_every_case_out_of_date(model, images, tmp_path):
     out, lines = str(tmp_path / "out"), []
     _predict(model, images, out, lines)
-    predictor = load_predictor(model, folds=[0], use_mirroring=False, step_size=0.75)
+    predictor = load_predictor(model, folds=[0], use_mirroring=False, step_size=0.75, backend="torch")
     predict_folder(predictor, images, out, num_processes_preprocessing=1, num_processes_export=1, report=lines.append)
     assert lines[-1].startswith(f"{out}: 3 predicted, 0 kept, 0 removed (model or settings changed: step_size;")
     prov = json.load(open(os.path.join(out, PROVENANCE_NAME)))
-    assert prov["model"]["step_size"] == 0.75 and prov["model"]["aggregation"]["rule"] == "foreground_weighted"
+    assert prov["model"]["step_size"] == 0.75 and prov["model"]["backend"] == "torch"
     assert prov["model"]["checkpoints"][0]["path"].endswith(os.path.join("fold_0", "checkpoint_final.pth"))
     assert sorted(prov["cases"]) == _masks(out)
 

@@ -11,7 +11,8 @@ from PIL import Image
 
 from nnunet_mtl.conversion.inference_inputs import prepare_cases
 from nnunet_mtl.file_names import predicted_mask
-from nnunet_mtl.inference.folders import load_predictor, predict_folder
+from nnunet_mtl.inference.folders import predict_folder
+from nnunet_mtl.inference.loader import load_predictor
 from nnunet_mtl.inference.masks import read_mask_array, to_mask_format, write_png_mask
 from nnunet_mtl.synthetic import make_radiograph
 
@@ -81,7 +82,7 @@ def png_cases(tmp_path_factory):
 def test_png_inputs_give_png_masks_scored_like_their_nifti_masks(trained_2d, png_cases, tmp_path):
     from nnunet_mtl.cli.evaluate import run as evaluate_cli
     images, gt = png_cases
-    predictor = load_predictor(trained_2d, folds=[0], use_mirroring=False)
+    predictor = load_predictor(trained_2d, folds=[0], use_mirroring=False, backend="torch")
     kw = dict(num_processes_preprocessing=1, num_processes_export=1)
     as_png, as_nifti, lines = str(tmp_path / "png"), str(tmp_path / "nifti"), []
     predict_folder(predictor, images, as_png, report=lines.append, **kw)

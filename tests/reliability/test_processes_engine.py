@@ -9,7 +9,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from nnunet_mtl.inference.folders import load_predictor
+from nnunet_mtl.inference.loader import load_predictor
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -26,14 +26,12 @@ def _wait_for_mask(path: str, timeout: float = 300.0) -> None:
 
 
 def test_rows_are_handed_over_as_their_masks_are_written(trained_2d, dataset_2d, tmp_path):
-    predictor = load_predictor(trained_2d, folds=[0], use_mirroring=False)
+    predictor = load_predictor(trained_2d, folds=[0], use_mirroring=False, backend="torch")
     out, events = str(tmp_path), []
 
-    def write_case_table(folder, outputs):
-        events.extend(("row", cid, os.path.isfile(os.path.join(folder, cid + ".nii.gz"))) for cid in outputs)
-        return os.path.join(folder, "predictions.csv")
+    def case_done(ofile, heads):
+        events.append(("row", heads.case_id, os.path.isfile(ofile + ".nii.gz")))
 
-    predictor.write_case_table = write_case_table
     preprocessor = predictor.configuration_manager.preprocessor_class(verbose=False)
     files = sorted(glob.glob(os.path.join(dataset_2d.raw_folder, "imagesTs", "*_0000.nii.gz")))
     cases = [os.path.basename(f)[:-len("_0000.nii.gz")] for f in files]
@@ -48,7 +46,7 @@ def test_rows_are_handed_over_as_their_masks_are_written(trained_2d, dataset_2d,
             events.append(("case", cid))
             yield {"data": torch.from_numpy(data), "data_properties": props, "ofile": os.path.join(out, cid)}
 
-    predictor.predict_from_data_iterator(items(), num_processes_segmentation_export=1)
+    predictor.predict_from_data_iterator(items(), num_processes_segmentation_export=1, on_case_done=case_done)
     a, b, c = cases
     assert events == [("case", a), ("case", b), ("row", a, True), ("case", c), ("row", b, True), ("row", c, True)]
 
@@ -56,7 +54,7 @@ def test_rows_are_handed_over_as_their_masks_are_written(trained_2d, dataset_2d,
 def test_a_stale_mask_from_an_older_run_does_not_count_as_exported(trained_2d, dataset_2d, tmp_path):
     """Masks of an older run are in the folder (nnU-Net's own predict_from_files overwrites them):
     a row is handed over only once this run's export has replaced its case's mask."""
-    predictor = load_predictor(trained_2d, folds=[0], use_mirroring=False)
+    predictor = load_predictor(trained_2d, folds=[0], use_mirroring=False, backend="torch")
     out, rows = str(tmp_path), []
     preprocessor = predictor.configuration_manager.preprocessor_class(verbose=False)
     files = sorted(glob.glob(os.path.join(dataset_2d.raw_folder, "imagesTs", "*_0000.nii.gz")))
@@ -69,13 +67,9 @@ def test_a_stale_mask_from_an_older_run_does_not_count_as_exported(trained_2d, d
         stale[cid] = (st.st_ino, st.st_size, st.st_mtime_ns)
         time.sleep(0.01)
 
-    def write_case_table(folder, outputs):
-        for cid in outputs:
-            st = os.stat(os.path.join(folder, cid + ".nii.gz"))
-            rows.append((cid, (st.st_ino, st.st_size, st.st_mtime_ns) != stale[cid]))
-        return os.path.join(folder, "predictions.csv")
-
-    predictor.write_case_table = write_case_table
+    def case_done(ofile, heads):
+        st = os.stat(ofile + ".nii.gz")
+        rows.append((heads.case_id, (st.st_ino, st.st_size, st.st_mtime_ns) != stale[heads.case_id]))
 
     def items():
         for cid, path in zip(cases, files):
@@ -83,5 +77,5 @@ def test_a_stale_mask_from_an_older_run_does_not_count_as_exported(trained_2d, d
                                                    predictor.configuration_manager, predictor.dataset_json)
             yield {"data": torch.from_numpy(data), "data_properties": props, "ofile": os.path.join(out, cid)}
 
-    predictor.predict_from_data_iterator(items(), num_processes_segmentation_export=1)
+    predictor.predict_from_data_iterator(items(), num_processes_segmentation_export=1, on_case_done=case_done)
     assert sorted(rows) == [(cid, True) for cid in sorted(cases)]

@@ -22,8 +22,9 @@ absolutely and keeps the logic in the library. What it changes, hook by hook:
 * ``on_train_end``: after early stopping checkpoint_final gets the selected (best combined score)
   weights; the fold is marked finished, so continuing it (``--c``) trains nothing.
 * ``save_checkpoint``: atomic writes; checkpoint_latest also every ``checkpoint_minutes``.
-* ``perform_actual_validation``: nnU-Net's whole-case validation, with the head outputs collected
-  in the same sliding-window pass (CSV, accuracy / macro-F1).
+* ``perform_actual_validation``: nnU-Net's whole-case validation run by our engine
+  (``training.final_validation``): masks and head outputs from one sliding window per case (CSV, accuracy /
+  macro-F1, temperatures).
 
 Knobs (defaults, ``NNUNET_MTL_OVERRIDES``, pipeline flags) are declared once in ``nnunet_mtl/training/knobs.py``;
 warm-up, ramp and patience scale with the epoch budget unless set.
@@ -44,7 +45,6 @@ from nnunetv2.utilities.helpers import dummy_context
 
 from nnunet_mtl.training.case_targets import CaseTargets
 from nnunet_mtl.training.finetune import load_stock_weights, resolve_checkpoint, set_heads_only
-from nnunet_mtl.model.heads import PooledHead
 from nnunet_mtl.training.knobs import apply_knobs, resolve_lrs, resolve_schedule
 from nnunet_mtl.training.losses import HeadLoss, HeadWeightSchedule
 from nnunet_mtl.model.network import MTLNetwork, unwrap
@@ -58,7 +58,7 @@ from nnunet_mtl.training.split_check import check_fold_in_splits
 from nnunet_mtl.training.step_helpers import (class_weights_for_split, clip_per_group, gathered_mean,
                                               per_target_losses, PrivateRandomStream, store_regression_stats,
                                               to_device, zero_with_graph)
-from nnunet_mtl.training.whole_case import heads_during_validation, write_validation_heads
+from nnunet_mtl.training.final_validation import validate
 
 SEG_ACTIVATION_KEY = "mtl_seg_activation"  # plans key: how heads turn seg logits into foreground
 
@@ -66,7 +66,7 @@ SEG_ACTIVATION_KEY = "mtl_seg_activation"  # plans key: how heads turn seg logit
 class nnUNetTrainerMTL(nnUNetTrainer):
     head_stages = (-1,)
     head_dropout = 0.2
-    head_class = PooledHead             # a nnunet_mtl.model.heads.Head subclass
+    head_pools = ("global",)            # what the heads pool at their stages (nnunet_mtl.model.pooling.POOLS)
     use_class_weights = True            # False: every class weight 1 (e.g. when sampling balances the classes)
     use_detected_lateral_pairs = False  # declared lateral pairs always count; detected names only if True
     lateral = None                      # orientation.LateralDecision, set with the augmentation
@@ -100,7 +100,7 @@ class nnUNetTrainerMTL(nnUNetTrainer):
         unet = nnUNetTrainer.build_network_architecture(plans_manager, configuration_manager, num_input_channels,
                                                         num_output_channels, enable_deep_supervision)
         return MTLNetwork(unet, targets_from_plans(plans_manager.plans), cls.head_stages, cls.head_dropout,
-                          cls.head_class, plans_manager.plans.get(SEG_ACTIVATION_KEY, "softmax"))
+                          cls.head_pools, plans_manager.plans.get(SEG_ACTIVATION_KEY, "softmax"))
 
     def configure_optimizers(self):
         lr, head_lr = resolve_lrs(self.optimizer_name, self.initial_lr, self.head_lr)
@@ -346,8 +346,7 @@ class nnUNetTrainerMTL(nnUNetTrainer):
 
     # ------------------------------------------------------------------ whole-case validation
     def perform_actual_validation(self, save_probabilities: bool = False):
-        with heads_during_validation(self) as heads:  # one sliding window per case gives masks and heads
-            super().perform_actual_validation(save_probabilities)
-        summary = write_validation_heads(self, heads)
+        """nnU-Net's whole-case validation run by our engine: one sliding window per case gives masks and heads."""
+        summary = validate(self, save_probabilities)
         if summary is not None:
             self.print_to_log_file(f"Whole-case head validation: {summary['headline']}", also_print_to_console=True)
