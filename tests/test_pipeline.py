@@ -1,11 +1,10 @@
-"""pipeline.py on a tiny generic 2D layout (PNG images, masks, labels.csv): the console script once in a subprocess
-(prepare), every other step in-process through the same ``main``."""
+"""pipeline.py on a tiny generic 2D layout (PNG images, masks, labels.csv), every step in-process through the
+console script's ``main`` (tests/test_docs.py runs the script itself in a subprocess)."""
+import contextlib
 import csv
 import glob
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -16,33 +15,35 @@ from nnunet_mtl import workflow
 from nnunet_mtl.cli import pipeline as pipeline_cli
 from nnunet_mtl.synthetic import write_radiograph_layout
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--planner", "plain", "--max_features", "32", "--batch_size", "4", "--n_stages", "4", "--folds", "3"]
 BUDGET = ["--device", "cpu", "--epochs", "1", "--iterations_per_epoch", "3", "--val_iterations_per_epoch", "1"]
 pytestmark = pytest.mark.timeout(900)
 
 
-def pipeline_subprocess(*args):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("nnUNet_") or k in
-           ("nnUNet_n_proc_DA", "nnUNet_def_n_proc", "nnUNet_compile")}
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "pipeline.py"), *args], env=env, cwd=ROOT,
-                          capture_output=True, text=True, timeout=800)
-    assert proc.returncode == 0, f"{args}\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
-    return proc
+NNUNET_PATHS = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "nnUNet_extTrainer")
+
+
+@contextlib.contextmanager
+def nnunet_paths_kept():
+    """The nnU-Net folder variables the pipeline points at its base dir, put back afterwards (the session's
+    datasets live elsewhere)."""
+    saved = {k: os.environ.get(k) for k in NNUNET_PATHS}
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 @pytest.fixture
-def pipeline(monkeypatch, capsys):
-    """``pipeline.py ARGS`` in this process; returns (exit code, stdout, stderr). The nnU-Net folder variables the
-    pipeline points at its base dir are put back afterwards (the session's datasets live elsewhere)."""
-    for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "nnUNet_extTrainer"):
-        if k in os.environ:
-            monkeypatch.setenv(k, os.environ[k])
-        else:
-            monkeypatch.delenv(k, raising=False)
-
+def pipeline(capsys):
+    """``pipeline.py ARGS`` in this process; returns (exit code, stdout, stderr)."""
     def run(*args):
-        code = pipeline_cli.main(list(args))
+        with nnunet_paths_kept():
+            code = pipeline_cli.main(list(args))
         out = capsys.readouterr()
         return code, out.out, out.err
     return run
@@ -52,9 +53,10 @@ def pipeline(monkeypatch, capsys):
 def prepared(tmp_path_factory):
     base = tmp_path_factory.mktemp("pipe")
     data = write_radiograph_layout(str(base / "data"), n=12, n_test=3, size=(64, 64))
-    out = pipeline_subprocess("--base_dir", str(base / "work"), "--input_dir", data, "--dataset_id", "931",
-                              "--prepare_only", *TINY)
-    return base, out
+    with nnunet_paths_kept():
+        assert pipeline_cli.main(["--base_dir", str(base / "work"), "--input_dir", data, "--dataset_id", "931",
+                                  "--prepare_only", *TINY]) == 0
+    return base, None
 
 
 def _fold(base, k):

@@ -2,10 +2,11 @@
 
 nnU-Net's ``perform_actual_validation`` predicts each validation case with its own predictor and exports the
 masks; ours does the same steps with nnU-Net's public functions (the trainer's dataset class and split,
-``export_prediction_from_logits``, ``resample_and_save`` for a next stage, ``compute_metrics_on_folder`` ->
-``summary.json``, a DDP barrier every 20 cases) around ``nnUNetPredictorMTL.predict_case``, so one sliding
-window per case gives the mask and the head outputs. Masks are exported in threads of this process (the
-threaded inference engine's way: no worker processes to start). A line per case shows the progress.
+``export_prediction_from_logits``, ``resample_and_save`` for a next stage, ``compute_metrics`` and
+``save_summary_json`` -> ``summary.json``, a DDP barrier every 20 cases) around ``nnUNetPredictorMTL.predict_case``,
+so one sliding window per case gives the mask and the head outputs. Masks are exported, and the metrics
+computed, in threads of this process (the threaded inference engine's way: no worker processes to start,
+seconds per validation on a small machine). A line per case shows the progress.
 
 Then the heads' rows of every validation case (gathered over DDP ranks) go to ``validation/predictions.csv|json``
 (raw probabilities) and ``validation/mtl_summary.json``, and the classification targets' temperatures are fitted
@@ -22,11 +23,13 @@ from typing import Dict, Optional
 import numpy as np
 import torch
 from nnunetv2.configuration import default_num_processes
-from nnunetv2.evaluation.evaluate_predictions import compute_metrics_on_folder
+from batchgenerators.utilities.file_and_folder_operations import subfiles
+from nnunetv2.evaluation.evaluate_predictions import compute_metrics, save_summary_json
 from nnunetv2.inference.export_prediction import export_prediction_from_logits, resample_and_save
 from nnunetv2.inference.sliding_window_prediction import compute_gaussian
 from nnunetv2.paths import nnUNet_preprocessed
 from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
+from nnunetv2.utilities.json_export import recursive_fix_for_json_export
 from nnunetv2.utilities.label_handling.label_handling import convert_labelmap_to_one_hot
 from torch import distributed as dist
 
@@ -124,17 +127,33 @@ def _next_stage(trainer, stage: str, key: str, logits: torch.Tensor, properties:
                       default_num_processes, dataset_class)
 
 
+def segmentation_summary(gt_folder: str, pred_folder: str, output_file: str, reader_writer, file_ending: str,
+                         regions_or_labels, ignore_label, threads: int) -> dict:
+    """nnU-Net's ``compute_metrics_on_folder`` with the cases in threads of this process instead of a pool of
+    spawned ones (seconds of start-up per validation): nnU-Net's ``compute_metrics`` per case, the mean per label
+    or region over the cases, the mean over the foreground ones, written by nnU-Net's ``save_summary_json``."""
+    files = subfiles(pred_folder, suffix=file_ending, join=False)
+    with ThreadPoolExecutor(max(1, threads)) as pool:
+        results = list(pool.map(lambda f: compute_metrics(os.path.join(gt_folder, f), os.path.join(pred_folder, f),
+                                                          reader_writer, regions_or_labels, ignore_label), files))
+    names = list(results[0]["metrics"][regions_or_labels[0]])
+    means = {r: {m: np.nanmean([res["metrics"][r][m] for res in results]) for m in names} for r in regions_or_labels}
+    foreground_mean = {m: np.mean([means[k][m] for k in means if k not in (0, "0")]) for m in names}
+    for part in (*results, means, foreground_mean):
+        recursive_fix_for_json_export(part)
+    summary = {"metric_per_case": results, "mean": means, "foreground_mean": foreground_mean}
+    save_summary_json(summary, output_file)
+    return summary
+
+
 def _segmentation_metrics(trainer, folder: str) -> None:
     """nnU-Net's ``summary.json`` and its log lines."""
     lm = trainer.label_manager
-    metrics = compute_metrics_on_folder(os.path.join(trainer.preprocessed_dataset_folder_base, "gt_segmentations"),
-                                        folder, os.path.join(folder, "summary.json"),
-                                        trainer.plans_manager.image_reader_writer_class(),
-                                        trainer.dataset_json["file_ending"],
-                                        lm.foreground_regions if lm.has_regions else lm.foreground_labels,
-                                        lm.ignore_label, chill=True,
-                                        num_processes=default_num_processes * dist.get_world_size()
-                                        if trainer.is_ddp else default_num_processes)
+    metrics = segmentation_summary(os.path.join(trainer.preprocessed_dataset_folder_base, "gt_segmentations"), folder,
+                                   os.path.join(folder, "summary.json"), trainer.plans_manager.image_reader_writer_class(),
+                                   trainer.dataset_json["file_ending"],
+                                   lm.foreground_regions if lm.has_regions else lm.foreground_labels, lm.ignore_label,
+                                   default_num_processes)
     for label in metrics["mean"]:
         trainer.logger.log_summary(f"final_val/class_{label}_dice", metrics["mean"][label]["Dice"])
     trainer.logger.log_summary("final_val/foreground_dice", metrics["foreground_mean"]["Dice"])
