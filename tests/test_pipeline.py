@@ -39,8 +39,15 @@ def nnunet_paths_kept():
 
 
 @pytest.fixture
-def pipeline(capsys):
-    """``pipeline.py ARGS`` in this process; returns (exit code, stdout, stderr)."""
+def pipeline(capsys, monkeypatch):
+    """``pipeline.py ARGS`` in this process; returns (exit code, stdout, stderr). The nnU-Net folder variables are
+    put back when the test ends, whatever pointed them elsewhere meanwhile (the pipeline, evaluate_validation)."""
+    for k in NNUNET_PATHS:
+        if k in os.environ:
+            monkeypatch.setenv(k, os.environ[k])
+        else:
+            monkeypatch.delenv(k, raising=False)
+
     def run(*args):
         with nnunet_paths_kept():
             code = pipeline_cli.main(list(args))
