@@ -21,6 +21,7 @@ NOTEBOOK = os.path.join(ROOT, "notebooks", "nnunet_mtl_demo.ipynb")
 FLAG = re.compile(r"(?<![\w-])--[A-Za-z][\w-]*")
 FENCE = re.compile(r"^```(\w*)[^\n]*\n(.*?)^```", re.S | re.M)
 INLINE = re.compile(r"`([^`]+)`")  # may wrap a line
+PYTEST = re.compile(r"(python3? -m )?pytest\b")
 # (pattern that starts a CLI's command, CLI name); the console scripts of pyproject.toml count too
 PROGRAMS = [(re.compile(r"(?:^|[\s/])pipeline\.py\b|\bnnunet_mtl_pipeline\b"), "pipeline"),
             (re.compile(r"(?:^|[\s/])evaluation\.py\b|\bnnunet_mtl_evaluate\b"), "evaluation"),
@@ -117,6 +118,8 @@ def documented_flags(text: str, where: str) -> list:
         prose = heading + "\n" + FENCE.sub("", body)
         default = next((clis for key, clis in SECTION_CLIS.items() if key in heading), set(cli_flags()))
         for span in INLINE.findall(prose):
+            if PYTEST.match(span.strip()):  # pytest's own flags, not one of our command lines'
+                continue
             parts = commands(span)
             if any(cli for cli, _ in parts):
                 found += [(f"{where} / {heading}", {cli}, f, span) for cli, rest in parts if cli
