@@ -15,8 +15,11 @@ Inputs:
   (its conversion counts in its time). Stock cannot read PNGs without a dataset.json of their own, so it
   gets the NIfTI files our conversion writes (the same conversion, run once before the timing): its
   time excludes that conversion; the conversion's own time is printed, and a second ratio adds it.
-* classify: ``nnunet_mtl_classify`` with mirroring on over ``--classify_images`` of the PNGs; seconds
-  per image after the model is loaded (its per-file ``seconds`` column; and the gap between result lines).
+* the pipeline's default inference (``pipeline.py --inference_only --model_dir MODEL``, its default backend) on
+  ours' inputs, timed beside them (``--no_pipeline`` leaves it out): the same engine, with the pipeline's start-up.
+* classify: ``nnunet_mtl_classify`` over ``--classify_images`` of the PNGs (each tile once, no mirrors: the
+  heads read the unmirrored forward); seconds per image after the model is loaded (its per-file ``seconds``
+  column; and the gap between result lines).
 
 ``--quick``: a smoke run of a few minutes (4 3D cases, 8 PNGs, 1 repeat). ``--full``: the GPU sizes
 (nnU-Net's full-size ResEnc M on 64x128x160 crops). ``--profile``: after the timing, one run of each side
@@ -50,6 +53,7 @@ STOCK_PY = ("import sys; from nnunetv2.inference.predict_from_raw_data import pr
             "sys.argv[0] = 'nnUNetv2_predict'; m()")
 CLIS = {"stock": ("nnUNetv2_predict", ["-c", STOCK_PY]),
         "ours": ("nnunet_mtl_predict", ["-m", "nnunet_mtl.cli.predict"]),
+        "pipeline": ("nnunet_mtl_pipeline", ["-m", "nnunet_mtl.cli.pipeline"]),
         "classify": ("nnunet_mtl_classify", ["-m", "nnunet_mtl.cli.classify"])}
 
 
@@ -85,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--stock_args", "--stock_extra", default="", help="extra arguments for nnUNetv2_predict (quoted)")
     g.add_argument("--ours_args", "--ours_extra", default="",
                    help="extra arguments for nnunet_mtl_predict (quoted), e.g. a speed option to compare")
+    g.add_argument("--no_pipeline", action="store_true",
+                   help="leave out the pipeline's default inference (pipeline.py --inference_only --model_dir M, "
+                        "timed by default beside ours)")
     g.add_argument("--compare_backends", action="store_true",
                    help="also time ours with --backend torch (nnU-Net's own network execution) in the same run, and "
                         "compare its masks and case probabilities with ours' default (OpenVINO on the CPU)")
@@ -227,8 +234,13 @@ def convert_for_stock(png_dir: str, model: str, dst_parent: str, fold: str) -> t
 
 
 def command_of(variant: str) -> str:
-    """The CLI (and input folder) of a timed variant: ``ours_torch`` is ours with ``--backend torch``."""
+    """The CLI of a timed variant: ``ours_torch`` is ours with ``--backend torch``."""
     return "ours" if variant == "ours_torch" else variant
+
+
+def input_of(variant: str) -> str:
+    """Whose input folder a variant reads: stock its own (NIfTI for 2D), every other one ours'."""
+    return "stock" if variant == "stock" else "ours"
 
 
 # ---------------------------------------------------------------------------------------------- main
@@ -251,12 +263,22 @@ class Run:
                  + self.common + self.stock_extra, "ours": ["-m", model] + self.common + self.ours_extra}
         if self.args.compare_backends:
             sides["ours_torch"] = sides["ours"] + ["--backend", "torch"]
+        if not self.args.no_pipeline:  # the pipeline's default inference path on the same model and inputs
+            sides["pipeline"] = ["--inference_only", "--model_dir", model, "--fold", self.args.fold, "--device",
+                                 self.device, "--step_size", "0.5", "--base_dir", os.path.join(self.work, "pipeline")]
         return sides
+
+    @staticmethod
+    def io_args(variant: str, inputs: str) -> list:
+        """Input and output folder flags: the pipeline names them differently."""
+        if variant == "pipeline":
+            return ["--test_input", inputs, "--test_output", "{out}"]
+        return ["-i", inputs, "-o", "{out}"]
 
     def time_inputs(self, tag: str, kind: str, n: int, inputs: dict, ds, model: str, repeats: int) -> dict:
         """Time both sides on their inputs ({side: folder}); the row of the table."""
         side = self.side_args(ds, model)
-        variants = {k: cli(command_of(k), self.launcher) + ["-i", inputs[command_of(k)], "-o", "{out}"] + side[k]
+        variants = {k: cli(command_of(k), self.launcher) + self.io_args(k, inputs[input_of(k)]) + side[k]
                     for k in side}
         for k, v in variants.items():
             print(f"[bench] {tag} {k}: {shlex.join(v)}", flush=True)
@@ -284,7 +306,9 @@ class Run:
             shutil.rmtree(folder, ignore_errors=True)
             for cold in self.cold:
                 shutil.rmtree(cold, ignore_errors=True)
-            out[f"{label} {which}"] = run_profiled(command_of(which), ["-i", inputs[command_of(which)], "-o", folder]
+            if which == "pipeline":  # profiled_cli times the predict and classify commands
+                continue
+            out[f"{label} {which}"] = run_profiled(command_of(which), ["-i", inputs[input_of(which)], "-o", folder]
                                                    + extra,
                                                    os.path.join(self.work, f"log_profile_{label}_{which}.txt"),
                                                    self.env)
@@ -327,6 +351,8 @@ def main(argv=None):
         rows.append(run.time_inputs(f"3d_{n}", "3D", n, {"stock": inputs, "ours": inputs}, ds, model3d,
                                     args.repeats_by_size[n]))
         summary[f"ratio_3d_{n}"] = ratio(rows[-1]["times"]["stock"], rows[-1]["times"]["ours"])
+        if "pipeline" in rows[-1]["times"]:
+            summary[f"ratio_pipeline_3d_{n}"] = ratio(rows[-1]["times"]["stock"], rows[-1]["times"]["pipeline"])
 
     classify = conversion_s = ds2 = None
     if args.images_2d or args.classify_images:
@@ -346,6 +372,8 @@ def main(argv=None):
                                     args.repeats_2d))
         times = rows[-1]["times"]
         summary[f"ratio_{tag}"] = ratio(times["stock"], times["ours"])
+        if "pipeline" in times:
+            summary[f"ratio_pipeline_{tag}"] = ratio(times["stock"], times["pipeline"])
         summary[f"ratio_{tag}_incl_conversion"] = ratio([t + conversion_s for t in times["stock"]], times["ours"])
     if args.classify_images:
         cmd = cli("classify", run.launcher) + run.classify_args(model2d, pngs[:args.classify_images])
@@ -409,6 +437,12 @@ def report(args, ds, ds2, rows, conversion_s, classify, profiles, loads, device,
             print(f"WARNING: {r['tag']}: ours' masks differ from stock (Dice {d['dice_min']:.4f} < 0.999, "
                   f"worst case {d['worst_case']})")
     for r in rows:
+        if "pipeline" in r["times"]:
+            st, pp, ou = r["times"]["stock"], r["times"]["pipeline"], r["times"]["ours"]
+            print(f"{r['tag']}: the pipeline's default inference (pipeline.py --inference_only, same model, its default "
+                  f"backend) {statistics.median(pp):.1f} s (runs {' '.join(f'{t:.1f}' for t in pp)}): stock/pipeline "
+                  f"{ratio(st, pp):.2f}, pipeline/ours {ratio(pp, ou):.2f}")
+    for r in rows:
         if "torch_vs_ours" in r:
             st, tt, ou = r["times"]["stock"], r["times"]["ours_torch"], r["times"]["ours"]
             c = r["torch_vs_ours"]
@@ -421,7 +455,7 @@ def report(args, ds, ds2, rows, conversion_s, classify, profiles, loads, device,
     if "ratio_2d_{}_incl_conversion".format(args.images_2d) in summary:
         print(f"2D ratio with stock's conversion added: {summary[f'ratio_2d_{args.images_2d}_incl_conversion']:.2f}")
     if classify:
-        print(f"\nclassify (mirroring on, {classify['files']} PNGs, one process): seconds per image after loading: "
+        print(f"\nclassify ({classify['files']} PNGs, one process, each tile once): seconds per image after loading: "
               f"median of its per-file column {classify['median_column']:.3f} s, mean gap between result lines "
               f"{classify['mean_gap']:.3f} s (first file {classify['first_file']:.2f} s, left out); first result "
               f"{classify['first_line_at']:.1f} s after launch; wall {classify['wall']:.1f} s; load {classify['load']}")

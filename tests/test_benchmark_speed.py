@@ -187,7 +187,7 @@ def test_compare_backends_adds_ours_on_torch_and_each_run_starts_cold(tmp_path):
     from types import SimpleNamespace
     import inference_speed as bench
     ds = SimpleNamespace(id=941, configuration="3d_fullres", plans="P")
-    run = bench.Run(bench.parse_args(["--compare_backends"]), "cpu", str(tmp_path))
+    run = bench.Run(bench.parse_args(["--compare_backends", "--no_pipeline"]), "cpu", str(tmp_path))
     sides = run.side_args(ds, "MODEL")
     assert set(sides) == {"stock", "ours", "ours_torch"} and sides["ours_torch"] == sides["ours"] + ["--backend", "torch"]
     assert run.env["nnunet_mtl_openvino_cache"] == os.path.join(str(tmp_path), "openvino_cache")
@@ -206,3 +206,17 @@ def test_compare_backends_adds_ours_on_torch_and_each_run_starts_cold(tmp_path):
     finally:
         bench.run_timed = original
     assert seen == [False, False, True, True]
+
+
+def test_the_pipelines_default_inference_is_timed_beside_ours(tmp_path):
+    """Without --no_pipeline the pipeline's default inference path runs on ours' inputs, with its own flags."""
+    from types import SimpleNamespace
+    import inference_speed as bench
+    ds = SimpleNamespace(id=941, configuration="3d_fullres", plans="P")
+    run = bench.Run(bench.parse_args([]), "cpu", str(tmp_path))
+    sides = run.side_args(ds, "MODEL")
+    assert set(sides) == {"stock", "ours", "pipeline"}
+    assert sides["pipeline"][:3] == ["--inference_only", "--model_dir", "MODEL"] and "--backend" not in sides["pipeline"]
+    assert run.io_args("pipeline", "IN") == ["--test_input", "IN", "--test_output", "{out}"]
+    assert run.io_args("ours", "IN") == ["-i", "IN", "-o", "{out}"]
+    assert bench.input_of("pipeline") == bench.input_of("ours_torch") == "ours" and bench.input_of("stock") == "stock"
