@@ -29,6 +29,7 @@ from nnunet_mtl.evaluation.report import json_safe
 from nnunet_mtl.file_names import predicted_mask, trained_folds
 from nnunet_mtl.inference.folders import converted_source, predict_folder
 from nnunet_mtl.inference.loader import ModelFolderError, load_predictor
+from nnunet_mtl.inference.openvino_backend import BackendError
 from nnunet_mtl.io_utils import atomic_write_json, read_json
 from nnunet_mtl.outputs import clinical as clinical_outputs
 from nnunet_mtl.planning import add_trainer_path, plan_and_preprocess, plans_identifier, use_base_dir
@@ -287,7 +288,7 @@ def infer(base_dir: str, test_input: Optional[str] = None, test_output: Optional
     try:
         predictor = load_predictor(folder, folds, checkpoint, device, step_size=predict_kwargs.pop("step_size", 0.5),
                                    use_mirroring=predict_kwargs.pop("use_mirroring", True), backend=backend)
-    except ModelFolderError as e:
+    except (ModelFolderError, BackendError) as e:
         raise PipelineError(str(e)) from None
     if not calibration:
         predictor.calibration = None

@@ -40,7 +40,7 @@ def main(argv=None) -> int:
     try:
         with contextlib.redirect_stdout(sys.stderr):
             predictor = load_predictor(args.model, args.folds, args.checkpoint, args.device,
-                                       tile_batch=args.tile_batch, backend=args.backend)
+                                       tile_batch=args.tile_batch, backend=args.backend, prepare="heads")
         spec = predictor.spec
         targets = spec.classification_targets
         if not targets:

@@ -45,16 +45,20 @@ def check_model_folder(folder: str, checkpoint: str = "checkpoint_final.pth",
 
 def load_predictor(model_dir: str, folds: Optional[Sequence] = None, checkpoint: str = "checkpoint_final.pth",
                    device: str = "cpu", step_size: float = 0.5, use_mirroring: bool = True, verbose: bool = False,
-                   tile_batch: Optional[int] = None, backend: str = "auto") -> nnUNetPredictorMTL:
+                   tile_batch: Optional[int] = None, backend: str = "auto",
+                   prepare: Optional[str] = "masks") -> nnUNetPredictorMTL:
     """The engine for a model folder (``check_model_folder`` first: one line for a folder it cannot use).
 
     ``folds``: the folds to ensemble (default: every fold with ``checkpoint``); ``tile_batch``: network inputs
     (tiles x mirrors) per forward (``tiling``; None: nnU-Net's own one at a time); ``backend``: what runs the
-    network ('auto' = OpenVINO on the CPU when installed, else torch; ``openvino_backend``)."""
+    network ('auto' = OpenVINO on the CPU when installed and working, else torch; ``openvino_backend.attach``);
+    ``prepare``: the pass to compile now on OpenVINO ('masks', 'heads', or None: on first use)."""
+    if prepare not in ("masks", "heads", None):
+        raise ValueError(f"prepare must be 'masks', 'heads' or None, not {prepare!r}")
     check_model_folder(model_dir, checkpoint, folds)
     add_trainer_path()  # the checkpoint names our trainer; nnU-Net finds it through nnUNet_extTrainer
     dev = torch.device(device)
-    backend_name = openvino_backend.resolve_backend(backend, dev)  # a wrong name fails before loading
+    openvino_backend.resolve_backend(backend, dev)  # a wrong name fails before loading
     predictor = nnUNetPredictorMTL(tile_step_size=step_size, use_gaussian=True, use_mirroring=use_mirroring,
                                    perform_everything_on_device=dev.type == "cuda", device=dev, verbose=verbose,
                                    verbose_preprocessing=False, allow_tqdm=verbose,
@@ -63,10 +67,9 @@ def load_predictor(model_dir: str, folds: Optional[Sequence] = None, checkpoint:
         folds = nnUNetPredictorMTL.auto_detect_available_folds(model_dir, checkpoint)
     folds = [f if f == "all" else int(f) for f in folds]
     predictor.initialize_from_trained_model_folder(model_dir, folds, checkpoint)
-    predictor.backend = backend_name
-    if backend_name == "openvino":
-        predictor.network = openvino_backend.OpenVINONetwork(
-            predictor.network, len(predictor.dataset_json["channel_names"]), predictor.configuration_manager.patch_size)
+    predictor.network, predictor.backend = openvino_backend.attach(
+        predictor.network, len(predictor.dataset_json["channel_names"]), predictor.configuration_manager.patch_size,
+        backend, dev, predictor.list_of_parameters, None if prepare is None else prepare == "masks")
     return predictor
 
 

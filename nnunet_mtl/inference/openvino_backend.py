@@ -17,16 +17,20 @@ spatial shape than the patch (never in the sliding window) fall back to torch.
 
 Converted models are kept under ``cache_dir()`` keyed by a hash of the weights, the patch and the library
 versions, so a later run with the same checkpoint skips the conversion (seconds per fold); the files are
-written to a temporary name and renamed, so a killed run never leaves a half model behind; the newest
-``KEEP_CACHED`` are kept. The backend is an argument (``resolve_backend``); only the command line reads the
+written to a temporary name and renamed with a manifest of their sizes and checksums, so a killed run never
+leaves a half model behind and a damaged entry is found, removed and converted again (one line); the newest
+``KEEP_CACHED`` are kept. A runtime or cache that cannot work (a broken install, a cache folder that cannot be
+written) is a ``BackendError`` naming it: ``loader.load_predictor`` then goes on with torch under ``auto``. The backend is an argument (``resolve_backend``); only the command line reads the
 environment (``cli.backend_args``).
 """
 from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import os
 import shutil
+import sys
 import tempfile
 import threading
 import warnings
@@ -40,6 +44,11 @@ from nnunet_mtl.model.pooling import PoolRequest, sum_keys
 BACKENDS = ("auto", "torch", "openvino")
 CACHE_ENV = "nnunet_mtl_openvino_cache"
 KEEP_CACHED = 16  # converted models kept (newest first); older ones are removed when a new one is saved
+MANIFEST = "manifest.json"  # per cache entry: size and SHA-256 of its files, checked before it is read
+
+
+class BackendError(RuntimeError):
+    """OpenVINO cannot run the model here; the message names the cause (the runtime, or the cache folder)."""
 
 
 def available() -> bool:
@@ -156,21 +165,46 @@ class OpenVINONetwork(nn.Module):
             self._compiled[key] = (self._params, self._compile(kind, self._params).create_infer_request())
         return self._compiled[key][1]
 
+    def prepare(self, parameters: Sequence[Dict[str, torch.Tensor]], with_seg: bool = True) -> None:
+        """Compile each fold's graph now (mask pass, or heads only), so a runtime or cache problem shows before any
+        case is predicted (``BackendError``), not in the middle of a run."""
+        for params in parameters or [None]:
+            if params is not None:
+                self.load_state_dict(params)
+            self._request((self.torch_network.request, with_seg))
+
+    def _core_or_error(self):
+        """The openvino module, with this network's runtime started (``BackendError`` when it cannot start)."""
+        try:
+            import openvino as ov
+            if self._core is None:
+                self._core = ov.Core()
+                self._core.set_property({"FORCE_TBB_TERMINATE": True})
+            return ov
+        except Exception as e:  # noqa: BLE001 - a broken install is one line, whatever it raised
+            raise BackendError(f"the OpenVINO runtime does not start ({_one_line(e)})") from None
+
     def _compile(self, kind: tuple, params: Dict[str, torch.Tensor]):
-        import openvino as ov
-        if self._core is None:
-            self._core = ov.Core()
-            self._core.set_property({"FORCE_TBB_TERMINATE": True})
-        core = self._core
+        ov = self._core_or_error()
         extra = f"{kind}|{self.in_channels}|{self.patch_size}|{ov.__version__}|{torch.__version__}"
         path = os.path.join(cache_dir(), weights_key(params, extra), "model.xml")
-        if os.path.isfile(path):
-            model = core.read_model(path)
-        else:
-            model = self._convert(kind)
-            _save_atomically(model, path)
-        return core.compile_model(model, "CPU", {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32",
-                                                 "INFERENCE_NUM_THREADS": self.threads})
+        model = _read_cached(self._core, path)
+        if model is None:
+            try:
+                model = self._convert(kind)
+            except Exception as e:  # noqa: BLE001
+                raise BackendError(f"OpenVINO could not convert the network ({_one_line(e)})") from None
+            try:
+                _save_atomically(model, path)
+            except OSError as e:
+                raise BackendError(f"OpenVINO cache {cache_dir()}: cannot be written ({_one_line(e)}); set "
+                                   f"{CACHE_ENV} to a writable folder") from None
+        try:
+            return self._core.compile_model(model, "CPU", {"PERFORMANCE_HINT": "LATENCY",
+                                                           "INFERENCE_PRECISION_HINT": "f32",
+                                                           "INFERENCE_NUM_THREADS": self.threads})
+        except Exception as e:  # noqa: BLE001
+            raise BackendError(f"OpenVINO could not compile the network ({_one_line(e)})") from None
 
     def _convert(self, kind: tuple):
         import openvino as ov
@@ -187,15 +221,82 @@ class OpenVINONetwork(nn.Module):
             self.torch_network.train(was_training)
 
 
+def attach(network: nn.Module, in_channels: int, patch_size: Sequence[int], backend: str, device: torch.device,
+           parameters: Sequence[Dict[str, torch.Tensor]] = (), with_seg: Optional[bool] = None
+           ) -> Tuple[nn.Module, str]:
+    """(the network to predict with, the backend it runs on) for the backend asked for (``resolve_backend``).
+
+    On OpenVINO the runtime is started now and, when ``with_seg`` is given (True: the mask pass, False: heads
+    only), each fold's graph (``parameters``) compiled, so a broken runtime or an unwritable cache shows before any
+    case: under 'auto' as one line on stderr and the torch network; asked for by name, as the ``BackendError``."""
+    if resolve_backend(backend, device) != "openvino":
+        return network, "torch"
+    wrapped = OpenVINONetwork(network, in_channels, patch_size)
+    try:
+        if with_seg is None:
+            wrapped._core_or_error()
+        else:
+            wrapped.prepare(parameters, with_seg)
+    except BackendError as e:
+        wrapped.close()
+        if backend != "auto":
+            raise
+        print(f"nnunet_mtl: {e}; running on torch instead", file=sys.stderr)
+        return network, "torch"
+    return wrapped, "openvino"
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split())[:300] or type(e).__name__
+
+
+def _files_digest(folder: str) -> Dict[str, list]:
+    """Size and SHA-256 of each file of a cache entry (what ``MANIFEST`` records)."""
+    out = {}
+    for name in sorted(os.listdir(folder)):
+        if name == MANIFEST:
+            continue
+        h = hashlib.sha256()
+        with open(os.path.join(folder, name), "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        out[name] = [os.path.getsize(os.path.join(folder, name)), h.hexdigest()]
+    return out
+
+
+def _read_manifest(folder: str) -> Dict[str, list]:
+    with open(os.path.join(folder, MANIFEST)) as f:
+        return json.load(f)
+
+
+def _read_cached(core, path: str):
+    """The cached model at ``path``, checked against its manifest (size and SHA-256 of every file); a missing,
+    corrupt or unreadable entry is removed (one line when it was there) and None returned: it is converted again."""
+    folder = os.path.dirname(path)
+    if not os.path.isdir(folder):
+        return None
+    try:
+        if _read_manifest(folder) != _files_digest(folder):
+            raise ValueError("its files do not match the sizes and checksums recorded when it was written")
+        return core.read_model(path)
+    except Exception as e:  # noqa: BLE001 - any unreadable entry is rebuilt
+        print(f"OpenVINO cache {folder}: entry unreadable ({_one_line(e)}); removed and converted again",
+              file=sys.stderr)
+        shutil.rmtree(folder, ignore_errors=True)
+        return None
+
+
 def _save_atomically(model, path: str) -> None:
-    """ov.save_model into a temporary folder beside the final one, then one rename (a concurrent run that wins
-    the race keeps its copy: both are the same model)."""
+    """ov.save_model into a temporary folder beside the final one, with a manifest of its files' sizes and
+    checksums, then one rename (a concurrent run that wins the race keeps its copy: both are the same model)."""
     import openvino as ov
     final_dir = os.path.dirname(path)
     os.makedirs(os.path.dirname(final_dir), exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".tmp_", dir=os.path.dirname(final_dir))
     try:
         ov.save_model(model, os.path.join(tmp, os.path.basename(path)), compress_to_fp16=False)
+        with open(os.path.join(tmp, MANIFEST), "w") as f:
+            json.dump(_files_digest(tmp), f)
         try:
             os.replace(tmp, final_dir)
         except OSError:  # another run saved it first

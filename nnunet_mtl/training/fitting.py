@@ -42,7 +42,7 @@ from nnunet_mtl.conversion.provenance import content_hash
 from nnunet_mtl.dataset_spec import PLANS_KEY, DatasetSpec, targets_from_plans, targets_to_plans
 from nnunet_mtl.evaluation.summary import whole_case_summary
 from nnunet_mtl.file_names import trained_folds
-from nnunet_mtl.inference.openvino_backend import OpenVINONetwork, resolve_backend
+from nnunet_mtl.inference.openvino_backend import attach
 from nnunet_mtl.inference.predictor import nnUNetPredictorMTL
 from nnunet_mtl.io_utils import atomic_write_json, read_json
 from nnunet_mtl.model.network import MTLNetwork, unwrap
@@ -249,9 +249,7 @@ def _fold_engine(plans_manager: PlansManager, configuration: str, dataset_json: 
                                    verbose_preprocessing=False, allow_tqdm=False)
     predictor.manual_initialization(network, plans_manager, configuration_manager, None, dataset_json,
                                     nnUNetTrainerMTL.__name__, ckpt.get("inference_allowed_mirroring_axes"))
-    if resolve_backend(backend, dev) == "openvino":
-        predictor.network = OpenVINONetwork(network, n_in, configuration_manager.patch_size)
-        predictor.backend = "openvino"
+    predictor.network, predictor.backend = attach(network, n_in, configuration_manager.patch_size, backend, dev)
     return predictor
 
 
