@@ -14,8 +14,9 @@ import sys
 
 from nnunet_mtl.cli import predict
 from nnunet_mtl.cli.backend_args import add_backend_argument
+from nnunet_mtl.cli.failures import run_command
 from nnunet_mtl.planning import add_trainer_path
-from nnunet_mtl.targets import TargetSpecError, load_spec_file
+from nnunet_mtl.targets import load_spec_file
 from nnunet_mtl.training.fitting import fit_heads
 
 
@@ -52,15 +53,15 @@ def main(argv=None) -> int:
     if argv[:1] == ["predict"]:  # kept as an alias: the output is a model folder of nnunet_mtl_predict
         return predict.main(argv[1:])
     add_trainer_path()  # the model may be one of ours, or any trainer nnU-Net finds
-    try:
-        args = build_parser().parse_args(argv)
-        spec = load_spec_file(args.spec_json) if args.spec_json else None
-        summary = fit_heads(args.model, args.output, args.labels_csv, spec, args.folds, args.splits, args.checkpoint,
-                            args.device or _device_default(), args.backend, args.cache_dir, args.stages, args.pools,
-                            overwrite=args.overwrite)
-    except (FileNotFoundError, ValueError, RuntimeError, TargetSpecError) as e:
-        print(f"nnunet_mtl_add_heads: error: {e}", file=sys.stderr)
-        return 2
+    args = build_parser().parse_args(argv)
+    return run_command("nnunet_mtl_add_heads", lambda: _run(args))
+
+
+def _run(args) -> int:
+    spec = load_spec_file(args.spec_json) if args.spec_json else None
+    summary = fit_heads(args.model, args.output, args.labels_csv, spec, args.folds, args.splits, args.checkpoint,
+                        args.device or _device_default(), args.backend, args.cache_dir, args.stages, args.pools,
+                        overwrite=args.overwrite)
     print(f"out-of-fold validation: {summary.get('headline', summary)}")
     print(f"model with fitted heads: {args.output}")
     return 0

@@ -9,6 +9,7 @@ import sys
 import tempfile
 
 from nnunet_mtl.cli.backend_args import add_backend_argument
+from nnunet_mtl.cli.failures import run_command
 from nnunet_mtl.inference.folders import classify_files
 from nnunet_mtl.inference.loader import load_predictor
 
@@ -37,23 +38,16 @@ def main(argv=None) -> int:
             p.error("give the model with -m MODEL_DIR")
         args.model, args.files = args.files[0], args.files[1:]
         print(f"{PROG}: the model as first argument is deprecated; use -m {args.model}", file=sys.stderr)
-    try:
-        with contextlib.redirect_stdout(sys.stderr):
-            predictor = load_predictor(args.model, args.folds, args.checkpoint, args.device,
-                                       tile_batch=args.tile_batch, backend=args.backend, prepare="heads")
-        spec = predictor.spec
-        targets = spec.classification_targets
-        if not targets:
-            raise ValueError(f"{args.model}: the model has no classification target")
-        if args.target and args.target not in [t.name for t in targets]:
-            raise ValueError(f"unknown classification target {args.target!r} (the model has "
-                             f"{', '.join(t.name for t in targets)})")
-        target = spec[args.target] if args.target else targets[0]
-    except (FileNotFoundError, ValueError, RuntimeError) as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
-        return 2
-    failed = 0
-    with tempfile.TemporaryDirectory() as work, contextlib.closing(predictor):
+    return run_command(PROG, lambda: _run(args))
+
+
+def _run(args) -> int:
+    with contextlib.redirect_stdout(sys.stderr):
+        predictor = load_predictor(args.model, args.folds, args.checkpoint, args.device,
+                                   tile_batch=args.tile_batch, backend=args.backend, prepare="heads")
+    with contextlib.closing(predictor), tempfile.TemporaryDirectory() as work:  # closed on every way out
+        target = _target(predictor.spec, args)
+        failed = 0
         for r in classify_files(predictor, args.files, work, chatter=sys.stderr):
             if "error" in r:
                 failed += 1
@@ -66,6 +60,16 @@ def main(argv=None) -> int:
         print(f"{PROG}: {failed} of {len(args.files)} file(s) failed", file=sys.stderr)
         return 1
     return 0
+
+
+def _target(spec, args):
+    targets = spec.classification_targets
+    if not targets:
+        raise ValueError(f"{args.model}: the model has no classification target")
+    if args.target and args.target not in [t.name for t in targets]:
+        raise ValueError(f"unknown classification target {args.target!r} (the model has "
+                         f"{', '.join(t.name for t in targets)})")
+    return spec[args.target] if args.target else targets[0]
 
 
 if __name__ == "__main__":

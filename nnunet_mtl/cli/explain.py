@@ -8,6 +8,7 @@ import os
 import sys
 
 from nnunet_mtl.file_names import case_name
+from nnunet_mtl.cli.failures import run_command
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,15 +36,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    from nnunet_mtl.outputs.explain import ExplainError, explain_case
-    try:
-        paths = explain_case(args.model, args.input, os.path.join(args.output, case_name(args.input[0])),
-                             args.target, class_name=args.class_name, method=args.method, stage=args.stage,
-                             folds=args.folds, checkpoint=args.checkpoint, device=args.device, mask_file=args.mask,
-                             top_k=args.top_k, use_mirroring=not args.disable_tta)
-    except (ExplainError, FileNotFoundError) as e:
-        print(f"nnunet_mtl_explain: error: {e}", file=sys.stderr)
-        return 2
+    return run_command("nnunet_mtl_explain", lambda: _run(args))
+
+
+def _run(args) -> int:
+    from nnunet_mtl.outputs.explain import explain_case  # grad-cam: imported on use
+    paths = explain_case(args.model, args.input, os.path.join(args.output, case_name(args.input[0])),
+                         args.target, class_name=args.class_name, method=args.method, stage=args.stage,
+                         folds=args.folds, checkpoint=args.checkpoint, device=args.device, mask_file=args.mask,
+                         top_k=args.top_k, use_mirroring=not args.disable_tta)
     for kind, path in paths.items():
         print(f"{kind}\t{path}")
     return 0

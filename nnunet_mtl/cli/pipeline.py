@@ -17,6 +17,7 @@ import sys
 import time
 
 from nnunet_mtl.cli.backend_args import add_backend_argument
+from nnunet_mtl.cli.failures import run_command
 from nnunet_mtl.conversion.description import add_description_arguments, description_from_args
 from nnunet_mtl.conversion.registry import LAYOUT_NAMES
 from nnunet_mtl.training.knobs import (DEFAULT_HEADS, DEMO_BUDGET, DEMO_SHRINK, HEADS_CHOICES, add_knob_arguments,
@@ -121,43 +122,43 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     os.environ.setdefault("nnUNet_n_proc_DA", "0" if (os.cpu_count() or 1) <= 2 else str(min(12, os.cpu_count())))
     os.environ.setdefault("nnUNet_def_n_proc", "2")
-    from nnunet_mtl import workflow  # after the settings above: nnU-Net reads them when it is first imported
     device = args.device or _default_device()
     base_given = args.base_dir is not None
     args.base_dir = args.base_dir or DEFAULT_BASE_DIR
-    try:
-        if args.demo:
-            return run_demo(args, device)
-        run_all = not (args.prepare_only or args.train_only or args.inference_only or args.add_heads)
-        if args.add_heads:
-            if not (args.stock_model and args.model_dir):
-                raise workflow.PipelineError("--add_heads needs --stock_model (the trained nnU-Net model) and "
-                                             "--model_dir (the model folder to write)")
-            stock_base = args.base_dir if base_given or not os.environ.get("nnUNet_preprocessed") else None
-            workflow.add_heads(stock_base, args.stock_model, args.model_dir, args.labels_csv, args.spec_json,
-                               device, args.overwrite, folds=args.fold, checkpoint=args.checkpoint,
-                               backend=args.backend)
-        if args.prepare_only or run_all:
-            if not args.input_dir:
-                raise workflow.PipelineError("--input_dir is required to prepare a dataset (or use --demo)")
-            workflow.prepare(args.base_dir, args.input_dir, args.dataset_id, args.dataset_name, args.planner,
-                             args.configuration, args.trainer, args.split_mode, args.folds, args.split_target,
-                             args.seed, args.num_processes, args.overwrite, shrink=_shrink(args),
-                             convert_kwargs=_convert_kwargs(args))
-        if args.train_only or run_all:
-            knobs = _training_knobs(args)
-            workflow.train(args.base_dir, args.fold, device, args.num_gpus, args.overwrite, **knobs)
-            if args.heads == "fitted":
-                workflow.fit_heads(args.base_dir, args.fold, device, args.overwrite, backend=args.backend)
-        if args.inference_only or run_all:
-            workflow.infer(args.base_dir, args.test_input, args.test_output, args.fold, args.checkpoint, device,
-                           args.overwrite, args.explain, step_size=args.step_size, use_mirroring=not args.disable_tta,
-                           save_probabilities=args.save_probabilities, calibration=not args.no_calibration,
-                           dicom_outputs=args.dicom_outputs, report=args.report, mask_format=args.mask_format,
-                           model_dir=args.model_dir, heads=args.heads, backend=args.backend)
-    except (workflow.PipelineError, ValueError, FileNotFoundError, FileExistsError) as e:
-        print(f"{parser.prog}: error: {e}", file=sys.stderr)
-        return 2
+    return run_command(parser.prog, lambda: _run(args, device, base_given))
+
+
+def _run(args, device: str, base_given: bool) -> int:
+    from nnunet_mtl import workflow  # after main's settings: nnU-Net reads them when it is first imported
+    if args.demo:
+        return run_demo(args, device)
+    run_all = not (args.prepare_only or args.train_only or args.inference_only or args.add_heads)
+    if args.add_heads:
+        if not (args.stock_model and args.model_dir):
+            raise workflow.PipelineError("--add_heads needs --stock_model (the trained nnU-Net model) and "
+                                         "--model_dir (the model folder to write)")
+        stock_base = args.base_dir if base_given or not os.environ.get("nnUNet_preprocessed") else None
+        workflow.add_heads(stock_base, args.stock_model, args.model_dir, args.labels_csv, args.spec_json,
+                           device, args.overwrite, folds=args.fold, checkpoint=args.checkpoint,
+                           backend=args.backend)
+    if args.prepare_only or run_all:
+        if not args.input_dir:
+            raise workflow.PipelineError("--input_dir is required to prepare a dataset (or use --demo)")
+        workflow.prepare(args.base_dir, args.input_dir, args.dataset_id, args.dataset_name, args.planner,
+                         args.configuration, args.trainer, args.split_mode, args.folds, args.split_target,
+                         args.seed, args.num_processes, args.overwrite, shrink=_shrink(args),
+                         convert_kwargs=_convert_kwargs(args))
+    if args.train_only or run_all:
+        knobs = _training_knobs(args)
+        workflow.train(args.base_dir, args.fold, device, args.num_gpus, args.overwrite, **knobs)
+        if args.heads == "fitted":
+            workflow.fit_heads(args.base_dir, args.fold, device, args.overwrite, backend=args.backend)
+    if args.inference_only or run_all:
+        workflow.infer(args.base_dir, args.test_input, args.test_output, args.fold, args.checkpoint, device,
+                       args.overwrite, args.explain, step_size=args.step_size, use_mirroring=not args.disable_tta,
+                       save_probabilities=args.save_probabilities, calibration=not args.no_calibration,
+                       dicom_outputs=args.dicom_outputs, report=args.report, mask_format=args.mask_format,
+                       model_dir=args.model_dir, heads=args.heads, backend=args.backend)
     return 0
 
 
@@ -195,7 +196,7 @@ def _default_device() -> str:
 
 def run_demo(args, device: str) -> int:
     """Synthetic data in a user-facing layout, then every step with a short budget."""
-    from nnunet_mtl import synthetic, workflow  # imported in main first, after nnU-Net's settings
+    from nnunet_mtl import synthetic, workflow  # after main's nnU-Net settings
     start = time.time()
     kind = args.demo
     input_dir = os.path.join(args.base_dir, f"demo_input_{kind}")
@@ -226,7 +227,7 @@ def run_demo(args, device: str) -> int:
 
 
 def _print_headline(metrics: dict) -> None:
-    from nnunet_mtl.evaluation.summary import summary_lines  # imported in main first, after nnU-Net's settings
+    from nnunet_mtl.evaluation.summary import summary_lines  # after main's nnU-Net settings
     print("[demo] whole validation cases:")
     for line in summary_lines(metrics):
         print(f"[demo]   {line}")

@@ -4,13 +4,14 @@ import contextlib
 import sys
 
 from nnunet_mtl.cli.backend_args import add_backend_argument
+from nnunet_mtl.cli.failures import run_command
 from nnunet_mtl.inference.folders import converted_source, predict_folder
 from nnunet_mtl.inference.loader import load_predictor
 from nnunet_mtl.outputs import clinical as clinical_outputs
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__)
+    p = argparse.ArgumentParser(prog="nnunet_mtl_predict", description=__doc__)
     p.add_argument("-i", "--input", required=True, help="folder of images (nnU-Net CASE_0000.nii.gz, or PNG/JPG/"
                                                         "DICOM/NIfTI files, or DICOM series folders)")
     p.add_argument("-o", "--output", required=True, help="output folder for masks and predictions.csv")
@@ -52,26 +53,30 @@ def _cuda() -> bool:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        predictor = load_predictor(args.model, args.folds, args.checkpoint, args.device, args.step_size,
-                                   not args.disable_tta, args.verbose, tile_batch=args.tile_batch,
-                                   backend=args.backend)
-        if args.no_calibration:
-            predictor.calibration = None
-        with contextlib.closing(predictor):
-            csv_path = predict_folder(predictor, args.input, args.output, overwrite=args.overwrite,
-                                      save_probabilities=args.save_probabilities or args.dicom_outputs == "fractional",
-                                      num_processes_preprocessing=args.npp, num_processes_export=args.nps,
-                                      num_parts=args.num_parts, part_id=args.part_id, engine=args.engine,
-                                      mask_format=args.mask_format)
-        if args.dicom_outputs:
-            clinical_outputs.write_dicom_folder(args.model, args.output, args.dicom_outputs)
-        if args.report:
-            clinical_outputs.write_report_folder(args.model, args.output, converted_source(args.input, args.output))
-    except (FileNotFoundError, ValueError, RuntimeError) as e:
-        print(f"nnunet_mtl_predict: error: {e}", file=sys.stderr)
-        return 2
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.num_parts < 1 or not 0 <= args.part_id < args.num_parts:
+        parser.error(f"-part_id {args.part_id} is outside -num_parts {args.num_parts} "
+                     f"(part ids are 0 to {args.num_parts - 1})")
+    return run_command("nnunet_mtl_predict", lambda: _run(args))
+
+
+def _run(args) -> int:
+    predictor = load_predictor(args.model, args.folds, args.checkpoint, args.device, args.step_size,
+                               not args.disable_tta, args.verbose, tile_batch=args.tile_batch,
+                               backend=args.backend)
+    if args.no_calibration:
+        predictor.calibration = None
+    with contextlib.closing(predictor):
+        csv_path = predict_folder(predictor, args.input, args.output, overwrite=args.overwrite,
+                                  save_probabilities=args.save_probabilities or args.dicom_outputs == "fractional",
+                                  num_processes_preprocessing=args.npp, num_processes_export=args.nps,
+                                  num_parts=args.num_parts, part_id=args.part_id, engine=args.engine,
+                                  mask_format=args.mask_format)
+    if args.dicom_outputs:
+        clinical_outputs.write_dicom_folder(args.model, args.output, args.dicom_outputs)
+    if args.report:
+        clinical_outputs.write_report_folder(args.model, args.output, converted_source(args.input, args.output))
     print(f"predictions: {csv_path}")
     return 0
 

@@ -5,8 +5,8 @@ import argparse
 import os
 import sys
 
-from split_tools.splits import DEFAULT_SEED, MODES, SplitError, make_splits, write_splits
-from nnunet_mtl.targets import TargetSpecError
+from nnunet_mtl.cli.failures import run_command
+from split_tools.splits import DEFAULT_SEED, MODES, make_splits, write_splits
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,12 +25,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     a = build_parser().parse_args(argv)
     out = a.out or (a.dataset_json if os.path.isdir(a.dataset_json) else os.path.dirname(os.path.abspath(a.dataset_json)))
-    try:
-        splits = make_splits(a.dataset_json, a.mode, a.folds, a.target, a.seed, a.test_fraction)
-        path = write_splits(splits, out, overwrite=a.overwrite)
-    except (SplitError, TargetSpecError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return run_command("python -m split_tools", lambda: _run(a, out))
+
+
+def _run(a, out: str) -> int:
+    splits = make_splits(a.dataset_json, a.mode, a.folds, a.target, a.seed, a.test_fraction)
+    path = write_splits(splits, out, overwrite=a.overwrite)
     print(f"wrote {len(splits)} fold(s) to {path}" + (f" ({len(splits.test)} test cases held out)" if splits.test else ""))
     return 0
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 import time
 from typing import Callable, Dict, Iterator, List, Optional, Sequence
 
@@ -22,10 +23,13 @@ from nnunet_mtl.inference import provenance
 from nnunet_mtl.inference.loader import model_inputs
 from nnunet_mtl.inference.masks import DEFAULT_MASK_FORMAT, MASK_FORMATS, mask_ending, to_mask_format
 from nnunet_mtl.inference.predictor import nnUNetPredictorMTL
-from nnunet_mtl.inference.record import PROVENANCE_NAME, PredictionRecord, remove_case_files, table_case_ids
+from nnunet_mtl.inference.record import (PROVENANCE_NAME, PredictionRecord, remove_case_files, replace_case_files,
+                                         table_case_ids)
 from nnunet_mtl.inference.threaded_engine import run_cases
+from nnunet_mtl.inference.writer_lock import exclusive_writer
 from nnunet_mtl.io_utils import read_json
 
+STAGING_PREFIX = ".incoming_part"  # nnU-Net exports here; finished masks are moved into place
 NNUNET_NAME = re.compile(r"^(.+)_(\d{4})\.nii\.gz$")
 
 
@@ -85,20 +89,34 @@ def predict_folder(predictor: nnUNetPredictorMTL, input_dir: str, output_dir: st
 
     A case counts as done only with its mask and a row from this model (checkpoints, step size,
     mirroring, aggregation) and this input (``prediction_provenance``); every other case of this part
-    is predicted (its old mask removed first) and its row recorded as it finishes
-    (``prediction_merge``), so a killed run resumes where it stopped. Masks and rows of inputs that
-    are gone are removed; ``report`` gets one line: N predicted, M kept, K removed. ``overwrite``
-    reconverts and predicts everything. ``engine='threads'`` runs in-process (threaded_engine);
-    ``'processes'`` uses nnU-Net's multiprocessing ``predict_from_files`` (rows recorded as each
-    case's export finishes, ``nnUNetPredictorMTL.predict_from_data_iterator``). ``mask_format``
+    is predicted and its row recorded as it finishes (``prediction_merge``), so a killed run resumes where
+    it stopped. Results are replaced case by case, never removed first: nnU-Net exports into a staging folder,
+    the finished mask is moved over the old one (one rename), then its row is recorded; a run that fails
+    publishes the table of what is consistent (every row with its mask, all from this model) and says what is
+    left. One run writes a folder at a time (``writer_lock``; ``-num_parts`` processes each their part).
+    Masks and rows of inputs that are gone are removed; ``report`` gets one line: N predicted, M kept, K
+    removed. ``overwrite`` reconverts and predicts everything. ``engine='threads'`` runs in-process
+    (threaded_engine); ``'processes'`` uses nnU-Net's multiprocessing ``predict_from_files`` (rows recorded as
+    each case's export finishes, ``nnUNetPredictorMTL.predict_from_data_iterator``). ``mask_format``
     'input': masks of PNG/JPG/BMP/TIFF inputs come back as PNG (``mask_outputs``); 'nifti': all in the
     model's format. A case whose mask is not in the asked format is predicted again."""
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
     if mask_format not in MASK_FORMATS:
         raise ValueError(f"mask format must be one of {MASK_FORMATS}, got {mask_format!r}")
+    if num_parts < 1 or not 0 <= part_id < num_parts:
+        raise ValueError(f"-part_id {part_id} is outside -num_parts {num_parts} (part ids are 0 to {num_parts - 1})")
+    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+        raise NotADirectoryError(f"{output_dir}: output folder is a file")
+    with exclusive_writer(output_dir, num_parts, part_id):
+        return _predict_folder(predictor, input_dir, output_dir, overwrite, save_probabilities,
+                               num_processes_preprocessing, num_processes_export, num_parts, part_id,
+                               clip_percentiles, engine, report, mask_format)
+
+
+def _predict_folder(predictor, input_dir, output_dir, overwrite, save_probabilities, num_processes_preprocessing,
+                    num_processes_export, num_parts, part_id, clip_percentiles, engine, report, mask_format) -> str:
     prepared = prepare_folder(input_dir, output_dir, model_inputs(predictor), clip_percentiles, force=overwrite)
-    os.makedirs(output_dir, exist_ok=True)
     file_ending = predictor.dataset_json["file_ending"]
     endings = {cid: mask_ending(sources, file_ending, mask_format) for cid, sources in prepared.sources.items()}
     identity = provenance.model_identity(predictor)
@@ -122,24 +140,39 @@ def predict_folder(predictor: nnUNetPredictorMTL, input_dir: str, output_dir: st
     todo = [cid for cid in mine
             if overwrite or cid in prepared.converted or cid not in latest or not valid(cid, latest[cid])]
     changed = _model_changes(output_dir, identity, latest, key, inputs)
-    for cid in todo:  # an old mask must never pair with a new row
-        remove_case_files(output_dir, cid, file_ending)
+    staging = os.path.join(output_dir, f"{STAGING_PREFIX}{part_id}of{num_parts}")
+    shutil.rmtree(staging, ignore_errors=True)  # a killed run's half exports: this part's, under its lock
+    os.makedirs(staging)
+    done: List[str] = []
 
     def finished(ofile: str, heads) -> None:
         cid = os.path.basename(ofile)
-        to_mask_format(output_dir, cid, file_ending, endings[cid], prepared.sources[cid][0])
-        record.append(cid, predictor.calibrated_outputs(heads.outputs), key, inputs[cid],
-                      calibrated=predictor.outputs_calibrated)
+        staged = to_mask_format(staging, cid, file_ending, endings[cid], prepared.sources[cid][0])
+        replace_case_files(output_dir, cid, staged, file_ending)  # the new mask first, then its row:
+        record.append(cid, predictor.calibrated_outputs(heads.outputs), key, inputs[cid],  # never an old mask
+                      calibrated=predictor.outputs_calibrated)                                # with a new row
+        done.append(cid)
 
     lists = [prepared.cases[cid] for cid in todo]
-    ofiles = [os.path.join(output_dir, cid) for cid in todo]
-    if todo and engine == "threads":
-        run_cases(predictor, lists, ofiles, save_probabilities, export_threads=num_processes_export,
-                  preprocess_threads=num_processes_preprocessing, on_case_done=finished)
-    elif todo:
-        predictor.predict_files(lists, ofiles, save_probabilities, num_processes_preprocessing, num_processes_export,
-                                finished)
-    csv_path = record.publish(valid, {"model_key": key, "model": identity})
+    ofiles = [os.path.join(staging, cid) for cid in todo]
+    provenance_of_run = {"model_key": key, "model": identity}
+    try:
+        if todo and engine == "threads":
+            run_cases(predictor, lists, ofiles, save_probabilities, export_threads=num_processes_export,
+                      preprocess_threads=num_processes_preprocessing, on_case_done=finished)
+        elif todo:
+            predictor.predict_files(lists, ofiles, save_probabilities, num_processes_preprocessing,
+                                    num_processes_export, finished)
+    except BaseException:
+        csv_path = record.publish(valid, provenance_of_run)
+        left = [cid for cid in todo if cid not in set(done)]
+        report(f"{output_dir}: stopped after {len(done)} of {len(todo)} case(s); {csv_path} lists the cases "
+               f"predicted with this model; {len(left)} case(s) still hold their earlier results or none "
+               f"(first: {left[0] if left else '-'}); run again to finish")
+        raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    csv_path = record.publish(valid, provenance_of_run)
     note = f" (model or settings changed: {', '.join(changed)}; its cases predicted again)" if changed else ""
     report(f"{output_dir}: {len(todo)} predicted, {len(mine) - len(todo)} kept, {len(gone)} removed{note}")
     return csv_path

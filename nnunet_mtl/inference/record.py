@@ -111,6 +111,23 @@ def remove_case_files(folder: str, case_id: str, file_ending: str) -> None:
             os.remove(path)
 
 
+def replace_case_files(folder: str, case_id: str, staged_mask: str, file_ending: str) -> str:
+    """Put a case's finished mask (and the probability files nnU-Net wrote beside it, if any) in place of its old
+    files: the mask by one rename over the old one, then the old files of other endings removed. Returns the
+    mask's final path."""
+    staging = os.path.dirname(staged_mask)
+    final = os.path.join(folder, os.path.basename(staged_mask))
+    os.replace(staged_mask, final)
+    for ending in predicted_mask_endings(file_ending) + SIDE_ENDINGS:
+        path = os.path.join(folder, case_id + ending)
+        new = os.path.join(staging, case_id + ending)
+        if os.path.isfile(new):
+            os.replace(new, path)
+        elif path != final and os.path.isfile(path):
+            os.remove(path)
+    return final
+
+
 def merge_into_folder(folder: str, spec: TargetSpec, outputs: Mapping[str, Dict[str, np.ndarray]],
                       calibrated: bool = False) -> str:
     """Add or replace these cases' rows in folder/predictions.csv|json, without provenance (nnU-Net's

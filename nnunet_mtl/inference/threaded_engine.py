@@ -27,24 +27,32 @@ def run_cases(predictor, input_lists: Sequence[List[str]], output_files: Sequenc
               preprocess_threads: int = 2,
               on_case_done: Optional[Callable[[str, CaseHeads], None]] = None) -> List[CaseHeads]:
     """Predict every case (list of channel files) into its truncated output file; returns the
-    cases' head outputs, each under its case id (the output file's name)."""
+    cases' head outputs, each under its case id (the output file's name). When a case fails (or Ctrl-C),
+    the cases already predicted are exported and handed to ``on_case_done`` before the error propagates."""
     preprocessor = predictor.configuration_manager.preprocessor_class(verbose=False)
     todo = iter(zip(input_lists, output_files))
-    pending_pre: deque = deque()
-    pending_export: deque = deque()
+    pending_pre: deque = deque()     # (ofile, preprocessing future), in case order
+    pending_export: deque = deque()  # (ofile, heads, export future), in case order
     heads: List[CaseHeads] = []
+    export_threads, preprocess_threads = max(1, export_threads), max(1, preprocess_threads)
 
     def preprocess(files):
         return preprocessor.run_case(files, None, predictor.plans_manager, predictor.configuration_manager,
                                      predictor.dataset_json)
 
-    def finish(ofile, case_heads, export):
+    handing_over_failed = []  # on_case_done raised: nothing more is handed over after it
+
+    def finish_next() -> None:
+        ofile, case_heads, export = pending_export.popleft()
         export.result()
         if on_case_done is not None:
-            on_case_done(ofile, case_heads)
+            try:
+                on_case_done(ofile, case_heads)
+            except BaseException:
+                handing_over_failed.append(ofile)
+                raise
 
-    preprocess_threads = max(1, preprocess_threads)
-    with ThreadPoolExecutor(preprocess_threads) as pre_pool, ThreadPoolExecutor(max(1, export_threads)) as export_pool:
+    with ThreadPoolExecutor(preprocess_threads) as pre_pool, ThreadPoolExecutor(export_threads) as export_pool:
         def queue_next():
             item = next(todo, None)
             if item is not None:
@@ -52,19 +60,28 @@ def run_cases(predictor, input_lists: Sequence[List[str]], output_files: Sequenc
 
         for _ in range(preprocess_threads + 1):  # keep every preprocessing thread busy, one case ahead
             queue_next()
-        while pending_pre:
-            ofile, future = pending_pre.popleft()
-            data, _, properties = future.result()
-            queue_next()
-            logits, case_heads = predictor.predict_case(torch.from_numpy(data), os.path.basename(ofile))
-            heads.append(case_heads)
-            logits = logits.cpu()
-            pending_export.append((ofile, case_heads, export_pool.submit(
-                export_prediction_from_logits, logits, properties, predictor.configuration_manager,
-                predictor.plans_manager, predictor.dataset_json, ofile, save_probabilities)))
-            while pending_export and (pending_export[0][2].done()  # report finished cases at once, in order
-                                      or len(pending_export) > 2 * max(1, export_threads)):  # bound queued logits
-                finish(*pending_export.popleft())
+        try:
+            while pending_pre:
+                ofile, future = pending_pre.popleft()
+                data, _, properties = future.result()
+                queue_next()
+                logits, case_heads = predictor.predict_case(torch.from_numpy(data), os.path.basename(ofile))
+                heads.append(case_heads)
+                pending_export.append((ofile, case_heads, export_pool.submit(
+                    export_prediction_from_logits, logits.cpu(), properties, predictor.configuration_manager,
+                    predictor.plans_manager, predictor.dataset_json, ofile, save_probabilities)))
+                while pending_export and (pending_export[0][2].done()  # report finished cases at once, in order
+                                          or len(pending_export) > 2 * export_threads):  # bound queued logits
+                    finish_next()
+        except BaseException:
+            for _, future in pending_pre:
+                future.cancel()
+            while pending_export and not handing_over_failed:  # what was predicted is not lost
+                if pending_export[0][2].exception() is None:
+                    finish_next()
+                else:
+                    pending_export.popleft()
+            raise
         while pending_export:
-            finish(*pending_export.popleft())
+            finish_next()
     return heads
