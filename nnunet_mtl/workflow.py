@@ -297,6 +297,9 @@ def infer(base_dir: str, test_input: Optional[str] = None, test_output: Optional
     print(f"{test_output}: masks and {os.path.basename(csv_path)} (folds {folds}, {predictor.backend}; probabilities "
           f"{'calibrated' if predictor.outputs_calibrated else 'not calibrated'})")
     source = converted_source(test_input, test_output)
+    clinical_outputs.retire_unrequested(test_output, {clinical_outputs.EXPLANATIONS_DIR: explain,
+                                                      clinical_outputs.DICOM_DIR: bool(dicom_outputs),
+                                                      clinical_outputs.REPORT_DIR: report})
     if explain:
         explain_folder(folder, source, os.path.join(test_output, clinical_outputs.EXPLANATIONS_DIR),
                        folds, checkpoint, device, prediction_folder=test_output)

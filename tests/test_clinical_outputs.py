@@ -265,3 +265,26 @@ def test_report_shows_the_gradcam_of_explain(trained_2d, dataset_2d, tmp_path):
             if "://" not in r and not r.endswith(".html"):
                 assert (page.parent / r).is_file(), r
     assert all(f"cases/{cid}.html" in _links(index) for cid in rows)
+
+
+def test_a_rerun_without_explain_or_report_moves_their_stale_pages_aside(trained_2d, dataset_2d, tmp_path, capsys):
+    """Issue 26: outputs that depend on flags follow them; what an earlier run made is moved aside, one line."""
+    from nnunet_mtl.cli import predict as predict_cli
+    from nnunet_mtl.workflow import explain_folder
+    images = os.path.join(dataset_2d.raw_folder, "imagesTs")
+    out = tmp_path / "out"
+    argv = ["-i", images, "-o", str(out), "-m", trained_2d, "-f", "0", "--disable_tta", "--backend", "torch"]
+    assert predict_cli.main(argv + ["--report"]) == 0
+    explain_folder(trained_2d, images, str(out / "explanations"), [0], "checkpoint_final.pth", "cpu",
+                   prediction_folder=str(out))
+    capsys.readouterr()
+    assert predict_cli.main(argv + ["--report"]) == 0  # no --explain now: its maps are not this run's
+    printed = capsys.readouterr().out
+    assert f"{out / 'explanations'}: from an earlier run, not asked for this time; moved to " \
+           f"{out / '.stale' / 'explanations'}" in printed
+    pages = list((out / "report" / "cases").glob("*.html"))
+    assert pages and not any("_gradcam.png" in r for p in pages for r in _links(p))
+    assert (out / ".stale" / "explanations").is_dir() and not (out / "explanations").exists()
+    assert predict_cli.main(argv) == 0
+    assert not (out / "report").exists() and (out / ".stale" / "report" / "index.html").is_file()
+    assert len(read_rows(out / "predictions.csv")) == len(os.listdir(images))  # the predictions themselves stay

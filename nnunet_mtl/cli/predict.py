@@ -73,6 +73,8 @@ def _run(args) -> int:
                                   num_processes_preprocessing=args.npp, num_processes_export=args.nps,
                                   num_parts=args.num_parts, part_id=args.part_id, engine=args.engine,
                                   mask_format=args.mask_format)
+    clinical_outputs.retire_unrequested(args.output, {clinical_outputs.DICOM_DIR: bool(args.dicom_outputs),
+                                                      clinical_outputs.REPORT_DIR: args.report})
     if args.dicom_outputs:
         clinical_outputs.write_dicom_folder(args.model, args.output, args.dicom_outputs)
     if args.report:

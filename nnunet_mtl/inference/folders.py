@@ -11,10 +11,12 @@ import contextlib
 import os
 import re
 import shutil
+import sys
 import time
 from typing import Callable, Dict, Iterator, List, Optional, Sequence
 
 import torch
+from tqdm import tqdm
 
 from nnunet_mtl.conversion.case_discovery import NOT_IMAGES
 from nnunet_mtl.conversion.inference_inputs import ModelInputs, PreparedInputs, prepare_cases
@@ -144,6 +146,7 @@ def _predict_folder(predictor, input_dir, output_dir, overwrite, save_probabilit
     shutil.rmtree(staging, ignore_errors=True)  # a killed run's half exports: this part's, under its lock
     os.makedirs(staging)
     done: List[str] = []
+    progress = CaseProgress(len(todo), f"predicting into {output_dir}")
 
     def finished(ofile: str, heads) -> None:
         cid = os.path.basename(ofile)
@@ -152,6 +155,7 @@ def _predict_folder(predictor, input_dir, output_dir, overwrite, save_probabilit
         record.append(cid, predictor.calibrated_outputs(heads.outputs), key, inputs[cid],  # never an old mask
                       calibrated=predictor.outputs_calibrated)                                # with a new row
         done.append(cid)
+        progress.step(cid)
 
     lists = [prepared.cases[cid] for cid in todo]
     ofiles = [os.path.join(staging, cid) for cid in todo]
@@ -171,11 +175,34 @@ def _predict_folder(predictor, input_dir, output_dir, overwrite, save_probabilit
                f"(first: {left[0] if left else '-'}); run again to finish")
         raise
     finally:
+        progress.close()
         shutil.rmtree(staging, ignore_errors=True)
     csv_path = record.publish(valid, provenance_of_run)
     note = f" (model or settings changed: {', '.join(changed)}; its cases predicted again)" if changed else ""
     report(f"{output_dir}: {len(todo)} predicted, {len(mine) - len(todo)} kept, {len(gone)} removed{note}")
     return csv_path
+
+
+class CaseProgress:
+    """A case-by-case progress display on stderr: tqdm's bar in a terminal (as conversion shows), else one line
+    per case (a log file shows where a long run is)."""
+
+    def __init__(self, total: int, what: str):
+        self.total, self.what, self.n, self.start = total, what, 0, time.perf_counter()
+        self.bar = tqdm(total=total, desc=what, unit="case", file=sys.stderr) if total and sys.stderr.isatty() \
+            else None
+
+    def step(self, case_id: str) -> None:
+        self.n += 1
+        if self.bar is not None:
+            self.bar.update()
+        else:
+            print(f"{self.what}: {case_id} done ({self.n}/{self.total}, {time.perf_counter() - self.start:.0f} s)",
+                  file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 def _model_changes(output_dir: str, identity: dict, latest: Dict[str, dict], key: str,

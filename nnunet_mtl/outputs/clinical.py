@@ -16,6 +16,7 @@ import csv
 import glob
 import logging
 import os
+import shutil
 from dataclasses import dataclass, field
 from typing import Dict, List, Mapping
 
@@ -81,6 +82,28 @@ def case_sources(output_dir: str) -> Dict[str, List[str]]:
 
 
 # --------------------------------------------------------------------------------------------- DICOM
+STALE_DIR = ".stale"  # outputs of an earlier run that this run was not asked to make
+
+
+def retire_unrequested(output_dir: str, requested: Mapping[str, bool]) -> List[str]:
+    """Move the folders an earlier run made (``DICOM_DIR``, ``REPORT_DIR``, ``EXPLANATIONS_DIR``) that this run
+    was not asked to make (``requested[name]`` false) to ``OUT/.stale/<name>`` (one earlier copy kept), one line
+    each: they describe earlier masks and rows, and a report would show stale Grad-CAM overlays. Returns what
+    was moved."""
+    moved = []
+    for name in (DICOM_DIR, REPORT_DIR, EXPLANATIONS_DIR):
+        path = os.path.join(output_dir, name)
+        if requested.get(name) or not os.path.isdir(path):
+            continue
+        target = os.path.join(output_dir, STALE_DIR, name)
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(path, target)
+        print(f"{path}: from an earlier run, not asked for this time; moved to {target}")
+        moved.append(target)
+    return moved
+
+
 def write_dicom_folder(model_dir: str, output_dir: str, seg_type: str = "binary") -> Dict[str, Dict[str, str]]:
     """SEG + SR per DICOM case into ``output_dir/dicom/<case>/``; returns case -> {"seg", "sr"} paths.
 

@@ -51,11 +51,13 @@ def _cli(argv):
     return rc, out.getvalue(), [ln for ln in err.getvalue().splitlines() if ln.strip()]
 
 
-def test_a_failed_overwrite_run_keeps_what_it_did_not_replace(trained_2d, images, tmp_path, monkeypatch):
+def test_a_failed_overwrite_run_keeps_what_it_did_not_replace(trained_2d, images, tmp_path, monkeypatch, capsys):
     out = str(tmp_path / "out")
     predict_folder(_predictor(trained_2d), images, out, num_processes_preprocessing=1, num_processes_export=1)
     before_rows, before_masks = _rows(out), _masks(out)
     assert len(before_masks) >= 3 and set(before_rows) == set(before_masks)
+    progress = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith(f"predicting into {out}: ")]
+    assert len(progress) == len(before_masks) and f"done ({len(before_masks)}/{len(before_masks)}, " in progress[-1]
 
     predict_case = nnUNetPredictorMTL.predict_case
     calls = []
