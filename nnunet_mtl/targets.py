@@ -162,10 +162,12 @@ class TargetSpec:
 
     @classmethod
     def infer_from_columns(cls, rows: Sequence[Mapping[str, str]], columns: Sequence[str],
-                           regression: Iterable[str] = (), source: str = "labels") -> "TargetSpec":
+                           regression: Iterable[str] = (), source: str = "labels",
+                           lines: Optional[Sequence[int]] = None) -> "TargetSpec":
         """Guess a spec from CSV columns: numeric-only columns with many values are regression
         unless they have few distinct integers; class names are sorted (numerically if numeric).
-        Class names that differ only by case or spaces (``Present``/``present``) are refused."""
+        Class names that differ only by case or spaces (``Present``/``present``) are refused, naming
+        the rows' file ``lines`` (default: header on line 1, one line per row)."""
         regression = set(regression)
         targets = []
         for col in columns:
@@ -177,7 +179,7 @@ class TargetSpec:
             if is_reg:
                 targets.append(Target(col, REGRESSION, allow_missing=missing))
             else:
-                _refuse_spelling_variants(col, distinct, rows, source)
+                _refuse_spelling_variants(col, rows, source, lines)
                 targets.append(Target(col, CLASSIFICATION, classes=tuple(distinct), allow_missing=missing))
         return cls(tuple(targets))
 
@@ -187,16 +189,20 @@ def spelling_key(name: str) -> str:
     return "".join(str(name).split()).casefold()
 
 
-def _refuse_spelling_variants(column: str, classes: Sequence[str], rows: Sequence[Mapping[str, str]],
-                              source: str) -> None:
-    seen: Dict[str, str] = {}
-    for name in classes:
-        other = seen.setdefault(spelling_key(name), name)
+def _refuse_spelling_variants(column: str, rows: Sequence[Mapping[str, str]], source: str,
+                              lines: Optional[Sequence[int]] = None) -> None:
+    """In file order, so the line named is the one where the second spelling first appears (sorted
+    class names put 'Present' before 'present' wherever they are in the file)."""
+    first: Dict[str, tuple] = {}
+    for line, r in zip(lines or range(2, len(rows) + 2), rows):
+        name = str(r.get(column, "")).strip()
+        if name.lower() in MISSING_TOKENS:
+            continue
+        other, other_line = first.setdefault(spelling_key(name), (name, line))
         if other != name:
-            line = next(i for i, r in enumerate(rows, start=2) if str(r.get(column, "")).strip() == name)
-            raise TargetSpecError(f"{source}: column {column!r} spells one class two ways, {other!r} and {name!r} "
-                                  f"(line {line}); they differ only by case or spaces: use one spelling, "
-                                  f"or declare the classes in a spec (--spec_json)")
+            raise TargetSpecError(f"{source}: column {column!r} spells one class two ways, {other!r} (line "
+                                  f"{other_line}) and {name!r} (line {line}); they differ only by case or spaces: "
+                                  f"use one spelling, or declare the classes in a spec (--spec_json)")
 
 
 def _is_number(text: str) -> bool:
@@ -271,7 +277,10 @@ def read_labels_csv(path: str, spec: Optional[TargetSpec] = None, id_column: str
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f)
-            rows = list(reader)
+            rows, lines = [], []  # lines: each row's line in the file as an editor counts (header = 1)
+            for row in reader:
+                rows.append(row)
+                lines.append(reader.line_num)
             columns = list(reader.fieldnames or [])
     except FileNotFoundError:
         raise TargetSpecError(f"{path}: labels CSV not found") from None
@@ -279,12 +288,13 @@ def read_labels_csv(path: str, spec: Optional[TargetSpec] = None, id_column: str
         raise TargetSpecError(f"{path}: no '{id_column}' column (columns: {columns})")
     ignore = set(ignore_columns) | {id_column}
     if spec is None:
-        spec = TargetSpec.infer_from_columns(rows, [c for c in columns if c not in ignore], regression, source=path)
+        spec = TargetSpec.infer_from_columns(rows, [c for c in columns if c not in ignore], regression, source=path,
+                                             lines=lines)
     missing_cols = [n for n in spec.names if n not in columns]
     if missing_cols:
         raise TargetSpecError(f"{path}: no column for target(s) {missing_cols}")
     cases = {}
-    for i, r in enumerate(rows, start=2):
+    for i, r in zip(lines, rows):
         cid = str(r[id_column]).strip()
         if not cid:
             raise TargetSpecError(f"{path}: line {i} has an empty {id_column}")

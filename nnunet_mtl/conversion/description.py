@@ -22,7 +22,7 @@ from dataclasses import dataclass, fields, replace
 from typing import Dict, List, Mapping, Optional, Tuple
 
 from nnunet_mtl.conversion.masks import MAX_LABEL, ConversionError
-from nnunet_mtl.conversion.lateral_pairs import detect_lateral_pairs
+from nnunet_mtl.conversion.lateral_pairs import LateralPairError, detect_lateral_pairs
 from nnunet_mtl.targets import TargetSpec, TargetSpecError
 
 KEYS = ("labels", "regions", "lateral_pairs", "channel_names", "targets")
@@ -147,7 +147,11 @@ def parse_pairs(raw, source: str) -> Tuple[Pair, ...]:
         parts = str(item).split(":") if isinstance(item, str) else list(item)
         if len(parts) != 2 or not all(str(p).strip() for p in parts):
             raise ConversionError(f"{source}: lateral pair {item!r} must name two labels (left_lung:right_lung)")
-        out.append((str(parts[0]).strip(), str(parts[1]).strip()))
+        left, right = str(parts[0]).strip(), str(parts[1]).strip()
+        if left == right:  # would be stored, and a mirror would "swap" the structure with itself
+            raise LateralPairError(f"{source}: lateral pair {item!r} names {left!r} on both sides; a pair is two "
+                                   f"different labels (left_lung:right_lung)")
+        out.append((left, right))
     return tuple(out)
 
 

@@ -42,8 +42,13 @@ def clip_to_percentiles(arr: np.ndarray, percentiles: Optional[Sequence[float]])
     lo_p, hi_p = float(percentiles[0]), float(percentiles[1])
     if not 0 <= lo_p < hi_p <= 100:
         raise ConversionError(f"clip percentiles must satisfy 0 <= low < high <= 100, got {list(percentiles)}")
-    lo, hi = np.percentile(arr, [lo_p, hi_p])
-    return np.clip(arr, lo, hi)
+    finite = np.isfinite(arr)
+    if not finite.any():
+        return arr
+    # percentiles of the finite pixels only, and NaN/inf left as they are: one NaN made both percentiles
+    # NaN, every pixel NaN after np.clip, and the NaN check then counted the whole image
+    lo, hi = np.percentile(arr[finite], [lo_p, hi_p])
+    return np.where(finite, np.clip(arr, lo, hi), arr)
 
 
 def _image_2d(arr: np.ndarray, spacing: Optional[Tuple[float, float]]) -> sitk.Image:

@@ -102,7 +102,7 @@ def test_class_spellings_differing_by_spaces_are_refused(tmp_path):
     from nnunet_mtl.targets import TargetSpecError, read_labels_csv
     p = write_labels(str(tmp_path / "l.csv"), [["a", "no finding"], ["b", "no  finding"], ["c", "finding"]])
     with pytest.raises(TargetSpecError, match=r"l\.csv: column 'finding' spells one class two ways, "
-                                              r"'no  finding' and 'no finding'"):
+                                              r"'no finding' \(line 2\) and 'no  finding' \(line 3\)"):
         read_labels_csv(p)
 
 

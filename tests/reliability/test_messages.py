@@ -1,0 +1,66 @@
+"""Issue 26 item 6: user-facing messages that named the wrong count, line, case or cause.
+
+Each test asserts the one line a user now gets (hostile-user report: NaN count, lateral pairs, labels CSV
+spellings, --label_names, pipeline steps run out of order, --test_input, --target_spacing, --folds, and
+degenerate bootstrap intervals)."""
+import numpy as np
+import pytest
+from PIL import Image
+
+from nnunet_mtl.conversion.masks import ConversionError
+
+
+# ------------------------------------------------------------------------------------- 1: NaN count
+def test_one_nan_pixel_in_a_2d_image_is_counted_once(tmp_path):
+    """Grey 2D images are clipped to percentiles first; one NaN made the percentiles NaN and the whole
+    64x64 image NaN, so the check reported 4096 pixels."""
+    from nnunet_mtl.conversion.inference_inputs import ModelInputs
+    from nnunet_mtl.inference.folders import prepare_folder
+    (tmp_path / "in").mkdir()
+    arr = np.random.default_rng(0).uniform(0, 100, (64, 64)).astype(np.float32)
+    arr[5, 7] = np.nan
+    Image.fromarray(arr, mode="F").save(tmp_path / "in" / "bad.tif")
+    with pytest.raises(ConversionError, match=r"bad\.tif: image has 1 NaN or infinite pixel value\(s\)"):
+        prepare_folder(str(tmp_path / "in"), str(tmp_path / "out"), ModelInputs({"0": "rescale_to_0_1"}, 2))
+
+
+def test_clipping_leaves_non_finite_pixels_and_clips_the_rest():
+    from nnunet_mtl.conversion.image_readers import clip_to_percentiles
+    arr = np.arange(100, dtype=np.float32)
+    arr[3], arr[4] = np.nan, np.inf
+    out = clip_to_percentiles(arr, (1, 99))
+    assert np.isnan(out[3]) and np.isinf(out[4]) and np.isfinite(np.delete(out, [3, 4])).all()
+    assert out[0] > 0 and out[99] < 99
+
+
+# ------------------------------------------------------------------------------------- 2: lateral pairs
+def test_a_lateral_pair_of_one_label_with_itself_is_refused():
+    import argparse
+    from nnunet_mtl.conversion.description import add_description_arguments, description_from_args
+    from nnunet_mtl.conversion.lateral_pairs import LateralPairError
+    parser = argparse.ArgumentParser()
+    add_description_arguments(parser)
+    args = parser.parse_args(["--label_names", "1=left_x", "--lateral_pairs", "left_x:left_x"])
+    with pytest.raises(LateralPairError, match=r"^command line: lateral pair 'left_x:left_x' names 'left_x' on "
+                                               r"both sides; a pair is two different labels"):
+        description_from_args(args)
+
+
+# ------------------------------------------------------------------------------------- 3: labels CSV spellings
+def test_spelling_clash_names_the_line_of_the_second_spelling(tmp_path):
+    """'present' on line 2, 'Present' on line 5 (a blank line 4 counts, as in an editor): sorting the class
+    names put 'Present' first and blamed line 2."""
+    from nnunet_mtl.targets import TargetSpecError, read_labels_csv
+    p = tmp_path / "labels.csv"
+    p.write_text("case_id,finding\na,present\nb,absent\n\nc,Present\nd,present\n")
+    with pytest.raises(TargetSpecError, match=r"labels\.csv: column 'finding' spells one class two ways, "
+                                              r"'present' \(line 2\) and 'Present' \(line 5\)"):
+        read_labels_csv(str(p))
+
+
+def test_duplicate_case_names_its_line_counting_blank_lines(tmp_path):
+    from nnunet_mtl.targets import TargetSpecError, read_labels_csv
+    p = tmp_path / "labels.csv"
+    p.write_text("case_id,finding\na,yes\n\nb,no\na,no\n")
+    with pytest.raises(TargetSpecError, match=r"case 'a' appears twice \(line 5\)"):
+        read_labels_csv(str(p))
