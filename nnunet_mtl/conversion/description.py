@@ -108,6 +108,9 @@ def parse_labels(raw, source: str) -> Dict[str, int]:
             raise ConversionError(f"{source}: label value {value} needs a non-numeric name")
         if name in labels and labels[name] != value:
             raise ConversionError(f"{source}: label name {name!r} is used for values {labels[name]} and {value}")
+        if value == 0 and name != "background":  # nnU-Net's labels need background = 0
+            raise ConversionError(f"{source}: label {name}={value}: mask value 0 is the background and cannot be "
+                                  f"named; the structures are numbered from 1")
         if value in labels.values() and labels.get(name) != value:
             raise ConversionError(f"{source}: mask value {value} is named twice")
         if not 0 <= value <= MAX_LABEL or (value == 0) != (name == "background"):
@@ -218,6 +221,12 @@ def description_from_args(args) -> Optional[DatasetDescription]:
     """The description the flags give (file first, flags over it); None when no flag was used."""
     base = load_description(args.description) if getattr(args, "description", None) else None
     source = "command line"
+    for item in getattr(args, "label_names", None) or ():
+        # parse_labels numbers bare names 1, 2, ... (description lists); on the command line a bare name is
+        # a typo that would otherwise surface later as an undeclared mask value of some case
+        value, sep, name = str(item).partition("=")
+        if not sep or not value.strip().lstrip("-").isdigit() or not name.strip():
+            raise ConversionError(f"--label_names {item}: expected VALUE=NAME, e.g. 1=liver")
     flags = DatasetDescription(
         labels=parse_labels(args.label_names, source) if getattr(args, "label_names", None) else None,
         regions=parse_regions(args.regions, source) if getattr(args, "regions", None) else None,

@@ -136,13 +136,22 @@ def compare_geometry(ref: Geometry, other: Geometry, case_id: str, path: str, wh
     return ", ".join(notes) if notes else None
 
 
+def check_target_spacing(target_spacing: Sequence[float]) -> None:
+    """Every value a positive finite number (a 0 used to be reported as not fitting the images' dimension)."""
+    bad = [s for s in target_spacing if not (np.isfinite(float(s)) and float(s) > 0)]
+    if bad:
+        raise ConversionError(f"target spacing {[float(s) for s in target_spacing]}: spacing values must be "
+                              f"positive, got {float(bad[0])}")
+
+
 def target_grid(geom: Geometry, target_spacing: Optional[Sequence[float]]) -> Geometry:
     """The grid a case is resampled onto: same origin and direction, ``target_spacing`` given in
     numpy (z, y, x) order like ``RawCase.spacing``; the extent is kept."""
     if target_spacing is None:
         return geom
+    check_target_spacing(target_spacing)
     spacing = tuple(float(s) for s in target_spacing)[::-1]
-    if len(spacing) != len(geom.size) or min(spacing) <= 0:
+    if len(spacing) != len(geom.size):
         raise ConversionError(f"target spacing {list(target_spacing)} does not fit {len(geom.size)}D images")
     size = tuple(max(1, int(round(n * s / t))) for n, s, t in zip(geom.size, geom.spacing, spacing))
     return Geometry(size, spacing, geom.origin, geom.direction, geom.known)

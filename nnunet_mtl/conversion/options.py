@@ -7,7 +7,7 @@ from typing import Optional, Sequence
 from nnunet_mtl.conversion.description import (DatasetDescription, load_description, parse_channel_names,
                                                parse_labels, parse_pairs, parse_regions)
 from nnunet_mtl.conversion.image_readers import DEFAULT_CLIP, ReadOptions
-from nnunet_mtl.conversion.masks import DEFAULT_REL_TOL, ConversionError
+from nnunet_mtl.conversion.masks import DEFAULT_REL_TOL, ConversionError, check_target_spacing
 from nnunet_mtl.targets import TargetSpec, TargetSpecError, load_spec_file
 
 # keyword -> parser for the description entries that may also be passed one by one
@@ -29,6 +29,10 @@ class ConversionOptions:
     rel_tol: float = DEFAULT_REL_TOL
     grey: bool = False                        # colour 2D images -> one luma channel
     description: DatasetDescription = field(default_factory=DatasetDescription)
+
+    def __post_init__(self):
+        if self.target_spacing is not None:  # refused before any image is read
+            check_target_spacing(self.target_spacing)
 
     @classmethod
     def from_keywords(cls, **kwargs) -> "ConversionOptions":

@@ -64,3 +64,44 @@ def test_duplicate_case_names_its_line_counting_blank_lines(tmp_path):
     p.write_text("case_id,finding\na,yes\n\nb,no\na,no\n")
     with pytest.raises(TargetSpecError, match=r"case 'a' appears twice \(line 5\)"):
         read_labels_csv(str(p))
+
+
+# ------------------------------------------------------------------------------------- 4: --label_names
+def _description_args(*argv):
+    import argparse
+    from nnunet_mtl.conversion.description import add_description_arguments
+    parser = argparse.ArgumentParser()
+    add_description_arguments(parser)
+    return parser.parse_args(list(argv))
+
+
+def test_label_name_without_a_value_is_refused_up_front():
+    """Was read as 1=foo; the error then named a case whose mask holds value 2."""
+    from nnunet_mtl.conversion.description import description_from_args
+    with pytest.raises(ConversionError, match=r"^--label_names foo: expected VALUE=NAME, e\.g\. 1=liver$"):
+        description_from_args(_description_args("--label_names", "foo"))
+    with pytest.raises(ConversionError, match=r"^--label_names liver=1: expected VALUE=NAME"):
+        description_from_args(_description_args("--label_names", "liver=1"))
+    assert description_from_args(_description_args("--label_names", "1=a", "2=b")).labels == \
+        {"background": 0, "a": 1, "b": 2}
+
+
+def test_naming_mask_value_0_says_it_is_the_background():
+    from nnunet_mtl.conversion.description import description_from_args
+    with pytest.raises(ConversionError, match=r"^command line: label foo=0: mask value 0 is the background and "
+                                              r"cannot be named; the structures are numbered from 1$"):
+        description_from_args(_description_args("--label_names", "0=foo", "1=a", "2=b"))
+
+
+# ------------------------------------------------------------------------------------- 8: --target_spacing
+def test_zero_target_spacing_is_refused_as_not_positive():
+    from nnunet_mtl.conversion.masks import Geometry, target_grid
+    from nnunet_mtl.conversion.options import ConversionOptions
+    with pytest.raises(ConversionError, match=r"^target spacing \[0\.0, 1\.0\]: spacing values must be positive, "
+                                              r"got 0\.0$"):
+        ConversionOptions.from_keywords(target_spacing=[0, 1])
+    grid = Geometry((8, 8), (1.0, 1.0), (0.0, 0.0), (1.0, 0.0, 0.0, 1.0))
+    with pytest.raises(ConversionError, match=r"spacing values must be positive, got -2\.0"):
+        target_grid(grid, (1, -2))
+    with pytest.raises(ConversionError, match=r"does not fit 2D images"):  # the dimension check stays
+        target_grid(grid, (1, 1, 1))
