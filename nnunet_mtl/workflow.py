@@ -28,7 +28,7 @@ from nnunet_mtl.evaluation.evaluate import evaluate
 from nnunet_mtl.evaluation.report import json_safe
 from nnunet_mtl.file_names import predicted_mask, trained_folds
 from nnunet_mtl.inference.folders import converted_source, predict_folder
-from nnunet_mtl.inference.loader import ModelFolderError, load_predictor
+from nnunet_mtl.inference.loader import ModelFolderError, check_model_folder, load_predictor
 from nnunet_mtl.inference.openvino_backend import BackendError
 from nnunet_mtl.io_utils import atomic_write_json, read_json
 from nnunet_mtl.outputs import clinical as clinical_outputs
@@ -212,11 +212,7 @@ def fit_heads(base_dir: str, folds: Optional[Sequence] = None, device: str = "cu
     state = load_state(base_dir)
     use_base_dir(base_dir)
     folder = model_folder(base_dir, state)
-    folds = list(folds) if folds else trained_folds(folder, checkpoint)
-    missing = [f for f in folds if not os.path.isfile(os.path.join(folder, f"fold_{f}", checkpoint))]
-    if not folds or missing:
-        which = f"fold {missing[0]}" if missing else "no fold"
-        raise PipelineError(f"{folder}: {which} has no {checkpoint}; train it before fitting heads")
+    folds = _trained(folder, folds, checkpoint)
     try:
         return fitting.fit_heads(folder, folds=folds, checkpoint=checkpoint, device=device, backend=backend,
                                  overwrite=overwrite)
@@ -237,6 +233,18 @@ def add_heads(base_dir: Optional[str], model_dir: str, out_dir: str, labels_csv:
     summary = fitting.fit_heads(model_dir, out_dir, labels_csv, spec, device=device, overwrite=overwrite, **kwargs)
     print(f"{out_dir}: model with heads fitted on {model_dir}; out-of-fold validation: {summary.get('headline', '')}")
     return summary
+
+
+def _trained(folder: str, folds: Optional[Sequence], checkpoint: str) -> List[int]:
+    """The folds asked for (default: every fold holding ``checkpoint``), each checked to hold it."""
+    folds = list(folds) if folds else trained_folds(folder, checkpoint)
+    if not folds:
+        raise PipelineError(f"{folder}: no fold has a {checkpoint}; run --train_only first")
+    missing = [f for f in folds if not os.path.isfile(os.path.join(folder, f"fold_{f}", checkpoint))]
+    if missing:
+        raise PipelineError(f"{folder}: fold {missing[0]} has no {checkpoint}; run --train_only --fold {missing[0]} "
+                            f"first")
+    return folds
 
 
 def unfitted_folds(folder: str, folds: Sequence[int], checkpoint: str = "checkpoint_final.pth") -> List[int]:
@@ -264,10 +272,15 @@ def infer(base_dir: str, test_input: Optional[str] = None, test_output: Optional
     if heads not in HEADS_CHOICES:
         raise PipelineError(f"heads must be one of {HEADS_CHOICES}, got {heads!r}")
     folder, raw_folder = _inference_model(base_dir, model_dir)
-    folds = list(folds) if folds else trained_folds(folder, checkpoint)
-    if not folds:
-        raise PipelineError(f"{folder}: no trained fold with {checkpoint}; run the training step first")
+    if test_input is None and raw_folder is None:
+        raise PipelineError("--test_input is required with --model_dir when BASE_DIR holds no prepared dataset")
+    test_input = test_input or os.path.join(raw_folder, "imagesTs")
+    if os.path.isfile(test_input):  # checked before heads are fitted (minutes)
+        raise PipelineError(f"{test_input}: is a file, not a folder; --test_input takes a folder of test images")
+    if not os.path.isdir(test_input):
+        raise PipelineError(f"{test_input}: test input folder not found (give --test_input)")
     if model_dir is None:
+        folds = _trained(folder, folds, checkpoint)  # before anything reads a checkpoint (fitting heads does)
         unfitted = unfitted_folds(folder, folds, checkpoint)
         if heads == "fitted" and unfitted:
             print(f"{folder}: fitting heads on folds {unfitted} first (--heads trained predicts with the heads "
@@ -277,11 +290,12 @@ def infer(base_dir: str, test_input: Optional[str] = None, test_output: Optional
             raise PipelineError(f"{folder}: the heads of folds {sorted(set(folds) - set(unfitted))} were fitted after "
                                 f"training (--heads fitted), so the heads trained with the network are gone; "
                                 f"predict with the fitted heads, or retrain with --heads trained --overwrite")
-    if test_input is None and raw_folder is None:
-        raise PipelineError("--test_input is required with --model_dir when BASE_DIR holds no prepared dataset")
-    test_input = test_input or os.path.join(raw_folder, "imagesTs")
-    if not os.path.isdir(test_input):
-        raise PipelineError(f"{test_input}: test input folder not found (give --test_input)")
+    else:
+        try:  # the loader's lines: not a model folder, a stock model, which fold lacks the checkpoint
+            check_model_folder(folder, checkpoint, folds)
+        except ModelFolderError as e:
+            raise PipelineError(str(e)) from None
+        folds = list(folds) if folds else trained_folds(folder, checkpoint)
     test_output = test_output or os.path.join(base_dir, "predictions")
     if dicom_outputs == "fractional":
         predict_kwargs["save_probabilities"] = True  # the SEG's fractions are nnU-Net's class probabilities
@@ -314,6 +328,9 @@ def _inference_model(base_dir: str, model_dir: Optional[str]):
     """(model folder, raw dataset folder or None): ``model_dir`` as given, else the model trained in base_dir.
     With ``model_dir`` the nnU-Net folder variables are left as they are (only our trainers are added)."""
     if model_dir is None:
+        if not os.path.isfile(state_path(base_dir)):  # load_state's line would send the user to one step only
+            raise PipelineError(f"{base_dir}: holds no prepared dataset or trained model ({STATE_FILE} not found); "
+                                f"run --prepare_only and --train_only first, or give --model_dir")
         state = load_state(base_dir)
         use_base_dir(base_dir)
         return model_folder(base_dir, state), state.raw_folder

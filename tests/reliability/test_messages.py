@@ -105,3 +105,56 @@ def test_zero_target_spacing_is_refused_as_not_positive():
         target_grid(grid, (1, -2))
     with pytest.raises(ConversionError, match=r"does not fit 2D images"):  # the dimension check stays
         target_grid(grid, (1, 1, 1))
+
+
+# ------------------------------------------------------------------------------------- 5-7: pipeline steps
+@pytest.fixture
+def nnunet_env(monkeypatch):
+    """The nnU-Net folder variables the workflow points at its base dir, put back after the test."""
+    import os
+    for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "nnUNet_extTrainer"):
+        if k in os.environ:
+            monkeypatch.setenv(k, os.environ[k])
+        else:
+            monkeypatch.delenv(k, raising=False)
+
+
+def _prepared_state(tmp_path):
+    """A base dir whose preparation finished (state file, raw dataset with imagesTs) but nothing trained."""
+    from nnunet_mtl.workflow import PipelineState, save_state
+    raw = tmp_path / "base" / "nnUNet_raw" / "Dataset990_X"
+    (raw / "imagesTs").mkdir(parents=True)
+    save_state(str(tmp_path / "base"), PipelineState(990, "X", str(raw), "2d", "nnUNetPlans", "nnUNetTrainerMTL",
+                                                     [0, 1]))
+    return str(tmp_path / "base")
+
+
+def test_inference_in_an_unprepared_base_dir_says_what_to_run(tmp_path, nnunet_env):
+    from nnunet_mtl.workflow import PipelineError, infer
+    with pytest.raises(PipelineError, match=r"base: holds no prepared dataset or trained model "
+                                            r"\(nnunet_mtl_pipeline\.json not found\); run --prepare_only and "
+                                            r"--train_only first, or give --model_dir$"):
+        infer(str(tmp_path / "base"), device="cpu")
+
+
+def test_untrained_base_dir_says_no_fold_has_a_checkpoint(tmp_path, nnunet_env):
+    """Was 'no fold has no checkpoint_final.pth' (fitting heads) and 'no trained fold with ...' (inference)."""
+    from nnunet_mtl.workflow import PipelineError, fit_heads, infer
+    base = _prepared_state(tmp_path)
+    line = r"nnUNetTrainerMTL__nnUNetPlans__2d: no fold has a checkpoint_final\.pth; run --train_only first$"
+    with pytest.raises(PipelineError, match=line):
+        fit_heads(base, device="cpu")
+    with pytest.raises(PipelineError, match=line):
+        infer(base, device="cpu")
+    with pytest.raises(PipelineError, match=r"fold 1 has no checkpoint_final\.pth; run --train_only --fold 1 first$"):
+        infer(base, folds=[1], device="cpu")
+
+
+def test_test_input_that_is_a_file_is_named_as_a_file(tmp_path, nnunet_env):
+    from nnunet_mtl.workflow import PipelineError, infer
+    base = _prepared_state(tmp_path)
+    image = tmp_path / "case.png"
+    image.write_bytes(b"")
+    with pytest.raises(PipelineError, match=r"case\.png: is a file, not a folder; --test_input takes a folder of "
+                                            r"test images$"):
+        infer(base, test_input=str(image), device="cpu")
