@@ -113,13 +113,15 @@ def prepare(base_dir: str, input_dir: str, dataset_id: int, dataset_name: Option
     configuration = configuration or detect_configuration(raw_folder)
     plans_name = plans_identifier(planner)
     pre_folder = os.path.join(paths["nnUNet_preprocessed"], os.path.basename(raw_folder))
+    mode = split_mode or ("fixed" if description.fixed_validation else "stratified")
+    # from the converted dataset.json (planning copies it): --folds 20 with 12 cases, or a grouped split
+    # without patients, is refused now rather than after minutes of planning
+    splits = make_splits(os.path.join(raw_folder, "dataset.json"), mode=mode, n_folds=n_folds, target=split_target,
+                         seed=seed)
     if _preprocessed_complete(pre_folder, plans_name, configuration, dataset_json) and not overwrite:
         print(f"{pre_folder}: already planned and preprocessed ({plans_name}, {configuration}); skipping")
     else:
         plan_and_preprocess(dataset_id, planner, (configuration,), num_processes=num_processes, shrink=shrink)
-    mode = split_mode or ("fixed" if description.fixed_validation else "stratified")
-    splits = make_splits(os.path.join(pre_folder, "dataset.json"), mode=mode, n_folds=n_folds, target=split_target,
-                         seed=seed)
     write_splits(splits, pre_folder, overwrite=overwrite)
     state = PipelineState(dataset_id, name, raw_folder, configuration, plans_name,
                           choose_trainer(description, trainer), list(range(len(splits))))

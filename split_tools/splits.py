@@ -120,7 +120,8 @@ def _kfold(cases: Sequence[str], strata: Sequence[str], groups: Optional[Sequenc
     n_units = len(set(groups)) if groups is not None else len(cases)
     if n_folds < 2 or n_folds > n_units:
         what = "patients" if groups is not None else "cases"
-        raise SplitError(f"{source}: cannot make {n_folds} folds from {n_units} {what}")
+        raise SplitError(f"{source}: cannot make {n_folds} folds from {n_units} {what} (folds must be at least 2 "
+                         f"and at most the number of {what})")
     x = np.zeros(len(cases))
     if groups is not None and stratify:
         splitter = StratifiedGroupKFold(n_folds, shuffle=True, random_state=seed).split(x, strata, groups)

@@ -35,13 +35,31 @@ def classification_block(target: Target, y_true: np.ndarray, y_pred: np.ndarray,
         out["ci95"] = M.bootstrap_ci(_ci_fn(len(target.classes), with_auc), [y_true, y_pred, probs],
                                      n_bootstrap, seed, strata=y_true)
         out["ci95_method"] = CI_METHOD
+        note = degenerate_ci_note(out["ci95"], y_true, y_pred, n_bootstrap, seed)
+        if note:
+            out["ci_note"] = note
     return out
 
 
+def degenerate_ci_note(ci95: Mapping, y_true, y_pred, n_bootstrap: int, seed: int) -> str:
+    """A note for zero-width CIs ("" when none): 0.459 [0.459, 0.459] alone reads as certainty, when it
+    usually means a collapsed head that predicts one class in every resample (counted on the CIs' resamples)."""
+    flat = [k for k, ci in ci95.items() if ci["n_valid"] and ci["low"] == ci["high"]]
+    if not flat:
+        return ""
+    one_class = int(sum(M.bootstrap_samples(lambda yt, yp: len(np.unique(yp)) == 1, [y_true, y_pred],
+                                            n_bootstrap, seed, strata=y_true)))
+    why = (f"the model predicts one class in {one_class} of {n_bootstrap} resamples" if one_class
+           else "every resample scores the same")
+    return f"interval degenerate: {why} (zero-width 95% CI of {', '.join(flat)})"
+
+
 def partial_ci_notes(name: str, block: Mapping, n_bootstrap: int) -> List[str]:
-    """One note per CI that rests on fewer than ``n_bootstrap`` resamples (the others undefined)."""
-    return [f"{name}: {metric} 95% CI from {ci['n_valid']} of {n_bootstrap} resamples (the others undefined)"
-            for metric, ci in (block.get("ci95") or {}).items() if ci["n_valid"] < n_bootstrap]
+    """One note per CI that rests on fewer than ``n_bootstrap`` resamples (the others undefined), and the
+    block's ``ci_note`` (zero-width CIs)."""
+    notes = [f"{name}: {metric} 95% CI from {ci['n_valid']} of {n_bootstrap} resamples (the others undefined)"
+             for metric, ci in (block.get("ci95") or {}).items() if ci["n_valid"] < n_bootstrap]
+    return notes + ([f"{name}: {block['ci_note']}"] if block.get("ci_note") else [])
 
 
 def load_thresholds(path: str) -> Dict[str, dict]:

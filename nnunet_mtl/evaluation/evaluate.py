@@ -48,7 +48,8 @@ RULES = {
     "roc_auc": "binary: AUC of the positive-class probability; multi-class: one-vs-rest macro; "
                "null with a note when a class is absent from GT",
     "ci": "95% percentile bootstrap; each CI's n_valid counts the resamples where the score is defined "
-          "(the others are dropped, and a note says so)",
+          "(the others are dropped, and a note says so); a target's ci_note flags zero-width CIs with the "
+          "number of resamples in which the model predicts one class",
     "ci_classification": classification.CI_METHOD + ": every resample keeps each class's count, so none "
                          "misses a class",
     "ci_regression": regression.CI_METHOD,

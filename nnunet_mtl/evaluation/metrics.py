@@ -177,6 +177,16 @@ def bootstrap_ci(fn: Callable[..., Union[float, Dict[str, float]]], arrays: Sequ
     of those). NaN resamples are dropped and reported via ``n_valid``. With ``strata`` (one label
     per case, e.g. the true class) cases are resampled within each stratum, so every resample
     keeps each stratum's size."""
+    samples = bootstrap_samples(fn, arrays, n, seed, strata)
+    if not samples or not isinstance(samples[0], dict):
+        return _percentiles([float(s) for s in samples], alpha)
+    return {k: _percentiles([float(s[k]) for s in samples], alpha) for k in samples[0]}
+
+
+def bootstrap_samples(fn: Callable, arrays: Sequence[np.ndarray], n: int = 1000, seed: int = 0,
+                      strata: Optional[Sequence] = None) -> list:
+    """``fn(*arrays)`` on each of ``n`` case resamples; the same ``seed`` and ``strata`` give the resamples of
+    ``bootstrap_ci`` (so a count over them describes the resamples behind its intervals)."""
     arrays = [np.asarray(a) for a in arrays]
     m = len(arrays[0])
     groups = [np.arange(m)] if strata is None else [np.flatnonzero(np.asarray(strata) == g)
@@ -186,9 +196,7 @@ def bootstrap_ci(fn: Callable[..., Union[float, Dict[str, float]]], arrays: Sequ
     for _ in range(int(n)):
         idx = np.concatenate([g[rng.integers(0, len(g), size=len(g))] for g in groups])
         samples.append(fn(*[a[idx] for a in arrays]))
-    if not samples or not isinstance(samples[0], dict):
-        return _percentiles([float(s) for s in samples], alpha)
-    return {k: _percentiles([float(s[k]) for s in samples], alpha) for k in samples[0]}
+    return samples
 
 
 def _percentiles(values: Sequence[float], alpha: float) -> dict:

@@ -82,3 +82,43 @@ def test_undefined_resamples_are_counted_and_noted(all_majority):
     assert ci["sensitivity"] == {"low": None, "high": None, "n_valid": 0}
     assert ci["specificity"]["n_valid"] == 50
     assert any("sensitivity 95% CI from 0 of 50 resamples" in n for n in res["notes"])
+
+
+def test_degenerate_interval_is_noted_with_the_one_class_resamples(all_majority):
+    """Issue 26 item 6: macro-F1 0.459 [0.459, 0.459] came with no word; the note says the head predicts
+    one class in every resample (metrics.json ``ci_note``, and a note line of the printed summary)."""
+    from nnunet_mtl.evaluation.summary import format_summary
+    res = run(all_majority, n_bootstrap=200)
+    block = res["classification"]["finding"]
+    assert block["ci_note"].startswith("interval degenerate: the model predicts one class in 200 of 200 resamples "
+                                       "(zero-width 95% CI of ")
+    assert "macro_f1" in block["ci_note"]
+    assert json.loads((all_majority / "out" / "metrics.json").read_text())["classification"]["finding"]["ci_note"] \
+        == block["ci_note"]
+    assert "note: finding: interval degenerate: the model predicts one class in 200 of 200 resamples" \
+        in format_summary(res)
+
+
+def test_one_class_resamples_are_counted_on_the_ci_resamples():
+    """One negative case predicted positive: the resamples that leave it out predict one class only."""
+    from nnunet_mtl.evaluation.classification import degenerate_ci_note
+    y = np.array([1] * 3 + [0] * 17)
+    yp = np.zeros(20, dtype=np.int64)
+    yp[10] = 1
+    flat = {"sensitivity": {"low": 0.0, "high": 0.0, "n_valid": 200}}
+    note = degenerate_ci_note(flat, y, yp, 200, seed=0)
+    one_class = sum(10 not in idx for idx in M.bootstrap_samples(lambda i: set(i.tolist()), [np.arange(20)], 200, 0,
+                                                                strata=y))
+    assert 0 < one_class < 200
+    assert note == (f"interval degenerate: the model predicts one class in {one_class} of 200 resamples "
+                    f"(zero-width 95% CI of sensitivity)")
+    assert degenerate_ci_note({"sensitivity": {"low": 0.0, "high": 0.5, "n_valid": 200}}, y, yp, 200, 0) == ""
+
+
+def test_a_model_with_varying_scores_gets_no_ci_note(all_majority):
+    cases = [f"t{i:02d}" for i in range(20)]
+    probs = [0.9 if i < 3 else 0.1 for i in range(20)]
+    probs[5], probs[1] = 0.8, 0.3  # one false positive, one false negative
+    write_csv(str(all_majority / "pred.csv"), [pred_row(c, float(p)) for c, p in zip(cases, probs)])
+    block = run(all_majority, n_bootstrap=100)["classification"]["finding"]
+    assert "ci_note" not in block

@@ -158,3 +158,20 @@ def test_test_input_that_is_a_file_is_named_as_a_file(tmp_path, nnunet_env):
     with pytest.raises(PipelineError, match=r"case\.png: is a file, not a folder; --test_input takes a folder of "
                                             r"test images$"):
         infer(base, test_input=str(image), device="cpu")
+
+
+# ------------------------------------------------------------------------------------- 9: --folds
+@pytest.mark.parametrize("n_folds", [20, 1])
+def test_fold_count_is_checked_before_planning(tmp_path, nnunet_env, monkeypatch, n_folds):
+    """--folds 20 with 4 cases was refused only after nnU-Net had planned and preprocessed (minutes)."""
+    from nnunet_mtl import workflow
+    from nnunet_mtl.synthetic import write_radiograph_layout
+    from split_tools.splits import SplitError
+
+    def planning(*args, **kwargs):
+        raise AssertionError("planning started before the fold count was checked")
+    monkeypatch.setattr(workflow, "plan_and_preprocess", planning)
+    data = write_radiograph_layout(str(tmp_path / "data"), n=4, n_test=0, size=(16, 16))
+    with pytest.raises(SplitError, match=rf"Dataset952_data.dataset\.json: cannot make {n_folds} folds from 4 cases "
+                                         rf"\(folds must be at least 2 and at most the number of cases\)$"):
+        workflow.prepare(str(tmp_path / "base"), data, 952, n_folds=n_folds)
