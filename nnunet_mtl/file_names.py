@@ -19,6 +19,7 @@ RASTER_ENDINGS = (".png", ".tif", ".tiff", ".bmp", ".jpg", ".jpeg")
 MASK_ENDINGS = (".nii.gz", ".nii", ".png", ".mha", ".nrrd", ".tif", ".tiff", ".bmp")
 IMAGE_ENDINGS = VOLUME_ENDINGS + RASTER_ENDINGS
 PNG_MASK_ENDING = ".png"  # a 2D raster input's mask, in its input's format (lossless, labels as pixel values)
+VALIDATED_WEIGHTS = "validated_weights.json"  # fold_k/validation/: the U-Net weights the validation ran with
 CHANNEL_SUFFIX = re.compile(r"_\d{4}$")
 CHANNEL_DIGITS = 4
 

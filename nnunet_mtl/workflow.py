@@ -26,11 +26,12 @@ from nnunet_mtl.conversion.lateral_pairs import choose_trainer_for
 from nnunet_mtl.dataset_spec import DatasetSpec
 from nnunet_mtl.evaluation.evaluate import evaluate
 from nnunet_mtl.evaluation.report import json_safe
-from nnunet_mtl.file_names import predicted_mask, trained_folds
+from nnunet_mtl.file_names import VALIDATED_WEIGHTS, predicted_mask, trained_folds
 from nnunet_mtl.inference.folders import converted_source, predict_folder
 from nnunet_mtl.inference.loader import ModelFolderError, check_model_folder, load_predictor
 from nnunet_mtl.inference.openvino_backend import BackendError
 from nnunet_mtl.io_utils import atomic_write_json, read_json
+from nnunet_mtl.model.network import unet_weights_hash
 from nnunet_mtl.outputs import clinical as clinical_outputs
 from nnunet_mtl.planning import add_trainer_path, plan_and_preprocess, plans_identifier, use_base_dir
 from nnunet_mtl.targets import load_spec_file
@@ -170,7 +171,12 @@ def train(base_dir: str, folds: Optional[Sequence] = None, device: str = "cuda",
         finished = os.path.isfile(os.path.join(fold_dir, "checkpoint_final.pth"))
         validated = os.path.isfile(os.path.join(fold_dir, "validation", "mtl_summary.json"))
         if finished and validated and not overwrite:
-            print(f"{fold_dir}: already trained and validated; skipping (--overwrite retrains)")
+            if _validated_current(fold_dir):
+                print(f"{fold_dir}: already trained and validated; skipping (--overwrite retrains)")
+                continue
+            print(f"{fold_dir}: validation/ is from other weights than checkpoint_final.pth (the checkpoint was "
+                  f"replaced); validating again")
+            _train_fold(state, fold, device, num_gpus, True, knobs, validation_only=True)
             continue
         resume = not overwrite and _resume_message(fold_dir)
         _train_fold(state, fold, device, num_gpus, resume, knobs)
@@ -190,17 +196,30 @@ def _resume_message(fold_dir: str) -> bool:
     return False
 
 
-def _train_fold(state: PipelineState, fold, device: str, num_gpus: int, resume: bool, knobs: dict) -> None:
+def _validated_current(fold_dir: str) -> bool:
+    """Whether validation/ ran with checkpoint_final.pth's U-Net (a folder validated before this was recorded
+    counts as current)."""
+    record = os.path.join(fold_dir, "validation", VALIDATED_WEIGHTS)
+    if not os.path.isfile(record):
+        return True
+    weights = torch.load(os.path.join(fold_dir, "checkpoint_final.pth"), map_location="cpu",
+                         weights_only=False)["network_weights"]
+    return read_json(record).get("unet_sha256") == unet_weights_hash(weights)
+
+
+def _train_fold(state: PipelineState, fold, device: str, num_gpus: int, resume: bool, knobs: dict,
+                validation_only: bool = False) -> None:
+    """nnU-Net's training of one fold (``validation_only``: its final validation alone, nnU-Net's ``--val``)."""
     with knob_overrides(**knobs):
         if num_gpus > 1:  # nnU-Net's own DDP launcher, in a child process (inherits the overrides)
             cmd = [sys.executable, "-m", "nnunetv2.run.run_training", str(state.dataset_id), state.configuration,
                    str(fold), "-tr", state.trainer, "-p", state.plans, "-num_gpus", str(num_gpus)]
-            if resume:
-                cmd.append("--c")
+            cmd += ["--val"] if validation_only else ["--c"] if resume else []
             subprocess.run(cmd, check=True)
             return
         run_training(str(state.dataset_id), state.configuration, fold, state.trainer, state.plans,
-                     continue_training=resume, device=torch.device(device))
+                     continue_training=resume and not validation_only, only_run_validation=validation_only,
+                     device=torch.device(device))
 
 
 # --------------------------------------------------------------------------------------------- heads

@@ -179,3 +179,30 @@ def test_clear_errors(tmp_path, pipeline):
     assert code == 2 and "nnunet_mtl_pipeline.json: not found" in err
     code, _, err = pipeline("--base_dir", str(tmp_path), "--prepare_only")
     assert code == 2 and "--input_dir is required" in err
+
+
+def test_a_replaced_checkpoint_is_validated_and_fitted_again(prepared, pipeline):
+    """Issue 26: --train_only after checkpoint_final.pth was replaced does not say 'already validated' over a stale
+    validation/: it validates the new weights (nnU-Net's --val, no training) and fits the heads on them again."""
+    from nnunet_mtl.model.network import unet_weights_hash
+    base, _ = prepared
+    fold = _fold(base, 1)
+    if not fold.joinpath("checkpoint_final.pth").is_file():
+        pytest.skip("needs the model trained by the test above")
+    work = str(base / "work")
+    ckpt = torch.load(str(fold / "checkpoint_final.pth"), map_location="cpu", weights_only=False)
+    for name, t in ckpt["network_weights"].items():  # other weights, as a replaced file has (every alias alike)
+        if not name.startswith("heads.") and t.is_floating_point():
+            ckpt["network_weights"][name] = t * 1.01
+    torch.save(ckpt, str(fold / "checkpoint_final.pth"))
+    new_hash = unet_weights_hash(ckpt["network_weights"])
+    code, out, err = pipeline("--base_dir", work, "--train_only", "--fold", "1", *BUDGET)
+    assert code == 0, err
+    assert "validation/ is from other weights than checkpoint_final.pth" in out and "validating again" in out
+    assert "already trained and validated" not in out and "heads already fitted" not in out
+    assert json.load(open(fold / "validation" / "validated_weights.json"))["unet_sha256"] == new_hash
+    after = torch.load(str(fold / "checkpoint_final.pth"), map_location="cpu", weights_only=False)
+    assert unet_weights_hash(after["network_weights"]) == new_hash  # validated and fitted, not retrained
+    assert after["mtl_heads"]["kind"] == "fitted" and after["mtl_heads"]["unet_sha256"] == new_hash
+    code, out, _ = pipeline("--base_dir", work, "--train_only", "--fold", "1", *BUDGET)
+    assert code == 0 and "already trained and validated; skipping" in out

@@ -181,6 +181,20 @@ def test_short_budget_variants_are_found_by_name_and_knobs_still_win(dataset_2d)
     assert t.num_epochs == 3
 
 
+def test_an_unknown_knob_in_the_environment_is_one_line_under_nnunet_train(dataset_2d, monkeypatch, capsys):
+    """Issue 26: NNUNET_MTL_OVERRIDES with a misspelt knob ends nnUNetv2_train's trainer lookup with one line and
+    exit status 2, not a traceback."""
+    from nnunetv2.run.run_training import get_trainer_from_args
+    from nnunet_mtl.training.knobs import ENV_VAR
+    monkeypatch.setenv(ENV_VAR, '{"num_epoch": 5}')
+    with pytest.raises(SystemExit) as stop:
+        get_trainer_from_args(str(dataset_2d.id), dataset_2d.configuration, 0, "nnUNetTrainerMTL", dataset_2d.plans,
+                              device=torch.device("cpu"))
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("nnUNetTrainerMTL: ") and "unknown knob" in err[-1] and "num_epoch" in err[-1]
+
+
 def test_mask_pooling_variant_trains_validates_and_predicts_whole_cases(dataset_2d):
     trainer = make_trainer(dataset_2d, "nnUNetTrainerMTLMaskPooling", fold=4)
     head = trainer.network.heads["finding"]

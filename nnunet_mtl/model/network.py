@@ -13,6 +13,7 @@ nnU-Net model (stock weights load with strict=False) and nnU-Net's
 """
 from __future__ import annotations
 
+import hashlib
 from typing import Dict, Optional, Sequence, Tuple
 
 import torch
@@ -87,6 +88,17 @@ class MTLNetwork(nn.Module):
     def outputs_to_predictions(self, raw: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
         """Raw head outputs -> probabilities (classification) / original units (regression)."""
         return {name: self.heads[name].to_output(v) for name, v in raw.items()}
+
+
+def unet_weights_hash(weights: Dict[str, torch.Tensor]) -> str:
+    """SHA-256 of the U-Net's tensors in a state dict (the heads left out): what the masks and the pooled
+    features depend on; fitting heads and the final validation key their results by it."""
+    h = hashlib.sha256()
+    for name in sorted(k for k in weights if not k.startswith("heads.")):
+        t = weights[name].detach().cpu().contiguous()
+        h.update(f"{name}{tuple(t.shape)}{t.dtype}".encode())
+        h.update(t.float().numpy().tobytes() if t.dtype == torch.bfloat16 else t.numpy().tobytes())
+    return h.hexdigest()
 
 
 def unwrap(network: nn.Module) -> nn.Module:

@@ -36,8 +36,10 @@ from torch import distributed as dist
 from nnunet_mtl import prediction_table
 from nnunet_mtl.calibration.store import FILE_NAME as CALIBRATION_FILE, calibrate_fold
 from nnunet_mtl.evaluation.summary import whole_case_summary
+from nnunet_mtl.file_names import VALIDATED_WEIGHTS
 from nnunet_mtl.inference.predictor import CaseHeads, nnUNetPredictorMTL
 from nnunet_mtl.io_utils import atomic_write_json
+from nnunet_mtl.model.network import unet_weights_hash, unwrap
 from nnunet_mtl.training.step_helpers import gather_list
 
 BARRIER_EVERY = 20  # as nnU-Net's validation loop: a barrier every 20 cases against NCCL timeouts
@@ -174,6 +176,8 @@ def write_heads(trainer, heads: Dict[str, CaseHeads]) -> Optional[dict]:
     summary = whole_case_summary(trainer.spec, rows, trainer.case_table)
     summary["heads"] = "trained"
     atomic_write_json(os.path.join(folder, "mtl_summary.json"), summary)
+    atomic_write_json(os.path.join(folder, VALIDATED_WEIGHTS),  # a later run knows whether this is still current
+                      {"unet_sha256": unet_weights_hash(unwrap(trainer.network).state_dict())})
     if trainer.spec.classification_targets:
         calibration = calibrate_fold(trainer.output_folder, trainer.spec, trainer.case_table)
         for name, fit in calibration.fits.items():

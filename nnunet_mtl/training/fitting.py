@@ -23,7 +23,6 @@ are cached per case (``feature_cache``), keyed by the U-Net weights and the case
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -45,7 +44,7 @@ from nnunet_mtl.file_names import trained_folds
 from nnunet_mtl.inference.openvino_backend import attach
 from nnunet_mtl.inference.predictor import nnUNetPredictorMTL
 from nnunet_mtl.io_utils import atomic_write_json, read_json
-from nnunet_mtl.model.network import MTLNetwork, unwrap
+from nnunet_mtl.model.network import MTLNetwork, unet_weights_hash, unwrap
 from nnunet_mtl.model.pooling import POOLS, PoolRequest, resolve_stages
 from nnunet_mtl.prediction_table import make_row, read as read_table, write as write_table
 from nnunet_mtl.targets import CaseTable, TargetSpec, read_labels_csv
@@ -103,16 +102,6 @@ class SourceModel:
     def data_folder(self, configuration: str) -> str:
         ident = self.plans["configurations"][configuration]["data_identifier"]
         return os.path.join(self.preprocessed_folder(), ident)
-
-
-def unet_weights_hash(weights: Dict[str, torch.Tensor]) -> str:
-    """SHA-256 of the U-Net's tensors (the heads left out): what the features depend on."""
-    h = hashlib.sha256()
-    for name in sorted(k for k in weights if not k.startswith("heads.")):
-        t = weights[name].detach().cpu().contiguous()
-        h.update(f"{name}{tuple(t.shape)}{t.dtype}".encode())
-        h.update(t.float().numpy().tobytes() if t.dtype == torch.bfloat16 else t.numpy().tobytes())
-    return h.hexdigest()
 
 
 def fitted_info(checkpoint: dict) -> Optional[dict]:

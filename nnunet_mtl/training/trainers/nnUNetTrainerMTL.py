@@ -35,6 +35,7 @@ head score is the mean over targets of macro-F1 (classification) or 1 / (1 + MAE
 (regression); without masks it is the head score alone.
 """
 import os
+import sys
 
 import numpy as np
 import torch
@@ -83,7 +84,11 @@ class nnUNetTrainerMTL(nnUNetTrainer):
         self.has_masks = self.dataset_spec.has_masks
         if self.budget_epochs:
             self.num_epochs = self.budget_epochs
-        apply_knobs(self)  # defaults from nnunet_mtl/training/knobs.py, then NNUNET_MTL_OVERRIDES (which always win)
+        try:  # defaults from nnunet_mtl/training/knobs.py, then NNUNET_MTL_OVERRIDES (which always win)
+            apply_knobs(self)
+        except ValueError as e:  # a value the user set in the environment: one line, not nnU-Net's traceback
+            print(f"{type(self).__name__}: {e}", file=sys.stderr)
+            raise SystemExit(2) from None
         if not self.has_masks and self.heads_train_encoder is False:
             raise ValueError("heads_train_encoder=false on a dataset without masks: nothing would train the encoder "
                              "(leave it unset or true)")
