@@ -59,6 +59,32 @@ def test_schedule_scales_with_the_budget_and_explicit_values_win():
         {"warmup_epochs": 4, "ramp_epochs": 1, "early_stopping_patience": 2}
 
 
+SEED = {"optimizer_name": "adamw", "initial_lr": 1e-4, "weight_decay": 3e-5, "warmup_epochs": 20, "ramp_epochs": 30,
+        "head_weight_start": 0.1, "head_weight_end": 0.5, "class_weight_smoothing": 1.0, "class_weight_power": 1.0,
+        "heads_train_encoder": True, "num_epochs": 500, "early_stopping_patience": 100}
+
+
+def test_recipe_seed_fills_exactly_its_knobs_and_explicit_flags_win():
+    parser = argparse.ArgumentParser()
+    knobs.add_knob_arguments(parser)
+    assert knobs.knobs_from_args(parser.parse_args(["--recipe", "seed"])) == SEED == knobs.recipe_knobs("seed")
+    explicit = knobs.knobs_from_args(parser.parse_args(["--lr", "3e-4", "--recipe", "seed", "--patience", "7"]))
+    assert explicit == {**SEED, "initial_lr": 3e-4, "early_stopping_patience": 7}
+    demo = knobs.knobs_from_args(parser.parse_args(["--recipe", "seed", "--ramp_epochs", "2"]), knobs.DEMO_BUDGET)
+    assert demo["num_epochs"] == 20 and demo["warmup_epochs"] == 3 and demo["ramp_epochs"] == 2
+    assert demo["optimizer_name"] == "adamw"
+    assert knobs.knobs_from_args(parser.parse_args([])) == {}
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--recipe", "sead"])
+    with pytest.raises(ValueError, match="unknown recipe 'sead'"):
+        knobs.recipe_knobs("sead")
+    # stock nnUNetv2_train: the recipe through NNUNET_MTL_OVERRIDES, knobs named beside it win
+    env = {knobs.ENV_VAR: '{"recipe": "seed", "num_epochs": 50}'}
+    assert knobs.read_overrides(env) == {**SEED, "num_epochs": 50}
+    with pytest.raises(ValueError, match="unknown recipe"):
+        knobs.read_overrides({knobs.ENV_VAR: '{"recipe": "fast"}'})
+
+
 def _epoch(state, epoch, head, dice):
     return selection.update_selection(state, {"epoch": epoch, "head_score": head, "pseudo_dice_ema": dice}, 0.5, True)
 

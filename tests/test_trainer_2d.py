@@ -211,3 +211,19 @@ def test_mask_pooling_variant_trains_validates_and_predicts_whole_cases(dataset_
     assert len(rows) > 1
     for r in rows[1:]:
         assert abs(sum(float(v) for v in r.split(",")[2:4]) - 1) < 1e-5
+
+
+def test_recipe_seed_reaches_the_trainer_through_stock_overrides(dataset_2d):
+    """NNUNET_MTL_OVERRIDES {"recipe": "seed"} (what stock nnUNetv2_train reads): AdamW 1e-4, 20 + 30 epochs of
+    schedule, 500 epochs, patience 100, the heads training the encoder."""
+    from nnunetv2.run.run_training import get_trainer_from_args
+    from nnunet_mtl.training.knobs import knob_overrides
+    with knob_overrides(recipe="seed"):
+        t = get_trainer_from_args(str(dataset_2d.id), dataset_2d.configuration, 0, "nnUNetTrainerMTL",
+                                  dataset_2d.plans, device=torch.device("cpu"))
+    assert t.num_epochs == 500 and t.encoder_trained_by_heads
+    assert t.schedule_lengths == {"warmup_epochs": 20, "ramp_epochs": 30, "early_stopping_patience": 100}
+    assert (t.schedule.weights(0)[1], t.schedule.weights(50)[1]) == pytest.approx((0.1, 0.5))
+    t.initialize()
+    assert isinstance(t.optimizer, torch.optim.AdamW) and t.optimizer.defaults["weight_decay"] == pytest.approx(3e-5)
+    assert [g["initial_lr"] for g in t.optimizer.param_groups] == pytest.approx([1e-4, 1e-4])

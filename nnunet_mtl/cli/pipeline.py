@@ -162,10 +162,11 @@ def _run(args, device: str, base_given: bool) -> int:
     return 0
 
 
-def _training_knobs(args) -> dict:
-    """The knobs the command line sets; with ``--heads trained`` (the trained heads' predictions are the output)
-    the heads' gradient also trains the encoder unless ``--heads_train_encoder`` says otherwise."""
-    knobs = knobs_from_args(args)
+def _training_knobs(args, budget=None) -> dict:
+    """The knobs the command line sets (``--recipe``, then ``budget``, then explicit flags); with ``--heads
+    trained`` (the trained heads' predictions are the output) the heads' gradient also trains the encoder unless
+    ``--heads_train_encoder`` (or the recipe) says otherwise."""
+    knobs = knobs_from_args(args, budget)
     if args.heads == "trained":
         knobs.setdefault("heads_train_encoder", True)
     return knobs
@@ -211,8 +212,7 @@ def run_demo(args, device: str) -> int:
     workflow.prepare(args.base_dir, input_dir, dataset_id, f"Demo{kind.upper()}", args.planner, None, args.trainer,
                      None, 5, None, args.seed, args.num_processes, args.overwrite, shrink=DEMO_SHRINK[kind],
                      convert_kwargs=convert_kwargs)
-    knobs = dict(DEMO_BUDGET)
-    knobs.update(_training_knobs(args))
+    knobs = _training_knobs(args, DEMO_BUDGET)  # the demo's short budget wins over a --recipe's
     workflow.train(args.base_dir, [0], device, 1, args.overwrite, **knobs)
     if args.heads == "fitted":  # the pipeline's default path: heads fitted on the trained model's features
         workflow.fit_heads(args.base_dir, [0], device, args.overwrite, backend=args.backend)

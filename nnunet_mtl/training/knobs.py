@@ -5,7 +5,9 @@ From this table come
 * ``NNUNET_MTL_OVERRIDES`` parsing (``read_overrides``; an unknown name is an error), the way knobs
   reach stock ``nnUNetv2_train`` and every DDP worker,
 * the pipeline's ``--flags`` (``add_knob_arguments``) and the knobs it passes on (``knobs_from_args``),
-* ``knob_overrides``: the one context manager that sets and restores the env variable.
+* ``knob_overrides``: the one context manager that sets and restores the env variable,
+* ``RECIPES``: named designs (a knob -> value table each) behind ``--recipe`` / ``recipe_knobs`` / the
+  ``NNUNET_MTL_OVERRIDES`` key ``recipe``; knobs set explicitly win over the recipe's.
 
 A default of ``None`` means "derived": the learning rate from the optimiser, the head learning rate
 from the U-Net's, and the schedule lengths from the epoch budget (``resolve_schedule``).
@@ -111,6 +113,25 @@ DEMO_BUDGET = BUDGETS["demo"]
 DEMO_SHRINK = {"3d": dict(max_features=24, batch_size=2, n_stages=4, patch_size=(16, 32, 32)),
                "2d": dict(max_features=32, batch_size=4, n_stages=5)}
 
+# Named designs (knobs only): --recipe NAME fills these knobs, a knob flag given explicitly wins.
+# "seed": the project's seed design: AdamW lr 1e-4 (heads too) with nnU-Net's poly decay, segmentation-first
+# (90/10) for 20 epochs, then a 30-epoch linear ramp to 50/50, the heads' gradient training the encoder,
+# smoothed inverse-frequency class weights, 500 epochs with early-stopping patience 100.
+RECIPES = {
+    "seed": dict(optimizer_name="adamw", initial_lr=1e-4, weight_decay=3e-5, warmup_epochs=20, ramp_epochs=30,
+                 head_weight_start=0.1, head_weight_end=0.5, class_weight_smoothing=1.0, class_weight_power=1.0,
+                 heads_train_encoder=True, num_epochs=500, early_stopping_patience=100),
+}
+RECIPE_KEY = "recipe"  # the NNUNET_MTL_OVERRIDES key naming a recipe
+
+
+def recipe_knobs(name: str) -> dict:
+    """The knob values of recipe ``name`` (a copy, checked like any override)."""
+    if name not in RECIPES:
+        raise ValueError(f"unknown recipe {name!r}; known: {sorted(RECIPES)}")
+    return check_knobs(RECIPES[name], f"recipe {name!r}")
+
+
 # how a model's image-level heads are set (pipeline --heads): fitted in closed form after training, or trained
 HEADS_CHOICES = ("fitted", "trained")
 DEFAULT_HEADS = "fitted"
@@ -140,7 +161,10 @@ def read_overrides(environ=None) -> dict:
         raise ValueError(f"{ENV_VAR} is not valid JSON: {e}") from None
     if not isinstance(values, dict):
         raise ValueError(f"{ENV_VAR} must be a JSON object of knob: value")
-    return check_knobs(values)
+    recipe = values.pop(RECIPE_KEY, None)
+    out = recipe_knobs(recipe) if recipe is not None else {}
+    out.update(check_knobs(values))  # knobs named explicitly win over the recipe's
+    return out
 
 
 def encode_overrides(**knobs) -> str:
@@ -199,14 +223,25 @@ def resolve_lrs(optimizer: str, initial_lr: Optional[float], head_lr: Optional[f
 
 # ------------------------------------------------------------------------------------------- pipeline flags
 def add_knob_arguments(group) -> None:
-    """One --flag per knob that has a pipeline flag (dest = the knob's name, default None = trainer default)."""
+    """--recipe, then one --flag per knob that has a pipeline flag (dest = the knob's name, default None =
+    trainer default)."""
+    group.add_argument("--recipe", choices=sorted(RECIPES), default=None,
+                       help="a named design: seed = AdamW lr 1e-4 with poly decay, weight decay 3e-5, "
+                            "segmentation-first (head weight 0.1) for 20 epochs then a 30-epoch linear ramp to "
+                            "0.5, smoothed inverse-frequency class weights, heads train the encoder, 500 epochs, "
+                            "patience 100. Any knob flag given explicitly wins over the recipe")
     for knob in KNOBS:
         if knob.flag:
             group.add_argument(f"--{knob.flag}", dest=knob.name, type=knob.type, default=None, choices=knob.choices,
                                help=knob.help)
 
 
-def knobs_from_args(args) -> dict:
-    """The knobs a parsed command line sets (flags left out are not passed on)."""
-    return {k.name: getattr(args, k.name) for k in KNOBS
-            if k.flag and getattr(args, k.name, None) is not None}
+def knobs_from_args(args, budget: Optional[dict] = None) -> dict:
+    """The knobs a parsed command line sets (flags left out are not passed on): its ``--recipe``'s, then
+    ``budget`` (e.g. the demo's), then the knob flags given, each winning over the one before."""
+    recipe = getattr(args, "recipe", None)
+    out = recipe_knobs(recipe) if recipe else {}
+    out.update(budget or {})
+    out.update({k.name: getattr(args, k.name) for k in KNOBS
+                if k.flag and getattr(args, k.name, None) is not None})
+    return out
