@@ -40,6 +40,19 @@ class MTLNetwork(nn.Module):
         self.last_head_outputs = None
 
     @property
+    def detach_head_inputs(self) -> bool:
+        return self._detach_head_inputs
+
+    @detach_head_inputs.setter
+    def detach_head_inputs(self, value: bool) -> None:
+        """Heads on detached (fixed) features standardise them with a running scaler (``heads.Head``); with the
+        joint gradient they do not: the scaler would multiply the encoder's gradient by 1 / spread (a tiny
+        network then no longer learned a blob in 30 steps, tests/test_explain.py)."""
+        self._detach_head_inputs = bool(value)
+        for head in self.heads.values():
+            head.track_feature_stats = self._detach_head_inputs
+
+    @property
     def request(self) -> Optional[PoolRequest]:
         """What the heads read, together (None without heads)."""
         return PoolRequest.union(h.request for h in self.heads.values())

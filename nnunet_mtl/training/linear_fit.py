@@ -92,6 +92,7 @@ def write_into_head(head: Head, estimator, target: Target) -> None:
     with torch.no_grad():
         head.feature_mean.copy_(torch.as_tensor(scaler.mean_))
         head.feature_scale.copy_(torch.as_tensor(scaler.scale_))
+        head.feature_count.fill_(int(np.max(scaler.n_samples_seen_)))  # training it further goes on from these
         head.fc.weight.copy_(torch.as_tensor(weight))
         head.fc.bias.copy_(torch.as_tensor(out_bias))
         head.target_mean.fill_(0.0)
