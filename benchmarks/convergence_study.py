@@ -47,7 +47,7 @@ SPLIT_SEED = 2026
 SIZES = {  # epochs x iterations, validation iterations per epoch, batch, features cap, heads-only epochs
     "quick": dict(configuration="2d", epochs=2, iterations=5, val_iterations=2, batch=8, max_features=16,
                   heads_epochs=1, cases=40),
-    "cpu": dict(configuration="2d", epochs=40, iterations=50, val_iterations=4, batch=32, max_features=32,
+    "cpu": dict(configuration="2d", epochs=25, iterations=50, val_iterations=4, batch=32, max_features=32,
                 heads_epochs=10, cases=None),
     "full": dict(configuration="3d_fullres", epochs=250, iterations=250, val_iterations=50, batch=None,
                  max_features=None, heads_epochs=50, cases=None),
@@ -185,6 +185,8 @@ def eval_job(arm: Arm, seed: int, setup: dict, base: str, device: str, mirroring
                                                     setup["test"])}
     if not arm.starts_from:
         for name, pools in READOUTS.items():
+            if name != "fitted" and arm.name != "stock":
+                continue  # the measures read the segmentation: compared on the stock model only
             key = name if arm.name == "stock" else f"{arm.name}+{name}"
             rows[key] = {"heads": fitted_scores(folder, f"{key}_s{seed}", pools, setup, base, device, table, seed)}
     os.makedirs(os.path.dirname(out), exist_ok=True)
@@ -210,7 +212,7 @@ def mask_volume_outputs(masks: dict, setup: dict, table) -> dict:
                 train_ml = {c: table.value(c, "hippocampus_ml") for c in setup["train"]}
                 larger = "large" if "large" in t.classes else t.classes[-1]
                 score = ml - float(np.median(list(train_ml.values()))) if t.name == "size" else 0.0
-                p = 1.0 / (1.0 + np.exp(-8.0 * score))
+                p = 1.0 / (1.0 + np.exp(-score))  # per ml: rank-preserving, no saturation at real volumes
                 probs = np.full(len(t.classes), (1 - p) / max(1, len(t.classes) - 1))
                 probs[t.classes.index(larger)] = p
                 outs.setdefault(case, {})[t.name] = probs
@@ -257,8 +259,25 @@ def run_jobs(jobs, args, base: str, log_dir: str) -> list:
               f"{time.perf_counter() - start:.0f} s; load {load_average()}", flush=True)
         return job if rc else None
 
+    futures = {}
+
+    def after(job):
+        """Run ``job`` once the jobs it reads from are done (earlier in the queue, so running or finished)."""
+        kind, arm, seed = job
+        deps = [("train", arm, seed)] if kind == "eval" else []
+        starts = next((a.starts_from for a in TRAINED + HEADS_ONLY if a.name == arm), "")
+        if starts:
+            deps.append(("train", starts, seed))
+        for d in deps:
+            if d in futures and futures[d].result() is not None:
+                print(f"[{kind} {arm} s{seed}] skipped: {d} failed", flush=True)
+                return job
+        return one(job)
+
     with cf.ThreadPoolExecutor(args.workers) as pool:
-        return [j for j in pool.map(one, jobs) if j]
+        for job in jobs:
+            futures[job] = pool.submit(after, job)
+        return [j for j in (f.result() for f in futures.values()) if j]
 
 
 # ------------------------------------------------------------------------------------------- report
@@ -402,11 +421,9 @@ def main():
         # stock first (the heads-only arms and read-outs start from it), then the other arms, seed by seed
         first = [("train", "stock", s) for s in args.seeds]
         rest = [("train", a.name, s) for s in args.seeds for a in TRAINED if a.name != "stock"]
-        failed += run_jobs(first + rest, args, base, os.path.join(base, "logs"))
         heads = [("train", a.name, s) for s in args.seeds for a in HEADS_ONLY]
         evals = [("eval", a.name, s) for s in args.seeds for a in TRAINED + HEADS_ONLY]
-        failed += run_jobs(heads, args, base, os.path.join(base, "logs"))
-        failed += run_jobs(evals, args, base, os.path.join(base, "logs"))
+        failed += run_jobs(first + rest + heads + evals, args, base, os.path.join(base, "logs"))
     report(base, setup, args, size, device, time.perf_counter() - t0, failed)
 
 

@@ -71,6 +71,35 @@ def test_pool_sums_add_over_tiles_and_the_foreground_pool_falls_back():
         PoolRequest((0,), ("mask",))
 
 
+def test_the_measures_pool_gives_each_structures_volume_and_the_intensity_inside():
+    """The segmentation's own measurements (no encoder stage): per structure its soft voxel count and fraction,
+    the mean and spread of the image inside; they add over tiles like the other pools."""
+    request = PoolRequest((0,), ("measures",))
+    image = torch.arange(16.0).view(1, 1, 4, 4)
+    probs = torch.zeros(1, 2, 4, 4)
+    probs[:, 0, :2] = 1.0                 # structure 1: the top half (values 0..7)
+    probs[:, 1, 3, :2] = 1.0              # structure 2: two voxels (12, 13)
+    skip = torch.zeros(1, 2, 4, 4)
+    x = features(pool_sums([skip], None, request, patch=(4, 4), structures=probs, image=image), (0,), ("measures",))
+    np.testing.assert_allclose(x[0], [8, 2, 0.5, 0.125, 3.5, 12.5, np.std(np.arange(8.0)), 0.5], rtol=1e-5)
+    half = pool_sums([skip], torch.full((1, 4, 4), 0.5), request, patch=(4, 4), structures=probs, image=image)
+    both = features(add_sums(half, half), (0,), ("measures",))
+    np.testing.assert_allclose(both, x, rtol=1e-5)   # two tiles sharing every voxel: the case once
+    with pytest.raises(ValueError, match="measures need"):
+        pool_sums([skip], None, request, patch=(4, 4))
+
+
+def test_a_head_reading_the_measures_has_their_width_and_survives_its_checkpoint():
+    net = tiny_mtl(2, 1, pools=("global", "measures"))
+    head = net.heads["finding"]
+    assert head.fc.in_features == 16 + 2 * (2 + 2)   # bottleneck 16 + 2 structures x (volume, fraction, mean, sd)
+    assert net.heads_need_segmentation
+    built = tiny_mtl(2, 2)
+    built.load_state_dict(net.state_dict())
+    x = case(2)[:, :, :32, :32].permute(1, 0, 2, 3)
+    assert all(torch.equal(net.read(net.pooled(x)[1])[k], built.read(built.pooled(x)[1])[k]) for k in SPEC.names)
+
+
 @pytest.mark.parametrize("dim", [2, 3])
 def test_a_cases_pools_are_the_means_of_its_stitched_features(dim):
     """Each tile's shares of its voxels (its Gaussian over the sum of the Gaussians covering the voxel) add up to 1
@@ -152,7 +181,7 @@ def test_heads_say_in_their_state_dict_how_they_read():
 
 # ------------------------------------------------------------------------------------------------ the engine
 @pytest.mark.parametrize("dim", [2, 3])
-@pytest.mark.parametrize("pools", [("global",), ("foreground", "global")])
+@pytest.mark.parametrize("pools", [("global",), ("foreground", "global"), ("global", "measures")])
 def test_the_heads_only_pass_equals_the_mask_pass(dim, pools):
     """classify's pass (one unmirrored forward per tile, no stitching) gives predict's head outputs; batched
     tiles too. Without a head that reads the segmentation the decoder does not run."""
@@ -163,7 +192,7 @@ def test_the_heads_only_pass_equals_the_mask_pass(dim, pools):
     hook = predictor.network.decoder.register_forward_hook(lambda *a: decoder_calls.append(1))
     fast = predictor.predict_heads(data, "c")
     hook.remove()
-    assert bool(decoder_calls) == ("foreground" in pools)
+    assert bool(decoder_calls) == ("foreground" in pools or "measures" in pools)
     assert len(heads.folds) == len(fast.folds) == 2
     for k in heads.outputs:
         np.testing.assert_allclose(fast.outputs[k], heads.outputs[k], atol=1e-6)

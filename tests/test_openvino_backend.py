@@ -32,7 +32,7 @@ def _close(a: dict, b: dict, atol: float) -> bool:
     return a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=atol, rtol=1e-5) for k in a)
 
 
-@pytest.mark.parametrize("dim,pools", [(2, ("foreground", "global")), (3, ("global",))])
+@pytest.mark.parametrize("dim,pools", [(2, ("foreground", "global")), (3, ("global",)), (2, ("global", "measures"))])
 def test_the_compiled_pooled_pass_equals_torch(dim, pools):
     """The mask pass (segmentation + pool sums) and the heads-only pass (pool sums; no decoder without a
     foreground pool) on OpenVINO give torch's numbers; the heads read them in torch."""

@@ -17,7 +17,8 @@ from nnunet_mtl.cli.backend_args import add_backend_argument
 from nnunet_mtl.cli.failures import run_command
 from nnunet_mtl.planning import add_trainer_path
 from nnunet_mtl.targets import load_spec_file
-from nnunet_mtl.training.fitting import fit_heads
+from nnunet_mtl.model.pooling import POOLS
+from nnunet_mtl.training.fitting import FIT_POOLS, fit_heads
 
 
 def _device_default() -> str:
@@ -40,7 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache_dir", default=None, help="pooled-feature cache (default: OUTPUT/feature_cache)")
     p.add_argument("--stages", nargs="+", type=int, default=None,
                    help="encoder stages to pool (0 = first, -1 = bottleneck; default: all)")
-    p.add_argument("--pools", nargs="+", default=["global", "foreground"], choices=["global", "foreground"])
+    p.add_argument("--pools", nargs="+", default=list(FIT_POOLS), choices=list(POOLS),
+                   help=f"what the heads read: per stage the global and foreground pools; measures: the predicted "
+                        f"structures' volume and intensity statistics (default: {' '.join(FIT_POOLS)})")
     p.add_argument("-device", "--device", default=None, choices=["cuda", "cpu", "mps"])
     add_backend_argument(p)
     p.add_argument("--overwrite", action="store_true",

@@ -27,7 +27,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from nnunet_mtl.model.pooling import POOLS, PoolRequest, Sums, features, resolve_stages
+from nnunet_mtl.model.pooling import POOLS, STAGE_POOLS, PoolRequest, Sums, features, resolve_stages
 from nnunet_mtl.targets import TargetSpec
 
 CONFIG_BUFFERS = ("stages", "pools", "feature_mean", "feature_scale", "feature_count")
@@ -37,9 +37,11 @@ STATS_EPS = 1e-5       # added to the running variance, as BatchNorm's: a near-c
 
 class Head(nn.Module):
     def __init__(self, encoder_channels: Sequence[int], stages: Sequence[int], pools: Sequence[str],
-                 num_outputs: int, dropout: float = 0.2, regression: bool = False, track_feature_stats: bool = False):
+                 num_outputs: int, dropout: float = 0.2, regression: bool = False, track_feature_stats: bool = False,
+                 measures_width: int = 0):
         super().__init__()
         self.encoder_channels = tuple(int(c) for c in encoder_channels)
+        self.measures_width = int(measures_width)  # features of the "measures" pool (pooling.measures_width)
         self.num_outputs = int(num_outputs)
         self.regression = regression
         self.track_feature_stats = track_feature_stats  # the running scaler (heads on detached features)
@@ -52,7 +54,10 @@ class Head(nn.Module):
         """Read these stages and pools: a new scaler (identity) and a new ``fc`` of the matching width."""
         stages = resolve_stages(stages, len(self.encoder_channels))
         request = PoolRequest(stages, tuple(pools))  # checks the pool names
-        width = sum(self.encoder_channels[s] for s in stages) * len(request.pools)
+        if request.measures and not self.measures_width:
+            raise ValueError("the measures pool needs the network's structures and input channels (measures_width)")
+        width = (sum(self.encoder_channels[s] for s in stages) * len([p for p in request.pools if p in STAGE_POOLS])
+                 + (self.measures_width if request.measures else 0))
         device = self.target_mean.device
         self.register_buffer("stages", torch.tensor(stages, dtype=torch.long, device=device))
         self.register_buffer("pools", torch.tensor([POOLS.index(p) for p in pools], dtype=torch.long, device=device))
@@ -68,7 +73,7 @@ class Head(nn.Module):
 
     @property
     def reads_segmentation(self) -> bool:
-        return "foreground" in self._pools
+        return self.request.reads_segmentation
 
     @property
     def read_config(self) -> dict:
@@ -130,7 +135,8 @@ class Head(nn.Module):
 
 
 def build_heads(spec: TargetSpec, encoder_channels: Sequence[int], stages: Sequence[int], pools: Sequence[str],
-                dropout: float = 0.2) -> nn.ModuleDict:
+                dropout: float = 0.2, measures_width: int = 0) -> nn.ModuleDict:
     """One head per target, keyed by target name, all reading the same stages and pools."""
     return nn.ModuleDict({t.name: Head(encoder_channels, stages, pools, t.num_outputs, dropout,
-                                       regression=not t.is_classification) for t in spec})
+                                       regression=not t.is_classification, measures_width=measures_width)
+                          for t in spec})

@@ -20,7 +20,8 @@ import torch
 from torch import nn
 
 from nnunet_mtl.model.heads import build_heads
-from nnunet_mtl.model.pooling import PoolRequest, Sums, foreground_probability, pool_sums
+from nnunet_mtl.model.pooling import (PoolRequest, Sums, foreground_probability, measures_width, pool_sums,
+                                      structure_probabilities)
 from nnunet_mtl.targets import TargetSpec
 
 
@@ -33,8 +34,11 @@ class MTLNetwork(nn.Module):
         self.decoder = unet.decoder
         self.spec = spec
         self.has_regions = seg_activation == "sigmoid"
+        n_classes = int(self.decoder.num_classes)
+        structures = n_classes if self.has_regions or n_classes == 1 else n_classes - 1
         with torch.random.fork_rng(devices=[]):  # the heads' initialisation leaves the random stream as stock's
-            self.heads = build_heads(spec, list(self.encoder.output_channels), head_stages, head_pools, head_dropout)
+            self.heads = build_heads(spec, list(self.encoder.output_channels), head_stages, head_pools, head_dropout,
+                                     measures_width(structures, input_channels(self.encoder)))
         self.detach_head_inputs = False     # True: heads learn on the features without training the encoder
         self.capture_heads = False          # when True, a plain forward also stores head outputs
         self.last_head_outputs = None
@@ -65,7 +69,7 @@ class MTLNetwork(nn.Module):
         skips = self.encoder(x)
         seg = self.decoder(skips)
         if with_heads or self.capture_heads:
-            sums = self._sums(skips, seg, self.request, x.shape[2:])
+            sums = self._sums(skips, seg, self.request, x)
             heads = {name: head(sums) for name, head in self.heads.items()}
             if with_heads:
                 return seg, heads
@@ -82,25 +86,34 @@ class MTLNetwork(nn.Module):
         skips = self.encoder(x)
         needs_seg = with_seg or (request is not None and request.reads_segmentation)
         seg = self.decoder(skips) if needs_seg else None
-        sums = {} if request is None else self._sums(skips, seg, request, x.shape[2:], weights)
+        sums = {} if request is None else self._sums(skips, seg, request, x, weights)
         return (seg if with_seg else None), sums
 
     def read(self, sums: Sums) -> Dict[str, torch.Tensor]:
         """Pool sums (one case's, added over its tiles) -> each target's probabilities / value in original units."""
         return {name: head.to_output(head(sums)) for name, head in self.heads.items()}
 
-    def _sums(self, skips, seg, request: PoolRequest, patch, weights: Optional[torch.Tensor] = None) -> Sums:
+    def _sums(self, skips, seg, request: PoolRequest, x: torch.Tensor,
+              weights: Optional[torch.Tensor] = None) -> Sums:
         seg_hi = seg[0] if isinstance(seg, (list, tuple)) else seg
         if self.detach_head_inputs:
             skips = [s.detach() for s in skips]
-        fg = None
-        if request.reads_segmentation:
+        fg = structures = None
+        if "foreground" in request.pools:
             fg = foreground_probability(seg_hi.detach(), self.has_regions)
-        return pool_sums(skips, weights, request, fg, tuple(patch))
+        if request.measures:
+            structures = structure_probabilities(seg_hi.detach(), self.has_regions)
+        return pool_sums(skips, weights, request, fg, tuple(x.shape[2:]), structures, x.detach())
 
     def outputs_to_predictions(self, raw: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
         """Raw head outputs -> probabilities (classification) / original units (regression)."""
         return {name: self.heads[name].to_output(v) for name, v in raw.items()}
+
+
+def input_channels(encoder: nn.Module) -> int:
+    """The image channels an encoder reads (its first convolution's input; nnU-Net's encoders do not store it)."""
+    conv = next(m for m in encoder.modules() if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)))
+    return int(conv.in_channels)
 
 
 def unet_weights_hash(weights: Dict[str, torch.Tensor]) -> str:

@@ -45,7 +45,7 @@ from nnunet_mtl.inference.openvino_backend import attach
 from nnunet_mtl.inference.predictor import nnUNetPredictorMTL
 from nnunet_mtl.io_utils import atomic_write_json, read_json
 from nnunet_mtl.model.network import MTLNetwork, unet_weights_hash, unwrap
-from nnunet_mtl.model.pooling import POOLS, PoolRequest, resolve_stages
+from nnunet_mtl.model.pooling import PoolRequest, resolve_stages
 from nnunet_mtl.prediction_table import make_row, read as read_table, write as write_table
 from nnunet_mtl.targets import CaseTable, TargetSpec, read_labels_csv
 from nnunet_mtl.training.feature_cache import FeatureCache, preprocessed_cases
@@ -59,6 +59,8 @@ FITTED = "fitted"
 FORMAT = 2
 FIT_STEP_SIZE = 0.5             # the sliding window the features come from (nnU-Net's default; inference's too)
 SUMMARY_FILE = "validation_summary.json"
+FIT_POOLS = ("global", "foreground")  # what fitted heads read by default (pooling.POOLS: "measures" adds the
+                                      # segmentation's own measurements)
 
 
 class FittingError(ValueError):
@@ -124,7 +126,7 @@ def fit_heads(model_dir: str, out_dir: Optional[str] = None, labels_csv: Optiona
               spec: Optional[TargetSpec] = None, folds: Optional[Sequence[int]] = None,
               splits_file: Optional[str] = None, checkpoint: str = "checkpoint_final.pth", device: str = "cpu",
               backend: str = "torch", cache_dir: Optional[str] = None, stages: Optional[Sequence[int]] = None,
-              pools: Sequence[str] = POOLS, seed: int = 0, overwrite: bool = False,
+              pools: Sequence[str] = FIT_POOLS, seed: int = 0, overwrite: bool = False,
               report: Callable[[str], None] = print) -> dict:
     """Fit heads per fold of ``model_dir`` and write them into ``out_dir``'s checkpoints (None or the same folder:
     in place, for a model of ours). Returns the out-of-fold summary over every fold's validation cases."""
