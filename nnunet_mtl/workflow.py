@@ -207,6 +207,22 @@ def _validated_current(fold_dir: str) -> bool:
     return read_json(record).get("unet_sha256") == unet_weights_hash(weights)
 
 
+def _stale_folds(folder: str, folds: Sequence[int]) -> List[int]:
+    """Folds whose checkpoint_final.pth is not the one their validation ran with or their heads were fitted on
+    (the file was replaced): predicting with them would use stale heads and temperatures."""
+    stale = []
+    for f in folds:
+        fold_dir = os.path.join(folder, f"fold_{f}")
+        ckpt = torch.load(os.path.join(fold_dir, "checkpoint_final.pth"), map_location="cpu", weights_only=False)
+        current = unet_weights_hash(ckpt["network_weights"])
+        record = os.path.join(fold_dir, "validation", VALIDATED_WEIGHTS)
+        validated = read_json(record).get("unet_sha256") if os.path.isfile(record) else current
+        fitted = (fitting.fitted_info(ckpt) or {}).get("unet_sha256", current)
+        if validated != current or fitted != current:
+            stale.append(f)
+    return stale
+
+
 def _train_fold(state: PipelineState, fold, device: str, num_gpus: int, resume: bool, knobs: dict,
                 validation_only: bool = False) -> None:
     """nnU-Net's training of one fold (``validation_only``: its final validation alone, nnU-Net's ``--val``)."""
@@ -302,6 +318,11 @@ def infer(base_dir: str, test_input: Optional[str] = None, test_output: Optional
         raise PipelineError(f"{test_input}: test input folder not found (give --test_input)")
     if model_dir is None:
         folds = _trained(folder, folds, checkpoint)  # before anything reads a checkpoint (fitting heads does)
+        stale = _stale_folds(folder, folds) if checkpoint == "checkpoint_final.pth" else []
+        if stale:
+            raise PipelineError(f"{folder}: checkpoint_final.pth of fold(s) {stale} was replaced after its validation "
+                                f"and head fitting; run --train_only --fold {stale[0]} (it validates the new weights "
+                                f"and fits the heads again), then --inference_only")
         unfitted = unfitted_folds(folder, folds, checkpoint)
         if heads == "fitted" and unfitted:
             print(f"{folder}: fitting heads on folds {unfitted} first (--heads trained predicts with the heads "

@@ -182,8 +182,9 @@ def test_clear_errors(tmp_path, pipeline):
 
 
 def test_a_replaced_checkpoint_is_validated_and_fitted_again(prepared, pipeline):
-    """Issue 26: --train_only after checkpoint_final.pth was replaced does not say 'already validated' over a stale
-    validation/: it validates the new weights (nnU-Net's --val, no training) and fits the heads on them again."""
+    """Issue 26: after checkpoint_final.pth was replaced, --inference_only refuses in one line and says to run
+    --train_only (not add_heads), and --train_only does not say 'already validated' over a stale validation/: it
+    validates the new weights (nnU-Net's --val, no training) and fits the heads on them again."""
     from nnunet_mtl.model.network import unet_weights_hash
     base, _ = prepared
     fold = _fold(base, 1)
@@ -196,6 +197,11 @@ def test_a_replaced_checkpoint_is_validated_and_fitted_again(prepared, pipeline)
             ckpt["network_weights"][name] = t * 1.01
     torch.save(ckpt, str(fold / "checkpoint_final.pth"))
     new_hash = unet_weights_hash(ckpt["network_weights"])
+    nowhere = base / "replaced_outputs"
+    code, _, err = pipeline("--base_dir", work, "--inference_only", "--fold", "1", "--test_input", str(base),
+                            "--test_output", str(nowhere))
+    assert code == 2 and "was replaced after its validation" in err and "run --train_only --fold 1" in err, err
+    assert not nowhere.exists()  # refused before anything was written
     code, out, err = pipeline("--base_dir", work, "--train_only", "--fold", "1", *BUDGET)
     assert code == 0, err
     assert "validation/ is from other weights than checkpoint_final.pth" in out and "validating again" in out
