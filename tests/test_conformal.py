@@ -141,3 +141,32 @@ def test_tables_with_and_without_the_conformal_columns_read_back(tmp_path):
         w.writerow({k: v for k, v in plain.items() if k in w.fieldnames})
     assert prediction_table.read(str(old), SPEC)["case_a"]["review"] == {}
     assert prediction_table.read_header_spec(str(old)) == SPEC
+
+
+def test_evaluation_scores_coverage_set_size_and_review_sensitivity(tmp_path):
+    from nnunet_mtl.evaluation.evaluate import evaluate
+    probs, y = imbalanced(800, seed=9)
+    rng = np.random.default_rng(9)
+    cal, test = np.arange(400), np.arange(400, 800)
+    y_hat = rng.normal(10, 3, 800)
+    vol = y_hat + rng.normal(0, 1, 800)
+    ens = EnsembleConformal(scores={"subtype": conformal.class_scores(probs[cal], y[cal])}, labels={"subtype": y[cal]},
+                            residuals={"volume_ml": np.abs(vol[cal] - y_hat[cal])})
+    rows, truth = [], {}
+    for i in test:
+        out = {"subtype": probs[i], "volume_ml": np.array([y_hat[i]])}
+        rows.append(make_row(SPEC, f"case_{i:03d}", out, review=ens.review(SPEC, out, 0.9)))
+        truth[f"case_{i:03d}"] = {"subtype": "abc"[y[i]], "volume_ml": float(vol[i])}
+    path = str(tmp_path / "predictions.csv")
+    prediction_table.write(path, "", SPEC, rows)
+    result = evaluate(prediction_csv=path, labels=CaseTable(SPEC, truth), n_bootstrap=100, make_plots=False)
+    cls = result["classification"]["subtype"]["conformal"]
+    assert cls["n"] == 400 and cls["nominal_coverage"] == 0.9 and abs(cls["coverage"] - 0.9) < 0.06
+    assert 1.0 < cls["mean_set_size"] < 3.0 and cls["ci95"]["coverage"]["low"] < cls["coverage"]
+    assert cls["review_sensitivity_for_errors"] > 0.5  # most wrong argmax answers come with a set of several classes
+    reg = result["regression"]["volume_ml"]["conformal"]
+    assert abs(reg["coverage"] - 0.9) < 0.06 and reg["median_width"] == pytest.approx(2 * 1.645, abs=0.5)
+    prediction_table.write(path, "", SPEC, [make_row(SPEC, r["case_id"], {"subtype": probs[0], "volume_ml":
+                                                                          np.array([1.0])}) for r in rows])
+    result = evaluate(prediction_csv=path, labels=CaseTable(SPEC, truth), n_bootstrap=0, make_plots=False)
+    assert "conformal" not in result["classification"]["subtype"]  # a model without conformal.json: no block
