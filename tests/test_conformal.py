@@ -170,3 +170,14 @@ def test_evaluation_scores_coverage_set_size_and_review_sensitivity(tmp_path):
                                                                           np.array([1.0])}) for r in rows])
     result = evaluate(prediction_csv=path, labels=CaseTable(SPEC, truth), n_bootstrap=0, make_plots=False)
     assert "conformal" not in result["classification"]["subtype"]  # a model without conformal.json: no block
+
+
+def test_a_merge_keeps_the_review_columns_of_rows_already_there(tmp_path):
+    from nnunet_mtl.inference.record import merge_into_folder
+    out = {"subtype": np.array([0.6, 0.3, 0.1]), "volume_ml": np.array([10.0])}
+    review = {"subtype_set": "a|b", "volume_ml_low": "8", "volume_ml_high": "12", COVERAGE_COLUMN: "0.9",
+              REVIEW_COLUMN: "yes"}
+    merge_into_folder(str(tmp_path), SPEC, {"a": out}, True, {"a": review})
+    path = merge_into_folder(str(tmp_path), SPEC, {"b": out}, True)
+    table = prediction_table.read(path, SPEC)
+    assert table["a"]["review"] == review and table["b"]["review"][REVIEW_COLUMN] == ""
