@@ -4,14 +4,21 @@ Columns: ``case_id``; per classification target ``T``: ``T`` (predicted class na
 ``T_prob_<class>`` for every class; per regression target ``T``: ``T`` in original units; when
 there is a classification target, ``probabilities_calibrated`` (``yes``: the probabilities went
 through the folds' temperatures, ``calibration/``; ``no``: raw softmax). A table without that
-column (older runs) reads as not calibrated. The predictor writes it, evaluation and the notebook
-read it; both go through here.
+column (older runs) reads as not calibrated.
+
+Review columns (split conformal, ``calibration/conformal.py``): per classification target ``T_set``
+(the classes in the prediction set, joined with ``|``), per regression target ``T_low`` and ``T_high``,
+then ``conformal_coverage`` (the coverage asked for) and ``needs_review`` (``yes``: a set with more
+or fewer than one class, or an interval wider than the user's tolerance). They are always written,
+and left empty when the model has no ``conformal.json`` (older model folders, ``--no_calibration``);
+tables without them (older runs) read as having none. The predictor writes the table, evaluation and
+the notebook read it; both go through here.
 """
 from __future__ import annotations
 
 import csv
 import math
-from typing import Dict, List, Mapping, Sequence
+from typing import Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -22,10 +29,40 @@ CASE_COLUMN = "case_id"
 CALIBRATED_COLUMN = "probabilities_calibrated"
 YES, NO = "yes", "no"
 _PROB = "_prob_"
+SET_SEPARATOR = "|"
+COVERAGE_COLUMN = "conformal_coverage"
+REVIEW_COLUMN = "needs_review"
 
 
 def prob_column(target: str, class_name: str) -> str:
     return f"{target}{_PROB}{class_name}"
+
+
+def set_column(target: str) -> str:
+    return f"{target}_set"
+
+
+def interval_columns(target: str) -> tuple:
+    return f"{target}_low", f"{target}_high"
+
+
+def review_columns(spec: TargetSpec) -> List[str]:
+    """The conformal columns of a table for ``spec`` (empty list for a spec without targets)."""
+    cols = []
+    for t in spec:
+        cols.extend([set_column(t.name)] if t.is_classification else interval_columns(t.name))
+    return cols + [COVERAGE_COLUMN, REVIEW_COLUMN] if cols else []
+
+
+def _review_column_names(header: Sequence[str]) -> set:
+    """Header columns that are conformal columns of some target in it (not targets themselves)."""
+    names = set(header)
+    out = {c for c in (COVERAGE_COLUMN, REVIEW_COLUMN) if c in names}
+    for c in header:
+        for suffix in ("_set", "_low", "_high"):
+            if c.endswith(suffix) and c[:-len(suffix)] in names:
+                out.add(c)
+    return out
 
 
 def spec_from_header(header: Sequence[str], source: str = "predictions table") -> TargetSpec:
@@ -33,7 +70,8 @@ def spec_from_header(header: Sequence[str], source: str = "predictions table") -
     (classes in column order, i.e. the model's order), a lone ``T`` is a regression."""
     if CASE_COLUMN not in header:
         raise TargetSpecError(f"{source}: no '{CASE_COLUMN}' column")
-    names = [c for c in header if c not in (CASE_COLUMN, CALIBRATED_COLUMN)]
+    review = _review_column_names(header)
+    names = [c for c in header if c not in (CASE_COLUMN, CALIBRATED_COLUMN) and c not in review]
     prob_cols = {c for c in names for t in names if c.startswith(prob_column(t, ""))}
     targets = []
     try:
@@ -61,13 +99,16 @@ def columns(spec: TargetSpec) -> List[str]:
             cols.extend(prob_column(t.name, c) for c in t.classes)
     if spec.classification_targets:
         cols.append(CALIBRATED_COLUMN)
-    return cols
+    return cols + review_columns(spec)
 
 
-def make_row(spec: TargetSpec, case_id: str, outputs: Mapping[str, np.ndarray], calibrated: bool = False) -> dict:
+def make_row(spec: TargetSpec, case_id: str, outputs: Mapping[str, np.ndarray], calibrated: bool = False,
+             review: Optional[Mapping[str, str]] = None) -> dict:
     """outputs: target -> class probabilities (classification) or a value in original units;
-    ``calibrated``: the probabilities are temperature-scaled (the ``probabilities_calibrated`` column)."""
-    row = {CASE_COLUMN: case_id}
+    ``calibrated``: the probabilities are temperature-scaled (the ``probabilities_calibrated`` column);
+    ``review``: the conformal columns (``calibration.conformal_store.EnsembleConformal.review``), empty without."""
+    review = review or {}
+    row = {CASE_COLUMN: case_id, **{c: review.get(c, "") for c in review_columns(spec)}}
     if spec.classification_targets:
         row[CALIBRATED_COLUMN] = YES if calibrated else NO
     for t in spec:
@@ -89,12 +130,14 @@ def write(csv_path: str, json_path: str, spec: TargetSpec, rows: Sequence[Mappin
 
 
 def read(csv_path: str, spec: TargetSpec) -> Dict[str, dict]:
-    """case_id -> {target: predicted value, 'probs': {target: np.ndarray}, 'calibrated': bool}; checks the columns, that
-    every case has one row and that every probability (and regression value, empty = NaN) is a number."""
+    """case_id -> {target: predicted value, 'probs': {target: np.ndarray}, 'calibrated': bool, 'review': {conformal
+    column: text}}; checks the columns, that every case has one row and that every probability (and regression
+    value, empty = NaN) is a number. The conformal columns are optional (older tables have none)."""
     with open(csv_path, newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
         header = reader.fieldnames or []
-        missing = [c for c in columns(spec) if c not in header and c != CALIBRATED_COLUMN]  # optional: older tables
+        optional = {CALIBRATED_COLUMN, *review_columns(spec)}  # older tables have none of these
+        missing = [c for c in columns(spec) if c not in header and c not in optional]
         if missing:
             raise TargetSpecError(f"{csv_path}: missing column(s) {missing}")
         out, lines = {}, {}
@@ -106,7 +149,8 @@ def read(csv_path: str, spec: TargetSpec) -> Dict[str, dict]:
                 raise TargetSpecError(f"{csv_path}: case {cid!r} has two rows (lines {lines[cid]} and "
                                       f"{reader.line_num})")
             lines[cid] = reader.line_num
-            entry = {"probs": {}, "calibrated": _calibrated(csv_path, cid, r)}
+            entry = {"probs": {}, "calibrated": _calibrated(csv_path, cid, r),
+                     "review": {c: (r.get(c) or "").strip() for c in review_columns(spec) if c in header}}
             for t in spec:
                 if t.is_classification:
                     if r[t.name] not in t.classes:

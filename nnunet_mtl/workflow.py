@@ -14,12 +14,13 @@ import shutil
 import subprocess
 import sys
 from dataclasses import asdict, dataclass, field
-from typing import List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import torch
 from nnunetv2.run.run_training import run_training
 from nnunetv2.utilities.utils import create_lists_from_splitted_dataset_folder
 
+from nnunet_mtl.calibration.conformal_store import DEFAULT_COVERAGE
 from nnunet_mtl.calibration.evaluation import validation_calibration
 from nnunet_mtl.conversion.detect import convert
 from nnunet_mtl.conversion.lateral_pairs import choose_trainer_for
@@ -295,13 +296,17 @@ def infer(base_dir: str, test_input: Optional[str] = None, test_output: Optional
           folds: Optional[Sequence] = None, checkpoint: str = "checkpoint_final.pth", device: str = "cuda",
           overwrite: bool = False, explain: bool = False, calibration: bool = True,
           dicom_outputs: Optional[str] = None, report: bool = False, model_dir: Optional[str] = None,
-          heads: str = DEFAULT_HEADS, backend: str = "auto", **predict_kwargs) -> str:
+          heads: str = DEFAULT_HEADS, backend: str = "auto", coverage: float = DEFAULT_COVERAGE,
+          interval_tolerance: Optional[Dict[str, float]] = None, **predict_kwargs) -> str:
     """Masks + predictions.csv for a folder of test images (default: the dataset's imagesTs).
 
     ``model_dir``: predict with this model folder (one trained by the pipeline or ``nnUNetv2_train``, or one of
     ``nnunet_mtl_add_heads``) instead of the model trained in ``base_dir`` (which then needs no pipeline state);
     ``heads='fitted'``: folds of the base_dir model whose heads are not fitted yet get them first;
-    ``calibration``: apply the folds' temperatures (``fold_X/calibration.json``) when they exist;
+    ``calibration``: apply the folds' temperatures (``fold_X/calibration.json``) when they exist (without them, no
+    conformal sets either: their scores are of calibrated probabilities);
+    ``coverage``, ``interval_tolerance``: the conformal sets' coverage and the widest interval per regression
+    target not flagged for review (``fold_X/conformal.json``; ``nnUNetPredictorMTL.set_review``);
     ``backend``: what runs the network ('auto': OpenVINO on the CPU, see ``inference.openvino_backend``);
     ``dicom_outputs`` ('binary' | 'fractional'): DICOM SEG + SR for DICOM inputs under ``dicom/``;
     ``report``: review pages under ``report/`` (with the Grad-CAM overlays when ``explain``);
@@ -348,6 +353,11 @@ def infer(base_dir: str, test_input: Optional[str] = None, test_output: Optional
         raise PipelineError(str(e)) from None
     if not calibration:
         predictor.calibration = None
+    try:
+        predictor.set_review(coverage, interval_tolerance, calibrated=calibration)
+    except ValueError as e:
+        predictor.close()
+        raise PipelineError(str(e)) from None
     with contextlib.closing(predictor):
         csv_path = predict_folder(predictor, test_input, test_output, overwrite=overwrite, **predict_kwargs)
     print(f"{test_output}: masks and {os.path.basename(csv_path)} (folds {folds}, {predictor.backend}; probabilities "

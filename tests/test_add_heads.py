@@ -105,6 +105,22 @@ def test_predict_with_fitted_heads_gives_stock_masks_and_a_row_per_case(heads_pr
         np.testing.assert_array_equal(_mask(heads_prediction, cid), _mask(stock_out, cid))
 
 
+def test_fitting_writes_conformal_scores_and_predictions_carry_sets(heads_prediction, fitted_2d):
+    """fold_0/conformal.json from the out-of-fold rows; every predicted row has a set at the default coverage."""
+    with open(os.path.join(fitted_2d, "fold_0", "conformal.json")) as f:
+        content = json.load(f)
+    finding = content["targets"]["finding"]
+    n_val = len(_rows(os.path.join(fitted_2d, "fold_0", "validation", "predictions.csv")))
+    assert finding["n_cases"] == len(finding["scores"]) <= n_val
+    classes = set(finding["classes"])
+    for row in _rows(os.path.join(heads_prediction, "predictions.csv")):
+        members = set(row["finding_set"].split("|")) - {""}
+        assert members <= classes and row["conformal_coverage"] == "0.9"
+        assert row["needs_review"] == ("no" if len(members) == 1 else "yes")
+        if finding["n_cases"] < 9:  # too few cases to leave any class out at 90 %: every set holds all
+            assert members == classes
+
+
 def test_predicted_rows_equal_the_out_of_fold_rows_of_the_same_cases(fitted_2d, dataset_2d, tmp_path):
     """Prediction pools the features the heads were fitted on (each tile's unmirrored forward): a validation case
     predicted from its raw image gets the probabilities of its out-of-fold validation row, with or without

@@ -86,6 +86,9 @@ def test_training_writes_the_fold_calibration(trained_2d):
     assert set(calibration.fits) == {t.name for t in spec_of(trained_2d).classification_targets}
     rows = read_rows(os.path.join(fold, "validation", "predictions.csv"))
     assert {r[prediction_table.CALIBRATED_COLUMN] for r in rows.values()} == {"no"}  # fitted on raw probabilities
+    from nnunet_mtl.calibration.conformal_store import load_fold
+    conformal = load_fold(fold)  # the trainer's final validation writes the conformal scores too
+    assert set(conformal["targets"]) == {t.name for t in spec_of(trained_2d)}
 
 
 def test_predictions_csv_is_calibrated_with_the_folds_temperature(trained_2d, dataset_2d, tmp_path):

@@ -1,5 +1,6 @@
 """nnunet_mtl_classify -m MODEL_DIR FILE [FILE ...]: one line per file as it finishes: name, class,
-probability, seconds; or name, ERROR and the reason (the other files go on; exit code 1 at the end).
+probability, seconds, and where the folds have conformal.json the target's prediction set (``set=a|b``) and
+``needs_review=yes|no``; or name, ERROR and the reason (the other files go on; exit code 1 at the end).
 Only these lines go to stdout; nnU-Net's messages go to stderr. Only the heads are needed, so each tile runs
 once (no mirrors, no logits stitched; no decoder where no head reads the segmentation): the probabilities
 are those nnunet_mtl_predict writes for the same image and model (``predict_heads``)."""
@@ -10,8 +11,10 @@ import tempfile
 
 from nnunet_mtl.cli.backend_args import add_backend_argument
 from nnunet_mtl.cli.failures import run_command
+from nnunet_mtl.cli.review_args import add_review_arguments, interval_tolerances
 from nnunet_mtl.inference.folders import classify_files
 from nnunet_mtl.inference.loader import load_predictor
+from nnunet_mtl.prediction_table import REVIEW_COLUMN, set_column
 
 PROG = "nnunet_mtl_classify"
 
@@ -27,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tile_batch", type=int, default=None,
                    help="tiles per forward (default 1; see nnunet_mtl/inference/tiling.py)")
     add_backend_argument(p)
+    add_review_arguments(p)
     return p
 
 
@@ -47,6 +51,7 @@ def _run(args) -> int:
                                    tile_batch=args.tile_batch, backend=args.backend, prepare="heads")
     with contextlib.closing(predictor), tempfile.TemporaryDirectory() as work:  # closed on every way out
         target = _target(predictor.spec, args)
+        predictor.set_review(args.coverage, interval_tolerances(args.interval_tolerance))
         failed = 0
         for r in classify_files(predictor, args.files, work, chatter=sys.stderr):
             if "error" in r:
@@ -55,7 +60,10 @@ def _run(args) -> int:
                 continue
             probs = r["outputs"][target.name]
             k = int(probs.argmax())
-            print(f"{r['file']}\t{target.classes[k]}\t{probs[k]:.4f}\t{r['seconds']:.2f}s", flush=True)
+            review = r["review"]
+            extra = (f"\tset={review[set_column(target.name)]}\t{REVIEW_COLUMN}={review[REVIEW_COLUMN]}"
+                     if set_column(target.name) in review else "")
+            print(f"{r['file']}\t{target.classes[k]}\t{probs[k]:.4f}\t{r['seconds']:.2f}s{extra}", flush=True)
     if failed:
         print(f"{PROG}: {failed} of {len(args.files)} file(s) failed", file=sys.stderr)
         return 1

@@ -18,6 +18,7 @@ import time
 
 from nnunet_mtl.cli.backend_args import add_backend_argument
 from nnunet_mtl.cli.failures import run_command
+from nnunet_mtl.cli.review_args import add_review_arguments, interval_tolerances
 from nnunet_mtl.conversion.description import add_description_arguments, description_from_args
 from nnunet_mtl.conversion.registry import LAYOUT_NAMES
 from nnunet_mtl.training.knobs import (DEFAULT_HEADS, DEMO_BUDGET, DEMO_SHRINK, HEADS_CHOICES, add_knob_arguments,
@@ -109,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "fractional: probabilities, implies --save_probabilities)")
     inf.add_argument("--report", action="store_true",
                      help="review pages TEST_OUTPUT/report/index.html + cases/ (Grad-CAM with --explain)")
+    add_review_arguments(inf)
 
     p.add_argument("--overwrite", action="store_true",
                    help="redo finished steps (re-convert, re-plan, retrain, re-predict) instead of skipping them")
@@ -158,7 +160,8 @@ def _run(args, device: str, base_given: bool) -> int:
                        args.overwrite, args.explain, step_size=args.step_size, use_mirroring=not args.disable_tta,
                        save_probabilities=args.save_probabilities, calibration=not args.no_calibration,
                        dicom_outputs=args.dicom_outputs, report=args.report, mask_format=args.mask_format,
-                       model_dir=args.model_dir, heads=args.heads, backend=args.backend)
+                       model_dir=args.model_dir, heads=args.heads, backend=args.backend, coverage=args.coverage,
+                       interval_tolerance=interval_tolerances(args.interval_tolerance))
     return 0
 
 

@@ -5,6 +5,7 @@ import sys
 
 from nnunet_mtl.cli.backend_args import add_backend_argument
 from nnunet_mtl.cli.failures import run_command
+from nnunet_mtl.cli.review_args import add_review_arguments, interval_tolerances
 from nnunet_mtl.inference.folders import converted_source, predict_folder
 from nnunet_mtl.inference.loader import load_predictor
 from nnunet_mtl.outputs import clinical as clinical_outputs
@@ -38,7 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="input: masks of PNG/JPG/BMP/TIFF inputs as PNG, label values as pixel values (default); "
                         "nifti: every mask in the model's format (DICOM and NIfTI inputs always are)")
     p.add_argument("--no_calibration", action="store_true",
-                   help="raw probabilities even when the folds have calibration.json (temperature scaling)")
+                   help="raw probabilities even when the folds have calibration.json (temperature scaling); "
+                        "no conformal sets then")
+    add_review_arguments(p)
     p.add_argument("--dicom_outputs", nargs="?", const="binary", choices=["binary", "fractional"],
                    help="DICOM SEG + SR under OUTPUT/dicom/<case>/ for DICOM inputs (default binary SEG; "
                         "fractional: probabilities, implies --save_probabilities)")
@@ -68,6 +71,7 @@ def _run(args) -> int:
     if args.no_calibration:
         predictor.calibration = None
     with contextlib.closing(predictor):
+        predictor.set_review(args.coverage, interval_tolerances(args.interval_tolerance), not args.no_calibration)
         csv_path = predict_folder(predictor, args.input, args.output, overwrite=args.overwrite,
                                   save_probabilities=args.save_probabilities or args.dicom_outputs == "fractional",
                                   num_processes_preprocessing=args.npp, num_processes_export=args.nps,

@@ -30,7 +30,7 @@ from nnunet_mtl import prediction_table
 from nnunet_mtl.conversion.pancreas_layout import PANCREAS_REGIONS
 from nnunet_mtl.inference.record import CSV_NAME, table_case_ids
 from nnunet_mtl.calibration.evaluation import calibration_block
-from nnunet_mtl.evaluation import classification, regression, segmentation
+from nnunet_mtl.evaluation import classification, conformal, regression, segmentation
 from nnunet_mtl.evaluation.discovery import check_same_cases, find_masks, find_predicted_masks
 from nnunet_mtl.evaluation.errors import EvaluationError
 from nnunet_mtl.evaluation.pairing import evaluated_spec, gather_target
@@ -178,6 +178,7 @@ def _score_targets(result: dict, per_case: Dict[str, dict], gt_dir: Optional[str
             if threshold_tuning and len(t.classes) == 2:
                 tuned[t.name] = tuned_entry
             block["calibration"] = calibration_block(t, yt, pr, None, n_bootstrap=n_bootstrap, seed=seed + i)["raw"]
+            _add_conformal(result, block, t, used, yt, yp, preds, n_bootstrap, seed + i)
             result["classification"][t.name] = block
             cls_data[t.name] = (t, yt, yp, pr)
             for c, a, b in zip(used, yt, yp):
@@ -185,6 +186,7 @@ def _score_targets(result: dict, per_case: Dict[str, dict], gt_dir: Optional[str
         else:
             result["regression"][t.name] = regression.regression_block(yt.astype(float), yp.astype(float),
                                                                        n_bootstrap, seed + i)
+            _add_conformal(result, result["regression"][t.name], t, used, yt, yp, preds, n_bootstrap, seed + i)
             for c, a, b in zip(used, yt, yp):
                 per_case[c].update(regression.per_case_values(t.name, a, b))
     if threshold_tuning and not tuned:
@@ -192,3 +194,11 @@ def _score_targets(result: dict, per_case: Dict[str, dict], gt_dir: Optional[str
     if tuned:
         result["thresholds"] = tuned
     return cls_data
+
+
+def _add_conformal(result: dict, block: dict, t, used, yt, yp, preds, n_bootstrap: int, seed: int) -> None:
+    """``block["conformal"]`` when the table has the target's conformal columns (``evaluation.conformal``)."""
+    conf = conformal.conformal_block(t, used, yt, yp, preds, n_bootstrap, seed)
+    if conf is not None:
+        block["conformal"] = conf
+        result["notes"].extend(conformal.notes(t.name, conf))

@@ -152,8 +152,9 @@ def _predict_folder(predictor, input_dir, output_dir, overwrite, save_probabilit
         cid = os.path.basename(ofile)
         staged = to_mask_format(staging, cid, file_ending, endings[cid], prepared.sources[cid][0])
         replace_case_files(output_dir, cid, staged, file_ending)  # the new mask first, then its row:
-        record.append(cid, predictor.calibrated_outputs(heads.outputs), key, inputs[cid],  # never an old mask
-                      calibrated=predictor.outputs_calibrated)                                # with a new row
+        outputs = predictor.calibrated_outputs(heads.outputs)
+        record.append(cid, outputs, key, inputs[cid], calibrated=predictor.outputs_calibrated,  # never an old mask
+                      review=predictor.review_columns(outputs))                                  # with a new row
         done.append(cid)
         progress.step(cid)
 
@@ -221,8 +222,8 @@ def _model_changes(output_dir: str, identity: dict, latest: Dict[str, dict], key
 def classify_files(predictor: nnUNetPredictorMTL, files: Sequence[str], work_dir: str,
                    clip_percentiles=(0.5, 98.5), chatter=None) -> Iterator[dict]:
     """One result per file, yielded as each finishes: ``file``, ``case_id``, ``outputs`` (head
-    outputs), ``seconds``; or ``file`` and ``error`` (one line) when the file cannot be read or
-    predicted, and the next file goes on. Each file is converted in its own folder, so two files
+    outputs), ``review`` (conformal columns), ``seconds``; or ``file`` and ``error`` (one line) when
+    the file cannot be read or predicted, and the next file goes on. Each file is converted in its own folder, so two files
     with the same name in different folders stay apart; inputs are checked against the model's
     channels and dimensionality. ``chatter``: where nnU-Net's prints go (e.g. sys.stderr). Only head
     outputs are needed, so the predictor's ``predict_heads`` runs: one unmirrored forward per tile, the very
@@ -243,7 +244,8 @@ def classify_files(predictor: nnUNetPredictorMTL, files: Sequence[str], work_dir
         except Exception as e:  # noqa: BLE001 - one file's failure is its own line; the others go on
             yield {"file": path, "error": _one_line(e)}
             continue
-        yield {"file": path, "case_id": case_id, "outputs": predictor.calibrated_outputs(heads.outputs),
+        outputs = predictor.calibrated_outputs(heads.outputs)
+        yield {"file": path, "case_id": case_id, "outputs": outputs, "review": predictor.review_columns(outputs),
                "seconds": time.perf_counter() - start}
 
 

@@ -13,6 +13,8 @@ and Grad-CAM call these, nothing else):
   ``predict_case``'s (tested), at a fraction of its cost. ``nnunet_mtl_classify`` uses it.
 * ``case_pools(data, request) -> [pool sums per fold]``: the same pass for any stages and pools (fitting heads).
 * ``calibrated_outputs`` / ``outputs_calibrated``: the folds' temperatures (``calibration``), applied to rows.
+* ``review_columns``: the folds' pooled conformal scores (``conformal``) at ``coverage``: one case's prediction
+  sets, intervals and review flag (empty columns without ``conformal.json``).
 * ``predict_from_data_iterator``: nnU-Net's multiprocessing loop, with each case's row handed over once its
   mask is written (``on_case_done``).
 
@@ -38,6 +40,8 @@ from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 from nnunetv2.utilities.helpers import dummy_context, empty_cache
 from torch._dynamo import OptimizedModule
 
+from nnunet_mtl.calibration.conformal import check_coverage
+from nnunet_mtl.calibration.conformal_store import DEFAULT_COVERAGE, EnsembleConformal
 from nnunet_mtl.calibration.store import EnsembleCalibration
 from nnunet_mtl.dataset_spec import targets_from_plans
 from nnunet_mtl.inference import tiling
@@ -75,18 +79,22 @@ class nnUNetPredictorMTL(nnUNetPredictor):
             raise ValueError(f"tile_batch must be >= 1, got {tile_batch}")
         self.tile_batch = int(tile_batch)  # network inputs (tiles x mirrors) per forward; 1: nnU-Net's own order
         self.calibration: Optional[EnsembleCalibration] = None  # the folds' temperatures, set on loading
+        self.conformal: Optional[EnsembleConformal] = None  # the folds' conformal scores, set on loading
+        self.coverage = DEFAULT_COVERAGE  # of the prediction sets and intervals (set_review)
+        self.interval_tolerance: Dict[str, float] = {}  # regression target -> widest interval not flagged
         self.checkpoint_files: List[str] = []  # what the predictions come from (provenance)
         self.backend = "torch"
         self._fold_outputs: Optional[List[Dict[str, np.ndarray]]] = None  # the open case's per-fold outputs
 
     def initialize_from_trained_model_folder(self, model_training_output_dir: str, use_folds,
                                              checkpoint_name: str = 'checkpoint_final.pth'):
-        """nnU-Net's loading, then the loaded folds' calibration files (None when no fold has a fitted one)."""
+        """nnU-Net's loading, then the loaded folds' calibration and conformal files (None when no fold has one)."""
         if use_folds is None:
             use_folds = nnUNetPredictor.auto_detect_available_folds(model_training_output_dir, checkpoint_name)
         super().initialize_from_trained_model_folder(model_training_output_dir, use_folds, checkpoint_name)
         fold_dirs = [os.path.join(model_training_output_dir, f"fold_{f}") for f in use_folds]
         self.calibration = EnsembleCalibration.from_fold_dirs(fold_dirs)
+        self.conformal = EnsembleConformal.from_fold_dirs(fold_dirs, self.spec)
         self.checkpoint_files = [os.path.join(d, checkpoint_name) for d in fold_dirs]
 
     @property
@@ -237,8 +245,9 @@ class nnUNetPredictorMTL(nnUNetPredictor):
             on_case_done(w[0], w[1])
 
     def _merge_row(self, ofile: str, heads: CaseHeads) -> None:
-        merge_into_folder(os.path.dirname(ofile), self.spec, {heads.case_id: self.calibrated_outputs(heads.outputs)},
-                          self.outputs_calibrated)
+        outputs = self.calibrated_outputs(heads.outputs)
+        merge_into_folder(os.path.dirname(ofile), self.spec, {heads.case_id: outputs}, self.outputs_calibrated,
+                          {heads.case_id: self.review_columns(outputs)})
 
     def _mask_stat(self, ofile: str) -> Optional[tuple]:
         """Identity of the mask file at ``ofile`` now (None when there is none)."""
@@ -273,3 +282,26 @@ class nnUNetPredictorMTL(nnUNetPredictor):
     def calibrated_outputs(self, outputs: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
         """One case's outputs with the classification probabilities calibrated (unchanged without calibration)."""
         return outputs if self.calibration is None else self.calibration.apply_outputs(self.spec, outputs)
+
+    # ------------------------------------------------------------------ conformal sets
+    def set_review(self, coverage: float = DEFAULT_COVERAGE, interval_tolerance: Optional[Dict[str, float]] = None,
+                   calibrated: bool = True) -> None:
+        """The coverage of the sets and intervals, and per regression target the widest interval not flagged for
+        review. ``calibrated=False`` (raw probabilities asked for) drops the sets: their scores are of calibrated
+        probabilities."""
+        self.coverage = check_coverage(coverage)
+        names = {t.name for t in self.spec.regression_targets}
+        unknown = sorted(set(interval_tolerance or {}) - names)
+        if unknown:
+            raise ValueError(f"--interval_tolerance: {', '.join(unknown)} is not a regression target of this model "
+                             f"({', '.join(sorted(names)) or 'none'})")
+        self.interval_tolerance = dict(interval_tolerance or {})
+        if not calibrated:
+            self.conformal = None
+
+    def review_columns(self, calibrated_outputs: Dict[str, np.ndarray]) -> Dict[str, str]:
+        """One case's conformal columns (``prediction_table.review_columns``) from its calibrated outputs; empty
+        without conformal files."""
+        if self.conformal is None:
+            return {}
+        return self.conformal.review(self.spec, calibrated_outputs, self.coverage, self.interval_tolerance)

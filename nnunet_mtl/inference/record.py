@@ -14,7 +14,7 @@ import fcntl
 import json
 import os
 from contextlib import contextmanager
-from typing import Callable, Dict, Iterable, List, Mapping
+from typing import Callable, Dict, Iterable, List, Mapping, Optional
 
 import numpy as np
 
@@ -39,10 +39,11 @@ class PredictionRecord:
         self.lock_path = os.path.join(folder, LOCK_NAME)
 
     def append(self, case_id: str, outputs: Mapping[str, np.ndarray], model: str, source: Mapping,
-               calibrated: bool = False) -> None:
-        """Record one finished case; on disk (fsynced) when this returns."""
+               calibrated: bool = False, review: Optional[Mapping[str, str]] = None) -> None:
+        """Record one finished case (``review``: its conformal columns); on disk (fsynced) when this returns."""
         line = json.dumps({"case_id": case_id, "model": model, "input": dict(source), "calibrated": bool(calibrated),
-                           "outputs": {k: np.asarray(v, np.float64).reshape(-1).tolist() for k, v in outputs.items()}})
+                           "outputs": {k: np.asarray(v, np.float64).reshape(-1).tolist() for k, v in outputs.items()},
+                           "review": dict(review or {})})
         with _locked(self.lock_path), open(self.path, "ab+") as f:
             f.seek(0, os.SEEK_END)
             cut = f.tell() > 0 and (f.seek(-1, os.SEEK_END), f.read(1))[1] != b"\n"  # a line cut short by a kill
@@ -84,7 +85,8 @@ class PredictionRecord:
             self._rewrite(list(latest.values()))
             rows = {cid: e for cid, e in latest.items() if valid(cid, e)}
             prediction_table.write(csv_path, os.path.join(self.folder, JSON_NAME), self.spec,
-                                   [prediction_table.make_row(self.spec, cid, e["outputs"], e.get("calibrated", False))
+                                   [prediction_table.make_row(self.spec, cid, e["outputs"], e.get("calibrated", False),
+                                                              e.get("review"))
                                     for cid, e in rows.items()])
             atomic_write_json(os.path.join(self.folder, PROVENANCE_NAME),
                               {**provenance, "cases": {cid: e["input"] for cid, e in sorted(rows.items())}})
@@ -129,22 +131,24 @@ def replace_case_files(folder: str, case_id: str, staged_mask: str, file_ending:
 
 
 def merge_into_folder(folder: str, spec: TargetSpec, outputs: Mapping[str, Dict[str, np.ndarray]],
-                      calibrated: bool = False) -> str:
+                      calibrated: bool = False, review: Optional[Mapping[str, Mapping[str, str]]] = None) -> str:
     """Add or replace these cases' rows in folder/predictions.csv|json, without provenance (nnU-Net's
     own entry points called directly; ``inference.predict_folder`` goes through the record).
-    ``calibrated``: these cases' probabilities are temperature-scaled; rows already there keep their flag."""
+    ``calibrated``: these cases' probabilities are temperature-scaled; ``review``: case -> its conformal columns;
+    rows already there keep theirs."""
     csv_path = os.path.join(folder, CSV_NAME)
     with _locked(os.path.join(folder, LOCK_NAME)):
         rows = {}
         if os.path.isfile(csv_path):
             try:
                 for cid, entry in prediction_table.read(csv_path, spec).items():
-                    rows[cid] = prediction_table.make_row(spec, cid, _entry_outputs(spec, entry), entry["calibrated"])
+                    rows[cid] = prediction_table.make_row(spec, cid, _entry_outputs(spec, entry), entry["calibrated"],
+                                                          entry["review"])
             except Exception as e:
                 raise RuntimeError(f"{csv_path}: existing predictions table does not match this model ({e}); "
                                    f"move it away or choose another output folder") from None
         for cid, out in outputs.items():
-            rows[cid] = prediction_table.make_row(spec, cid, out, calibrated)
+            rows[cid] = prediction_table.make_row(spec, cid, out, calibrated, (review or {}).get(cid))
         prediction_table.write(csv_path, os.path.join(folder, JSON_NAME), spec, list(rows.values()))
     return csv_path
 

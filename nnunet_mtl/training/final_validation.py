@@ -34,6 +34,7 @@ from nnunetv2.utilities.label_handling.label_handling import convert_labelmap_to
 from torch import distributed as dist
 
 from nnunet_mtl import prediction_table
+from nnunet_mtl.calibration import conformal_store
 from nnunet_mtl.calibration.store import FILE_NAME as CALIBRATION_FILE, calibrate_fold
 from nnunet_mtl.evaluation.summary import whole_case_summary
 from nnunet_mtl.file_names import VALIDATED_WEIGHTS
@@ -184,4 +185,9 @@ def write_heads(trainer, heads: Dict[str, CaseHeads]) -> Optional[dict]:
             what = (f"T = {fit.temperature:.3f} (validation NLL {fit.nll_before:.4f} -> {fit.nll_after:.4f}, "
                     f"{fit.n_cases} cases)" if fit.fitted else f"T = 1 kept: {fit.reason}")
             trainer.print_to_log_file(f"Calibration of {name!r}: {what}; written to {CALIBRATION_FILE}")
+    conformal = conformal_store.conformal_fold(trainer.output_folder, trainer.spec, trainer.case_table)
+    summary["conformal"] = conformal_store.describe(conformal)
+    for line in summary["conformal"]:
+        trainer.print_to_log_file(f"Conformal calibration of {line}; written to {conformal_store.FILE_NAME}")
+    atomic_write_json(os.path.join(folder, "mtl_summary.json"), summary)
     return summary

@@ -36,6 +36,8 @@ import torch
 from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
+from nnunet_mtl.calibration.conformal_store import FILE_NAME as CONFORMAL_FILE, conformal_fold, \
+    describe as describe_conformal
 from nnunet_mtl.calibration.store import calibrate_fold
 from nnunet_mtl.conversion.provenance import content_hash
 from nnunet_mtl.dataset_spec import PLANS_KEY, DatasetSpec, targets_from_plans, targets_to_plans
@@ -166,6 +168,9 @@ def fit_heads(model_dir: str, out_dir: Optional[str] = None, labels_csv: Optiona
             report(f"{fold_dir}: heads already fitted from these weights, labels and split; kept "
                    f"(--overwrite fits them again)")
             per_fold[k] = read_json(_summary_path(fold_dir))
+            if not os.path.isfile(os.path.join(fold_dir, CONFORMAL_FILE)):  # fitted before conformal sets existed
+                per_fold[k]["conformal"] = describe_conformal(conformal_fold(fold_dir, spec, table))
+                atomic_write_json(_summary_path(fold_dir), per_fold[k])
             rows_all.extend(_validation_rows(fold_dir, spec))
             continue
         predictor = _fold_engine(plans_manager, configuration, dataset_json, ckpt, device, backend, stages, pools)
@@ -275,16 +280,17 @@ def _write_checkpoint(ckpt: dict, network: MTLNetwork, request: dict, train_ids:
 
 def _write_validation(fold_dir: str, spec: TargetSpec, rows: List[dict], table: CaseTable,
                       train_ids: Sequence[str], chosen: Dict[str, float]) -> dict:
-    """The fold's out-of-fold rows, their scores and the temperatures fitted on them."""
+    """The fold's out-of-fold rows, their scores, and the temperatures and conformal scores fitted on them."""
     val_dir = os.path.join(fold_dir, "validation")
     os.makedirs(val_dir, exist_ok=True)
     write_table(os.path.join(val_dir, "predictions.csv"), os.path.join(val_dir, "predictions.json"), spec, rows)
     labelled = set(table.case_ids)
     summary = whole_case_summary(spec, [r for r in rows if r["case_id"] in labelled], table)
     summary.update(heads=FITTED, regularisation=chosen, n_train=len(train_ids))
-    atomic_write_json(_summary_path(fold_dir), summary)
     if spec.classification_targets:
         calibrate_fold(fold_dir, spec, table)
+    summary["conformal"] = describe_conformal(conformal_fold(fold_dir, spec, table))  # scores with the temperatures
+    atomic_write_json(_summary_path(fold_dir), summary)
     return summary
 
 
