@@ -15,6 +15,7 @@ from typing import Dict, List, Mapping, Sequence
 
 import numpy as np
 
+from nnunet_mtl import case_checks  # optional columns seg_quality(_flag), ood_score/ood_flag; tables without read
 from nnunet_mtl.io_utils import atomic_write_csv, atomic_write_json
 from nnunet_mtl.targets import CLASSIFICATION, REGRESSION, Target, TargetSpec, TargetSpecError
 
@@ -33,7 +34,7 @@ def spec_from_header(header: Sequence[str], source: str = "predictions table") -
     (classes in column order, i.e. the model's order), a lone ``T`` is a regression."""
     if CASE_COLUMN not in header:
         raise TargetSpecError(f"{source}: no '{CASE_COLUMN}' column")
-    names = [c for c in header if c not in (CASE_COLUMN, CALIBRATED_COLUMN)]
+    names = [c for c in header if c not in (CASE_COLUMN, CALIBRATED_COLUMN, *case_checks.COLUMNS)]
     prob_cols = {c for c in names for t in names if c.startswith(prob_column(t, ""))}
     targets = []
     try:
@@ -78,12 +79,13 @@ def make_row(spec: TargetSpec, case_id: str, outputs: Mapping[str, np.ndarray], 
                 row[prob_column(t.name, c)] = float(p)
         else:
             row[t.name] = float(value[0])
+    row.update(case_checks.columns_of(outputs))  # seg_quality, ood_score: when measured
     return row
 
 
 def write(csv_path: str, json_path: str, spec: TargetSpec, rows: Sequence[Mapping]) -> None:
     rows = sorted(rows, key=lambda r: r[CASE_COLUMN])
-    atomic_write_csv(csv_path, rows, columns(spec))
+    atomic_write_csv(csv_path, rows, columns(spec) + case_checks.present(rows))
     if json_path:
         atomic_write_json(json_path, {"targets": spec.to_json(), "cases": list(rows)})
 
@@ -106,7 +108,8 @@ def read(csv_path: str, spec: TargetSpec) -> Dict[str, dict]:
                 raise TargetSpecError(f"{csv_path}: case {cid!r} has two rows (lines {lines[cid]} and "
                                       f"{reader.line_num})")
             lines[cid] = reader.line_num
-            entry = {"probs": {}, "calibrated": _calibrated(csv_path, cid, r)}
+            entry = {"probs": {}, "calibrated": _calibrated(csv_path, cid, r),
+                     "checks": {c: r[c] for c in case_checks.COLUMNS if r.get(c)}}  # optional columns
             for t in spec:
                 if t.is_classification:
                     if r[t.name] not in t.classes:
