@@ -77,3 +77,35 @@ def test_tables_with_and_without_the_check_columns_read(tmp_path):
     assert table["a"]["checks"] == {"seg_quality": "0.4", "seg_quality_flag": "yes", "ood_score": "3.2",
                                     "ood_flag": "yes"}
     assert table["b"]["checks"] == {}
+
+
+def test_the_folds_threshold_is_fitted_on_its_validation_rows_and_dice(tmp_path):
+    import json
+    from nnunet_mtl.inference.seg_quality import FILE_NAME
+    from nnunet_mtl.training.seg_quality_fit import fit_fold
+    dice = {f"c{i}": d for i, d in enumerate([0.9, 0.85, 0.3, 0.95, 0.2, 0.8])}
+    summary = {"metric_per_case": [{"prediction_file": f"/x/{c}.nii.gz", "reference_file": "",
+                                    "metrics": {"1": {"Dice": d}, "2": {"Dice": float("nan")}}}
+                                   for c, d in dice.items()]}
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    rows = [{"case_id": c, "seg_quality": d - 0.05} for c, d in dice.items()]
+    fit = fit_fold(str(tmp_path), rows, str(tmp_path / "summary.json"), ".nii.gz")
+    assert fit["fitted"] and fit["spearman"] == 1.0 and fit["auc_dice_below"] == 1.0 and fit["n_dice_below"] == 2
+    assert json.loads((tmp_path / FILE_NAME).read_text())["threshold"] == fit["threshold"]
+    assert not fit_fold(str(tmp_path / "other"), [{"case_id": "a"}], "", ".nii.gz")["fitted"]
+
+
+def test_evaluation_ranks_the_tables_seg_quality_against_the_cases_dice(tmp_path):
+    from nnunet_mtl.evaluation.seg_quality import evaluate_seg_quality
+    from nnunet_mtl.evaluation.summary import summary_lines
+    per_case = {c: {"case_id": c, "dsc_1": d, "dsc_2": d} for c, d in [("a", 0.9), ("b", 0.2), ("c", 0.7),
+                                                                         ("d", 0.4)]}
+    path = tmp_path / "predictions.csv"
+    path.write_text("case_id,seg_quality\na,0.95\nb,0.3\nc,0.8\nd,0.5\n")
+    block = evaluate_seg_quality(str(path), per_case, [1, 2])
+    assert block["spearman"] == 1.0 and block["auc_dice_below"] == 1.0 and block["n_dice_below"] == 2
+    assert per_case["b"]["seg_quality"] == 0.3 and per_case["b"]["dsc_mean"] == 0.2
+    assert any(line.startswith("seg_quality vs Dice (n=4): Spearman 1.000") for line in
+               summary_lines({"n_cases": 4, "seg_quality": block}))
+    (tmp_path / "old.csv").write_text("case_id,finding\na,yes\n")
+    assert evaluate_seg_quality(str(tmp_path / "old.csv"), per_case, [1]) is None

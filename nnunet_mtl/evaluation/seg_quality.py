@@ -2,13 +2,17 @@
 case whose Dice is below ``dice_ok`` (0.5 unless the user says otherwise)."""
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+import csv
+import os
+from typing import Dict, Mapping, Optional, Sequence
 
 import numpy as np
 from scipy.stats import spearmanr
 from sklearn.metrics import roc_auc_score
 
 from nnunet_mtl.case_checks import SEG_QUALITY
+
+DICE_COLUMN = "dsc_mean"
 
 
 def ranking_scores(scores: Sequence[float], dice: Sequence[float], dice_ok: float = 0.5) -> dict:
@@ -34,3 +38,31 @@ def seg_quality_block(per_case: Mapping[str, Mapping], quality: Mapping[str, flo
     for c in cases:
         per_case[c][SEG_QUALITY] = quality[c]
     return {"dice": dice_column, **block}
+
+
+def table_quality(csv_path: str) -> Dict[str, float]:
+    """case -> seg_quality from a predictions table (empty without the column or the file)."""
+    if not csv_path or not os.path.isfile(csv_path):
+        return {}
+    with open(csv_path, newline="", encoding="utf-8-sig") as f:
+        return {r["case_id"]: float(r[SEG_QUALITY]) for r in csv.DictReader(f) if (r.get(SEG_QUALITY) or "").strip()}
+
+
+def evaluate_seg_quality(csv_path: str, per_case: Dict[str, dict], labels: Sequence[int],
+                         dice_ok: float = 0.5) -> Optional[dict]:
+    """The summary's ``seg_quality`` block: the table's scores against each case's mean Dice over its labels
+    (``dsc_mean``, added to the per-case rows); None when the table has no seg_quality."""
+    quality = table_quality(csv_path)
+    if not quality or not labels:
+        return None
+    for row in per_case.values():
+        dsc = [row[f"dsc_{lab}"] for lab in labels if row.get(f"dsc_{lab}") is not None]
+        if dsc:
+            row[DICE_COLUMN] = float(np.nanmean(dsc))
+    return seg_quality_block(per_case, quality, DICE_COLUMN, dice_ok)
+
+
+def summary_line(block: Mapping) -> str:
+    fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
+    return (f"seg_quality vs Dice (n={block['n_scored']}): Spearman {fmt(block['spearman'])}, AUC for Dice < "
+            f"{block['dice_ok']:g} {fmt(block['auc_dice_below'])} ({block['n_dice_below']} such case(s))")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import tempfile
 from dataclasses import dataclass
-from typing import List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 from sklearn.covariance import LedoitWolf
@@ -86,8 +86,26 @@ class FeatureCheck:
                        float(z["level"]), tuple(int(s) for s in z["stages"]), tuple(str(p) for p in z["pools"]))
 
 
-def load_folds(fold_dirs: Sequence[str]) -> Optional[List[Optional[FeatureCheck]]]:
-    """Each fold's check in the folds' order (None for a fold without one); None when no fold has one."""
-    checks = [FeatureCheck.load(os.path.join(d, FILE_NAME)) if os.path.isfile(os.path.join(d, FILE_NAME)) else None
-              for d in fold_dirs]
-    return checks if any(c is not None for c in checks) else None
+def load_folds(fold_dirs: Sequence[str]) -> Optional[List[FeatureCheck]]:
+    """Each fold's check in the folds' order; None unless every fold has one (the folds' scores are averaged)."""
+    paths = [os.path.join(d, FILE_NAME) for d in fold_dirs]
+    if not paths or not all(os.path.isfile(p) for p in paths):
+        return None
+    return [FeatureCheck.load(p) for p in paths]
+
+
+def fit_fold(fold_dir: str, x: Dict[str, np.ndarray], train_ids: Sequence[str], val_ids: Sequence[str],
+             read_config: Dict[str, Sequence]) -> dict:
+    """Fit the fold's check on its training cases' features ``x`` (case -> ``[F]``), threshold it on its
+    validation cases', save it; returns the fold summary's entry (with the false-flag rates), or why not."""
+    train = np.stack([x[c] for c in train_ids]) if train_ids else np.zeros((0, 0))
+    val = np.stack([x[c] for c in val_ids if c in x]) if val_ids else np.zeros((0, train.shape[1]))
+    try:
+        check = FeatureCheck.fit(train, val, stages=read_config["stages"], pools=read_config["pools"])
+    except ValueError as e:
+        return {"fitted": False, "reason": str(e)}
+    check.save(fold_dir)
+    return {"fitted": True, "file": FILE_NAME, "threshold": check.threshold, "level": check.level,
+            "threshold_from": "validation" if len(val) else "training", "n_validation": int(len(val)),
+            "validation_flag_rate": check.flag_rate(val) if len(val) else None,
+            "training_flag_rate": check.flag_rate(train)}
