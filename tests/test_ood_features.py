@@ -43,3 +43,28 @@ def test_fold_file_round_trips(tmp_path):
     x = _features(rng, 5)
     np.testing.assert_allclose(loaded[0].ratio(x), check.ratio(x), rtol=1e-4)
     assert load_folds([str(tmp_path / "fold_1")]) is None
+
+
+def test_the_engine_adds_each_folds_feature_score_and_the_mask_score():
+    """Through the one engine (a stub of two folds, trained on noise images): each fold's check reads the pooled
+    features its heads read; a new noise image is not flagged, a smooth ramp is; the mask is rated too."""
+    import torch
+
+    from nnunet_mtl import case_checks
+    from nnunet_mtl.inference.checks import EngineChecks
+    from nnunet_mtl.model.pooling import features
+    from tests.test_engine import case, stub_predictor
+
+    predictor = stub_predictor(2)
+    per_case = [[features(s, (2,), ("global",))[0].numpy() for s in predictor.case_pools(case(2, seed))]
+                for seed in range(40)]
+    checks = [FeatureCheck.fit(np.stack([f[k] for f in per_case[:30]]), np.stack([f[k] for f in per_case[30:]]),
+                               stages=(2,), pools=("global",)) for k in range(2)]
+    predictor.checks = EngineChecks(seg_threshold=0.0, feature_checks=checks)
+    _, heads = predictor.predict_case(case(2, 100), "c")
+    assert heads.outputs[case_checks.RAW_FEATURES].shape == (1,)
+    row = case_checks.columns_of(heads.outputs)
+    assert row[case_checks.OOD_FLAG] == "no" and row[case_checks.SEG_QUALITY_FLAG] == "no"
+    ramp = torch.linspace(-3, 3, 50).expand(1, 1, 40, 50).contiguous()
+    _, far = predictor.predict_case(ramp, "ramp")
+    assert case_checks.columns_of(far.outputs)[case_checks.OOD_FLAG] == "yes"
