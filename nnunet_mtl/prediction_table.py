@@ -22,6 +22,7 @@ from typing import Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
+from nnunet_mtl import case_checks  # optional columns seg_quality(_flag), ood_score/ood_flag; tables without read
 from nnunet_mtl.io_utils import atomic_write_csv, atomic_write_json
 from nnunet_mtl.targets import CLASSIFICATION, REGRESSION, Target, TargetSpec, TargetSpecError
 
@@ -71,7 +72,8 @@ def spec_from_header(header: Sequence[str], source: str = "predictions table") -
     if CASE_COLUMN not in header:
         raise TargetSpecError(f"{source}: no '{CASE_COLUMN}' column")
     review = _review_column_names(header)
-    names = [c for c in header if c not in (CASE_COLUMN, CALIBRATED_COLUMN) and c not in review]
+    names = [c for c in header if c not in (CASE_COLUMN, CALIBRATED_COLUMN, *case_checks.COLUMNS)
+             and c not in review]
     prob_cols = {c for c in names for t in names if c.startswith(prob_column(t, ""))}
     targets = []
     try:
@@ -119,12 +121,13 @@ def make_row(spec: TargetSpec, case_id: str, outputs: Mapping[str, np.ndarray], 
                 row[prob_column(t.name, c)] = float(p)
         else:
             row[t.name] = float(value[0])
+    row.update(case_checks.columns_of(outputs))  # seg_quality, ood_score: when measured
     return row
 
 
 def write(csv_path: str, json_path: str, spec: TargetSpec, rows: Sequence[Mapping]) -> None:
     rows = sorted(rows, key=lambda r: r[CASE_COLUMN])
-    atomic_write_csv(csv_path, rows, columns(spec))
+    atomic_write_csv(csv_path, rows, columns(spec) + case_checks.present(rows))
     if json_path:
         atomic_write_json(json_path, {"targets": spec.to_json(), "cases": list(rows)})
 
@@ -150,7 +153,8 @@ def read(csv_path: str, spec: TargetSpec) -> Dict[str, dict]:
                                       f"{reader.line_num})")
             lines[cid] = reader.line_num
             entry = {"probs": {}, "calibrated": _calibrated(csv_path, cid, r),
-                     "review": {c: (r.get(c) or "").strip() for c in review_columns(spec) if c in header}}
+                     "review": {c: (r.get(c) or "").strip() for c in review_columns(spec) if c in header},
+                     "checks": {c: r[c] for c in case_checks.COLUMNS if r.get(c)}}  # optional columns
             for t in spec:
                 if t.is_classification:
                     if r[t.name] not in t.classes:

@@ -36,6 +36,7 @@ from nnunet_mtl.evaluation.errors import EvaluationError
 from nnunet_mtl.evaluation.pairing import evaluated_spec, gather_target
 from nnunet_mtl.evaluation.prediction_checks import PROB_SUM_TOLERANCE, check_predictions
 from nnunet_mtl.evaluation.provenance import check_one_model, evaluation_provenance, prediction_folders
+from nnunet_mtl.evaluation.seg_quality import evaluate_seg_quality
 from nnunet_mtl.evaluation.report import json_safe, write_report
 from nnunet_mtl.targets import CaseTable, TargetSpecError
 
@@ -125,6 +126,10 @@ def evaluate(gt_dir: Optional[str] = None, pred_dir: Optional[str] = None, predi
             per_case[r["case_id"]].update(r)
         result["segmentation"] = segmentation.segmentation_summary(rows, found, regions, dict(label_names or {}),
                                                                    surface_metrics)
+        quality = evaluate_seg_quality(prediction_csv or os.path.join(pred_dir, CSV_NAME), per_case, found)
+        if quality:  # the table's seg_quality column against the real Dice
+            result["seg_quality"] = quality
+            seg_columns += [quality["dice"], "seg_quality"]
 
     cls_data = {}
     if prediction_csv is not None:

@@ -6,6 +6,7 @@ import math
 from typing import Dict, List, Mapping
 
 from nnunet_mtl.evaluation.metrics import classification_metrics, regression_metrics
+from nnunet_mtl.evaluation.seg_quality import summary_line as seg_quality_line
 from nnunet_mtl.targets import TargetSpec
 
 CLASSIFICATION_KEYS = ("macro_f1", "accuracy", "balanced_accuracy", "roc_auc", "sensitivity", "specificity")
@@ -45,6 +46,8 @@ def summary_lines(result: Mapping) -> List[str]:
     for name, block in (result.get("regression") or {}).items():
         lines.append(f"{name} (n={block.get('n', '?')}): MAE {_fmt(block['mae'])} RMSE {_fmt(block['rmse'])} "
                      f"r {_fmt(block['pearson_r'])}")
+    if result.get("seg_quality"):
+        lines.append(seg_quality_line(result["seg_quality"]))
     for note in result.get("notes") or ():
         lines.append(f"note: {note}")
     return lines

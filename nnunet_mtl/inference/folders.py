@@ -18,6 +18,7 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence
 import torch
 from tqdm import tqdm
 
+from nnunet_mtl import case_checks
 from nnunet_mtl.conversion.case_discovery import NOT_IMAGES
 from nnunet_mtl.conversion.inference_inputs import ModelInputs, PreparedInputs, prepare_cases
 from nnunet_mtl.conversion.masks import ConversionError
@@ -152,9 +153,13 @@ def _predict_folder(predictor, input_dir, output_dir, overwrite, save_probabilit
         cid = os.path.basename(ofile)
         staged = to_mask_format(staging, cid, file_ending, endings[cid], prepared.sources[cid][0])
         replace_case_files(output_dir, cid, staged, file_ending)  # the new mask first, then its row:
-        outputs = predictor.calibrated_outputs(heads.outputs)
+        outputs = {**predictor.calibrated_outputs(heads.outputs),  # with the image against the fingerprint
+                   **predictor.checks.of_files(prepared.cases[cid], predictor.plans_manager.image_reader_writer_class)}
         record.append(cid, outputs, key, inputs[cid], calibrated=predictor.outputs_calibrated,  # never an old mask
                       review=predictor.review_columns(outputs))                                  # with a new row
+        flagged = case_checks.warning(cid, outputs)
+        if flagged:
+            print(flagged, file=sys.stderr, flush=True)
         done.append(cid)
         progress.step(cid)
 

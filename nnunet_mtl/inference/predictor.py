@@ -45,6 +45,7 @@ from nnunet_mtl.calibration.conformal_store import DEFAULT_COVERAGE, EnsembleCon
 from nnunet_mtl.calibration.store import EnsembleCalibration
 from nnunet_mtl.dataset_spec import targets_from_plans
 from nnunet_mtl.inference import tiling
+from nnunet_mtl.inference.checks import EngineChecks
 from nnunet_mtl.inference.openvino_backend import OpenVINONetwork
 from nnunet_mtl.inference.record import merge_into_folder
 from nnunet_mtl.model.network import unwrap
@@ -85,6 +86,7 @@ class nnUNetPredictorMTL(nnUNetPredictor):
         self.checkpoint_files: List[str] = []  # what the predictions come from (provenance)
         self.backend = "torch"
         self._fold_outputs: Optional[List[Dict[str, np.ndarray]]] = None  # the open case's per-fold outputs
+        self.checks = EngineChecks()  # seg_quality and ood_score's parts (inference.checks), set on loading
 
     def initialize_from_trained_model_folder(self, model_training_output_dir: str, use_folds,
                                              checkpoint_name: str = 'checkpoint_final.pth'):
@@ -95,6 +97,7 @@ class nnUNetPredictorMTL(nnUNetPredictor):
         fold_dirs = [os.path.join(model_training_output_dir, f"fold_{f}") for f in use_folds]
         self.calibration = EnsembleCalibration.from_fold_dirs(fold_dirs)
         self.conformal = EnsembleConformal.from_fold_dirs(fold_dirs, self.spec)
+        self.checks = EngineChecks.from_fold_dirs(fold_dirs)
         self.checkpoint_files = [os.path.join(d, checkpoint_name) for d in fold_dirs]
 
     @property
@@ -120,7 +123,9 @@ class nnUNetPredictorMTL(nnUNetPredictor):
                 logits = self.predict_logits_from_preprocessed_data(data)
             else:
                 logits = self.predict_sliding_window_return_logits(data)
-        return logits, average_folds(per_fold, case_id)
+        heads = average_folds(per_fold, case_id)
+        heads.outputs.update(self.checks.of_logits(logits, self.label_manager.has_regions))  # seg_quality
+        return logits, heads
 
     def predict_heads(self, data: torch.Tensor, case_id: Optional[str] = None) -> CaseHeads:
         """Head outputs of one preprocessed case, equal to ``predict_case(...)[1]``: the same unmirrored forward of
@@ -197,6 +202,7 @@ class nnUNetPredictorMTL(nnUNetPredictor):
             self.use_gaussian, self.device, results_device, self.tile_batch)
         if self._fold_outputs is not None and sums:
             self._fold_outputs.append(self.read_pools(sums))
+            self._fold_outputs[-1].update(self.checks.of_fold_sums(len(self._fold_outputs) - 1, sums))  # ood
         return logits
 
     # ------------------------------------------------------------------ many cases: nnU-Net's process pool

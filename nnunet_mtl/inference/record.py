@@ -144,6 +144,7 @@ def merge_into_folder(folder: str, spec: TargetSpec, outputs: Mapping[str, Dict[
                 for cid, entry in prediction_table.read(csv_path, spec).items():
                     rows[cid] = prediction_table.make_row(spec, cid, _entry_outputs(spec, entry), entry["calibrated"],
                                                           entry["review"])
+                    rows[cid].update(entry.get("checks", {}))  # the case checks' columns stay
             except Exception as e:
                 raise RuntimeError(f"{csv_path}: existing predictions table does not match this model ({e}); "
                                    f"move it away or choose another output folder") from None

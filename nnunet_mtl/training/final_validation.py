@@ -41,6 +41,7 @@ from nnunet_mtl.file_names import VALIDATED_WEIGHTS
 from nnunet_mtl.inference.predictor import CaseHeads, nnUNetPredictorMTL
 from nnunet_mtl.io_utils import atomic_write_json
 from nnunet_mtl.model.network import unet_weights_hash, unwrap
+from nnunet_mtl.training import seg_quality_fit
 from nnunet_mtl.training.step_helpers import gather_list
 
 BARRIER_EVERY = 20  # as nnU-Net's validation loop: a barrier every 20 cases against NCCL timeouts
@@ -176,6 +177,8 @@ def write_heads(trainer, heads: Dict[str, CaseHeads]) -> Optional[dict]:
                            trainer.spec, rows)
     summary = whole_case_summary(trainer.spec, rows, trainer.case_table)
     summary["heads"] = "trained"
+    summary["seg_quality"] = seg_quality_fit.fit_fold(trainer.output_folder, rows, os.path.join(folder, "summary.json"),
+                                                      trainer.dataset_json["file_ending"])  # its flag's threshold
     atomic_write_json(os.path.join(folder, "mtl_summary.json"), summary)
     atomic_write_json(os.path.join(folder, VALIDATED_WEIGHTS),  # a later run knows whether this is still current
                       {"unet_sha256": unet_weights_hash(unwrap(trainer.network).state_dict())})

@@ -43,6 +43,7 @@ from nnunet_mtl.conversion.provenance import content_hash
 from nnunet_mtl.dataset_spec import PLANS_KEY, DatasetSpec, targets_from_plans, targets_to_plans
 from nnunet_mtl.evaluation.summary import whole_case_summary
 from nnunet_mtl.file_names import trained_folds
+from nnunet_mtl.inference import ood
 from nnunet_mtl.inference.openvino_backend import attach
 from nnunet_mtl.inference.predictor import nnUNetPredictorMTL
 from nnunet_mtl.io_utils import atomic_write_json, read_json
@@ -193,7 +194,8 @@ def fit_heads(model_dir: str, out_dir: Optional[str] = None, labels_csv: Optiona
                                                    f"{labels_file})" if unlabelled else "")) from None
         rows = [make_row(spec, c, predictor.read_pools(sums[c])) for c in val_ids]
         _write_checkpoint(ckpt, net, request, train_ids, chosen, target_ckpt, in_place)
-        summary = _write_validation(fold_dir, spec, rows, table, train_ids, chosen)
+        input_check = ood.fit_fold(fold_dir, x, train_ids, val_ids, reader.read_config)  # ood_score's features
+        summary = _write_validation(fold_dir, spec, rows, table, train_ids, chosen, input_check)
         report(f"fold {k}: heads fitted on {len(train_ids)} cases; out-of-fold {summary.get('headline', '')}")
         per_fold[k] = summary
         rows_all.extend(rows)
@@ -279,14 +281,14 @@ def _write_checkpoint(ckpt: dict, network: MTLNetwork, request: dict, train_ids:
 
 
 def _write_validation(fold_dir: str, spec: TargetSpec, rows: List[dict], table: CaseTable,
-                      train_ids: Sequence[str], chosen: Dict[str, float]) -> dict:
+                      train_ids: Sequence[str], chosen: Dict[str, float], input_check: Optional[dict] = None) -> dict:
     """The fold's out-of-fold rows, their scores, and the temperatures and conformal scores fitted on them."""
     val_dir = os.path.join(fold_dir, "validation")
     os.makedirs(val_dir, exist_ok=True)
     write_table(os.path.join(val_dir, "predictions.csv"), os.path.join(val_dir, "predictions.json"), spec, rows)
     labelled = set(table.case_ids)
     summary = whole_case_summary(spec, [r for r in rows if r["case_id"] in labelled], table)
-    summary.update(heads=FITTED, regularisation=chosen, n_train=len(train_ids))
+    summary.update(heads=FITTED, regularisation=chosen, n_train=len(train_ids), input_check=input_check)
     if spec.classification_targets:
         calibrate_fold(fold_dir, spec, table)
     summary["conformal"] = describe_conformal(conformal_fold(fold_dir, spec, table))  # scores with the temperatures
