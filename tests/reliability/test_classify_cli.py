@@ -43,7 +43,10 @@ def test_bad_file_is_its_own_line_and_only_result_lines_go_to_stdout(trained_2d,
     assert proc.returncode == 1, proc.stderr[-3000:]
     assert [line.split("\t")[0] for line in lines] == files  # nothing else on stdout, in the given order
     good = [lines[0].split("\t"), lines[2].split("\t")]
-    assert all(cls in ("absent", "present") and 0.5 <= float(p) <= 1 and s.endswith("s") for _, cls, p, s in good)
+    assert all(cls in ("absent", "present") and 0.5 <= float(p) <= 1 and s.endswith("s") for _, cls, p, s, *_ in good)
+    for _, cls, _, _, *review in good:  # the conformal set and the review flag, where the model has them
+        assert review == [] or (review[0].startswith("set=") and cls in review[0][4:].split("|") + [""]
+                                and review[1] in ("needs_review=yes", "needs_review=no"))
     name, status, reason = lines[1].split("\t")
     assert status == "ERROR" and "bad.png" in reason
     assert "1 of 3 file(s) failed" in proc.stderr
