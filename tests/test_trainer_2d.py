@@ -61,8 +61,11 @@ def test_training_validation_and_outputs(trained_2d, dataset_2d):
     splits = json.load(open(os.path.join(dataset_2d.preprocessed_folder, "splits_final.json")))
     val_cases = sorted(splits[0]["val"])
     rows = open(os.path.join(fold, "validation/predictions.csv")).read().splitlines()
-    assert rows[0].split(",") == ["case_id", "finding", "finding_prob_absent", "finding_prob_present",
-                                  "probabilities_calibrated"]
+    header = rows[0].split(",")
+    assert header[:5] == ["case_id", "finding", "finding_prob_absent", "finding_prob_present",
+                          "probabilities_calibrated"]
+    assert header[5:8] == ["finding_set", "conformal_coverage", "needs_review"]  # empty: not calibrated on itself
+    assert header[8:] == ["seg_quality", "seg_quality_flag"]                     # the mask's own estimate
     assert sorted(r.split(",")[0] for r in rows[1:]) == val_cases
     for r in rows[1:]:  # the validation table holds the raw probabilities the temperature is fitted on
         probs = [float(v) for v in r.split(",")[2:4]]
