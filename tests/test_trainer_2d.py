@@ -216,6 +216,19 @@ def test_mask_pooling_variant_trains_validates_and_predicts_whole_cases(dataset_
         assert abs(sum(float(v) for v in r.split(",")[2:4]) - 1) < 1e-5
 
 
+def test_measures_variant_reads_the_segmentations_measurements_in_training(dataset_2d):
+    """The heads of nnUNetTrainerMTLMeasures read the bottleneck's global pool and, per predicted structure, its
+    volume, fraction and the intensity inside (one channel), in a training step."""
+    trainer = make_trainer(dataset_2d, "nnUNetTrainerMTLMeasures", fold=4)
+    head = trainer.network.heads["finding"]
+    assert head.read_config["pools"] == ["global", "measures"]
+    structures = trainer.label_manager.num_segmentation_heads - 1
+    assert head.fc.in_features == trainer.network.encoder.output_channels[-1] + structures * (2 + 2 * 1)
+    before = head.fc.weight.detach().clone()
+    trainer.train_step(next(trainer.dataloader_train))
+    assert not torch.equal(before, head.fc.weight) and torch.isfinite(head.feature_scale).all()
+
+
 def test_recipe_seed_reaches_the_trainer_through_stock_overrides(dataset_2d):
     """NNUNET_MTL_OVERRIDES {"recipe": "seed"} (what stock nnUNetv2_train reads): AdamW 1e-4, 20 + 30 epochs of
     schedule, 500 epochs, patience 100, the heads training the encoder."""
