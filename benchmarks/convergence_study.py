@@ -251,7 +251,8 @@ def run_jobs(jobs, args, base: str, log_dir: str) -> list:
         kind, arm, seed = job
         log = os.path.join(log_dir, f"{kind}_{arm}_s{seed}.log")
         cmd = [sys.executable, os.path.abspath(__file__), "--job", kind, arm, str(seed), "--base_dir", base,
-               "--size", args.size, "--data", args.data] + (["--device", args.device] if args.device else [])
+               "--size", args.size, "--data", args.data] + (["--device", args.device] if args.device else []) \
+            + (["--epochs", str(args.epochs)] if args.epochs else [])
         start = time.perf_counter()
         with open(log, "a") as f:
             rc = subprocess.call(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
@@ -386,6 +387,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", default="cpu", choices=sorted(SIZES), help="cpu (default: 2 cores), quick (smoke run), "
                                                                        "full (a GPU)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--epochs", type=int, default=None, help="override the size's epochs (every trained arm; a longer "
+                                                           "budget retrains, the set-up is kept)")
     p.add_argument("--workers", type=int, default=2, help="processes at a time (one per core)")
     p.add_argument("--base_dir", default=os.path.join(os.getcwd(), "convergence_study"))
     p.add_argument("--device", default=None)
@@ -399,7 +402,7 @@ def main():
     import torch
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     set_runtime_env(device)
-    size = SIZES[args.size]
+    size = dict(SIZES[args.size], **({"epochs": args.epochs} if args.epochs else {}))
     base = os.path.abspath(args.base_dir)
     setup = prepare(args, size, base)
     arms = {a.name: a for a in TRAINED + HEADS_ONLY}
