@@ -1,0 +1,60 @@
+"""engine='ray': the folder's cases on Ray Data actors give the threads engine's masks and rows, and resume."""
+import csv
+import os
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from nnunet_mtl.inference.folders import predict_folder
+from nnunet_mtl.inference.loader import load_predictor
+
+ray = pytest.importorskip("ray")
+pytestmark = pytest.mark.timeout(600)
+
+
+@pytest.fixture(scope="session")
+def local_ray():
+    """One small local cluster for the session (two CPUs: the actor and Ray Data's own work)."""
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
+    yield
+    ray.shutdown()
+
+
+def rows(csv_path):
+    with open(csv_path) as f:
+        return {r["case_id"]: r for r in csv.DictReader(f)}
+
+
+def masks(folder):
+    return {f: sitk.GetArrayFromImage(sitk.ReadImage(os.path.join(folder, f)))
+            for f in sorted(os.listdir(folder)) if f.endswith(".nii.gz")}
+
+
+def test_ray_engine_matches_threads_and_resumes(local_ray, trained_2d, dataset_2d, tmp_path):
+    images = os.path.join(dataset_2d.raw_folder, "imagesTs")
+    predictor = load_predictor(trained_2d, folds=[0], use_mirroring=False, backend="torch")
+    out = {}
+    for engine in ("threads", "ray"):
+        out[engine] = str(tmp_path / engine)
+        predict_folder(predictor, images, out[engine], engine=engine, num_processes_preprocessing=1,
+                       num_processes_export=1)
+    threads, on_ray = masks(out["threads"]), masks(out["ray"])
+    assert len(threads) == 3 and threads.keys() == on_ray.keys()
+    for name in threads:
+        np.testing.assert_array_equal(threads[name], on_ray[name])
+    a, b = rows(os.path.join(out["threads"], "predictions.csv")), rows(os.path.join(out["ray"], "predictions.csv"))
+    assert a == b
+
+    lines = []
+    predict_folder(predictor, images, out["ray"], engine="ray", report=lines.append)
+    assert lines == [f"{out['ray']}: 0 predicted, 3 kept, 0 removed"]
+    assert rows(os.path.join(out["ray"], "predictions.csv")) == b
+    assert not [f for f in os.listdir(out["ray"]) if f.startswith(".incoming")]
+
+
+def test_ray_options_belong_to_the_ray_engine(trained_2d, dataset_2d, tmp_path):
+    predictor = load_predictor(trained_2d, folds=[0], use_mirroring=False, backend="torch")
+    with pytest.raises(ValueError, match="engine 'ray'"):
+        predict_folder(predictor, os.path.join(dataset_2d.raw_folder, "imagesTs"), str(tmp_path), ray_workers=2)
