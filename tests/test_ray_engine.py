@@ -1,6 +1,7 @@
 """engine='ray': the folder's cases on Ray Data actors give the threads engine's masks and rows, and resume."""
 import csv
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -58,3 +59,28 @@ def test_ray_options_belong_to_the_ray_engine(trained_2d, dataset_2d, tmp_path):
     predictor = load_predictor(trained_2d, folds=[0], use_mirroring=False, backend="torch")
     with pytest.raises(ValueError, match="engine 'ray'"):
         predict_folder(predictor, os.path.join(dataset_2d.raw_folder, "imagesTs"), str(tmp_path), ray_workers=2)
+
+
+def test_predict_cli_runs_on_ray_with_two_workers(local_ray, trained_2d, dataset_2d, tmp_path, capsys):
+    from nnunet_mtl.cli import predict
+    out = tmp_path / "cli"
+    assert predict.main(["-i", os.path.join(dataset_2d.raw_folder, "imagesTs"), "-o", str(out), "-m", trained_2d,
+                         "-f", "0", "-device", "cpu", "--disable_tta", "--engine", "ray", "--ray_workers", "2"]) == 0
+    assert len(rows(out / "predictions.csv")) == 3 and len(masks(str(out))) == 3
+    assert "3 predicted, 0 kept, 0 removed" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, ray_missing, line", [
+    (["--ray_workers", "2"], False, "--address and --ray_workers are for --engine ray, not --engine threads"),
+    (["--engine", "ray", "--ray_workers", "0"], False, "--ray_workers must be >= 1, got 0"),
+    (["--engine", "ray"], True, "pip install nnunet_mtl[cluster]"),
+])
+def test_ray_options_fail_in_one_line_before_loading(argv, ray_missing, line, tmp_path, capsys, monkeypatch):
+    """Checked before the model folder is read (this one does not exist)."""
+    from nnunet_mtl.cli import predict
+    if ray_missing:
+        monkeypatch.setitem(sys.modules, "ray.data", None)  # import ray.data raises ImportError
+    assert predict.main(["-i", str(tmp_path), "-o", str(tmp_path / "o"), "-m", str(tmp_path / "no_model"),
+                         *argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and line in err[0]
