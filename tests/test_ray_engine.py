@@ -15,11 +15,14 @@ pytestmark = pytest.mark.timeout(600)
 
 
 @pytest.fixture(scope="session")
-def local_ray():
-    """One small local cluster for the session (two CPUs: the actor and Ray Data's own work)."""
+def local_ray(tmp_path_factory):
+    """One small local cluster for the session (two CPUs); its workers fail the case named in the file
+    ``fail_marker`` returns (tests/ray_hooks.py)."""
+    marker = tmp_path_factory.mktemp("ray") / "fail_case"
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
-    yield
+             runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", "NNUNET_MTL_TEST_FAIL_CASE": str(marker)},
+                          "worker_process_setup_hook": "tests.ray_hooks.fail_named_case"})
+    yield marker
     ray.shutdown()
 
 
@@ -84,3 +87,24 @@ def test_ray_options_fail_in_one_line_before_loading(argv, ray_missing, line, tm
                          *argv]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and line in err[0]
+
+
+def test_a_case_failing_on_a_worker_leaves_one_row_per_case_after_a_rerun(local_ray, trained_2d, dataset_2d,
+                                                                          tmp_path):
+    images = os.path.join(dataset_2d.raw_folder, "imagesTs")
+    cases = sorted(f[:-len("_0000.nii.gz")] for f in os.listdir(images) if f.endswith("_0000.nii.gz"))
+    predictor = load_predictor(trained_2d, folds=[0], use_mirroring=False, backend="torch")
+    out, lines = str(tmp_path / "out"), []
+    local_ray.write_text(cases[1])
+    try:
+        with pytest.raises(Exception, match="failed in the Ray worker"):
+            predict_folder(predictor, images, out, engine="ray", report=lines.append)
+    finally:
+        local_ray.unlink()
+    assert "run again to finish" in lines[-1]
+    done = rows(os.path.join(out, "predictions.csv"))
+    assert cases[1] not in done and set(done) < set(cases)
+    predict_folder(predictor, images, out, engine="ray", report=lines.append)
+    assert lines[-1] == f"{out}: {3 - len(done)} predicted, {len(done)} kept, 0 removed"
+    assert sorted(rows(os.path.join(out, "predictions.csv"))) == cases
+    assert sorted(masks(out)) == [c + ".nii.gz" for c in cases]
