@@ -17,6 +17,7 @@ import sys
 import time
 
 from nnunet_mtl.cli.backend_args import add_backend_argument
+from nnunet_mtl.cli.engine_args import add_engine_arguments, engine_kwargs
 from nnunet_mtl.cli.failures import run_command
 from nnunet_mtl.cli.review_args import add_review_arguments, interval_tolerances
 from nnunet_mtl.conversion.description import add_description_arguments, description_from_args
@@ -98,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     inf.add_argument("--step_size", type=float, default=0.5)
     inf.add_argument("--disable_tta", action="store_true", help="no test-time mirroring")
     add_backend_argument(inf)
+    add_engine_arguments(inf)
     inf.add_argument("--explain", action="store_true", help="also write Grad-CAM maps and overlays")
     inf.add_argument("--save_probabilities", action="store_true")
     inf.add_argument("--mask_format", default="input", choices=["input", "nifti"],
@@ -135,6 +137,7 @@ def _run(args, device: str, base_given: bool) -> int:
     if args.demo:
         return run_demo(args, device)
     run_all = not (args.prepare_only or args.train_only or args.inference_only or args.add_heads)
+    engine = engine_kwargs(args)  # before any step: a Ray option without --engine ray, or Ray missing, is one line
     if args.add_heads:
         if not (args.stock_model and args.model_dir):
             raise workflow.PipelineError("--add_heads needs --stock_model (the trained nnU-Net model) and "
@@ -161,7 +164,7 @@ def _run(args, device: str, base_given: bool) -> int:
                        save_probabilities=args.save_probabilities, calibration=not args.no_calibration,
                        dicom_outputs=args.dicom_outputs, report=args.report, mask_format=args.mask_format,
                        model_dir=args.model_dir, heads=args.heads, backend=args.backend, coverage=args.coverage,
-                       interval_tolerance=interval_tolerances(args.interval_tolerance))
+                       interval_tolerance=interval_tolerances(args.interval_tolerance), **engine)
     return 0
 
 
@@ -201,6 +204,7 @@ def _default_device() -> str:
 def run_demo(args, device: str) -> int:
     """Synthetic data in a user-facing layout, then every step with a short budget."""
     from nnunet_mtl import synthetic, workflow  # after main's nnU-Net settings
+    engine = engine_kwargs(args)  # checked before the demo trains
     start = time.time()
     kind = args.demo
     input_dir = os.path.join(args.base_dir, f"demo_input_{kind}")
@@ -220,7 +224,7 @@ def run_demo(args, device: str) -> int:
     if args.heads == "fitted":  # the pipeline's default path: heads fitted on the trained model's features
         workflow.fit_heads(args.base_dir, [0], device, args.overwrite, backend=args.backend)
     csv_path = workflow.infer(args.base_dir, None, args.test_output, [0], device=device, overwrite=args.overwrite,
-                              explain=args.explain, heads=args.heads, backend=args.backend)
+                              explain=args.explain, heads=args.heads, backend=args.backend, **engine)
     metrics = workflow.evaluate_validation(args.base_dir, 0, n_bootstrap=200)
     print(f"[demo] test predictions: {csv_path}")
     print(f"[demo] validation report: {os.path.join(args.base_dir, 'evaluation_fold0')}")

@@ -4,6 +4,7 @@ import contextlib
 import sys
 
 from nnunet_mtl.cli.backend_args import add_backend_argument
+from nnunet_mtl.cli.engine_args import add_engine_arguments, engine_kwargs
 from nnunet_mtl.cli.failures import run_command
 from nnunet_mtl.cli.review_args import add_review_arguments, interval_tolerances
 from nnunet_mtl.inference.folders import converted_source, predict_folder
@@ -33,8 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="re-predict cases that already have a mask")
     p.add_argument("-num_parts", type=int, default=1, help="split the cases over this many processes/GPUs")
     p.add_argument("-part_id", type=int, default=0, help="which part this process predicts (0-based)")
-    p.add_argument("--engine", default="threads", choices=["threads", "processes"],
-                   help="threads: in-process pipeline, no worker start-up (default); processes: nnU-Net's workers")
+    add_engine_arguments(p)
     p.add_argument("--mask_format", default="input", choices=["input", "nifti"],
                    help="input: masks of PNG/JPG/BMP/TIFF inputs as PNG, label values as pixel values (default); "
                         "nifti: every mask in the model's format (DICOM and NIfTI inputs always are)")
@@ -65,6 +65,7 @@ def main(argv=None) -> int:
 
 
 def _run(args) -> int:
+    engine = engine_kwargs(args)  # a Ray option without --engine ray, or Ray missing: one line, no model loaded
     predictor = load_predictor(args.model, args.folds, args.checkpoint, args.device, args.step_size,
                                not args.disable_tta, args.verbose, tile_batch=args.tile_batch,
                                backend=args.backend)
@@ -75,8 +76,8 @@ def _run(args) -> int:
         csv_path = predict_folder(predictor, args.input, args.output, overwrite=args.overwrite,
                                   save_probabilities=args.save_probabilities or args.dicom_outputs == "fractional",
                                   num_processes_preprocessing=args.npp, num_processes_export=args.nps,
-                                  num_parts=args.num_parts, part_id=args.part_id, engine=args.engine,
-                                  mask_format=args.mask_format)
+                                  num_parts=args.num_parts, part_id=args.part_id,
+                                  mask_format=args.mask_format, **engine)
     clinical_outputs.retire_unrequested(args.output, {clinical_outputs.DICOM_DIR: bool(args.dicom_outputs),
                                                       clinical_outputs.REPORT_DIR: args.report})
     if args.dicom_outputs:

@@ -22,7 +22,7 @@ from nnunet_mtl import case_checks
 from nnunet_mtl.conversion.case_discovery import NOT_IMAGES
 from nnunet_mtl.conversion.inference_inputs import ModelInputs, PreparedInputs, prepare_cases
 from nnunet_mtl.conversion.masks import ConversionError
-from nnunet_mtl.inference import provenance
+from nnunet_mtl.inference import provenance, ray_engine
 from nnunet_mtl.inference.loader import model_inputs
 from nnunet_mtl.inference.masks import DEFAULT_MASK_FORMAT, MASK_FORMATS, mask_ending, to_mask_format
 from nnunet_mtl.inference.predictor import nnUNetPredictorMTL
@@ -72,7 +72,7 @@ def list_inputs(input_dir: str) -> List[str]:
     return sorted(os.path.join(input_dir, f) for f in os.listdir(input_dir) if not f.startswith("."))
 
 
-ENGINES = ("threads", "processes")
+ENGINES = ("threads", "processes", "ray")
 CONVERTED_INPUTS = ".converted_inputs"
 
 
@@ -87,7 +87,8 @@ def predict_folder(predictor: nnUNetPredictorMTL, input_dir: str, output_dir: st
                    save_probabilities: bool = False, num_processes_preprocessing: int = 2,
                    num_processes_export: int = 2, num_parts: int = 1, part_id: int = 0,
                    clip_percentiles=(0.5, 98.5), engine: str = "threads",
-                   report: Callable[[str], None] = print, mask_format: str = DEFAULT_MASK_FORMAT) -> str:
+                   report: Callable[[str], None] = print, mask_format: str = DEFAULT_MASK_FORMAT,
+                   ray_address: Optional[str] = None, ray_workers: Optional[int] = None) -> str:
     """Masks (nnU-Net layout) + predictions.csv/json in output_dir; returns the CSV path.
 
     A case counts as done only with its mask and a row from this model (checkpoints, step size,
@@ -100,11 +101,17 @@ def predict_folder(predictor: nnUNetPredictorMTL, input_dir: str, output_dir: st
     Masks and rows of inputs that are gone are removed; ``report`` gets one line: N predicted, M kept, K
     removed. ``overwrite`` reconverts and predicts everything. ``engine='threads'`` runs in-process
     (threaded_engine); ``'processes'`` uses nnU-Net's multiprocessing ``predict_from_files`` (rows recorded as
-    each case's export finishes, ``nnUNetPredictorMTL.predict_from_data_iterator``). ``mask_format``
+    each case's export finishes, ``nnUNetPredictorMTL.predict_from_data_iterator``); ``'ray'`` runs the cases on
+    Ray Data actors (``ray_engine``: ``ray_workers`` of them, on the cluster at ``ray_address`` or a local one;
+    model, inputs and output on storage all nodes share), the record kept here as for the others. ``mask_format``
     'input': masks of PNG/JPG/BMP/TIFF inputs come back as PNG (``mask_outputs``); 'nifti': all in the
     model's format. A case whose mask is not in the asked format is predicted again."""
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
+    if engine == "ray":
+        ray_engine.require_ray()
+    elif ray_address is not None or ray_workers is not None:
+        raise ValueError(f"ray_address and ray_workers are for engine 'ray', not {engine!r}")
     if mask_format not in MASK_FORMATS:
         raise ValueError(f"mask format must be one of {MASK_FORMATS}, got {mask_format!r}")
     if num_parts < 1 or not 0 <= part_id < num_parts:
@@ -114,11 +121,12 @@ def predict_folder(predictor: nnUNetPredictorMTL, input_dir: str, output_dir: st
     with exclusive_writer(output_dir, num_parts, part_id):
         return _predict_folder(predictor, input_dir, output_dir, overwrite, save_probabilities,
                                num_processes_preprocessing, num_processes_export, num_parts, part_id,
-                               clip_percentiles, engine, report, mask_format)
+                               clip_percentiles, engine, report, mask_format, ray_address, ray_workers)
 
 
 def _predict_folder(predictor, input_dir, output_dir, overwrite, save_probabilities, num_processes_preprocessing,
-                    num_processes_export, num_parts, part_id, clip_percentiles, engine, report, mask_format) -> str:
+                    num_processes_export, num_parts, part_id, clip_percentiles, engine, report, mask_format,
+                    ray_address, ray_workers) -> str:
     prepared = prepare_folder(input_dir, output_dir, model_inputs(predictor), clip_percentiles, force=overwrite)
     file_ending = predictor.dataset_json["file_ending"]
     endings = {cid: mask_ending(sources, file_ending, mask_format) for cid, sources in prepared.sources.items()}
@@ -170,6 +178,10 @@ def _predict_folder(predictor, input_dir, output_dir, overwrite, save_probabilit
         if todo and engine == "threads":
             run_cases(predictor, lists, ofiles, save_probabilities, export_threads=num_processes_export,
                       preprocess_threads=num_processes_preprocessing, on_case_done=finished)
+        elif todo and engine == "ray":
+            ray_engine.run_cases(predictor, lists, ofiles, save_probabilities, export_threads=num_processes_export,
+                                 preprocess_threads=num_processes_preprocessing, on_case_done=finished,
+                                 address=ray_address, workers=ray_workers)
         elif todo:
             predictor.predict_files(lists, ofiles, save_probabilities, num_processes_preprocessing,
                                     num_processes_export, finished)

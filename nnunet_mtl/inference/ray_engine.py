@@ -1,0 +1,94 @@
+"""Cluster engine: a folder's cases on Ray Data actors, so one prediction runs beyond one machine.
+
+Only the per-case work moves (read, preprocess, network, export into the staging folder); the driver keeps
+what every engine shares (``folders.predict_folder``: listing, checks, resume, the record, the lock). Each actor
+loads the model once from its folder (``load_predictor`` with the driver's settings: a predictor does not
+travel) and runs the threads engine (``threaded_engine.run_cases``) on its cases; head outputs stream back and
+go to the same ``on_case_done`` the threads engine calls. The model, the inputs and the output folder must be on
+storage every node sees at the same path.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+from typing import Callable, List, Optional, Sequence
+
+import numpy as np
+
+from nnunet_mtl.inference.predictor import CaseHeads
+
+INSTALL_HINT = "pip install nnunet_mtl[cluster]"
+
+
+def require_ray() -> None:
+    """A one-line error when Ray Data is missing (it is an optional extra)."""
+    try:
+        import ray.data  # noqa: F401
+    except ImportError:
+        raise RuntimeError(f"engine 'ray' needs Ray Data, which is not installed ({INSTALL_HINT})") from None
+
+
+def worker_settings(predictor) -> dict:
+    """``load_predictor`` arguments that rebuild ``predictor`` on a worker: its model folder, folds, checkpoint,
+    device type and the settings that change results (step size, mirroring, tile batch, backend)."""
+    files = getattr(predictor, "checkpoint_files", None)
+    if not files:
+        raise ValueError("engine 'ray' needs a predictor loaded from a model folder (load_predictor)")
+    fold_dirs = [os.path.dirname(os.path.abspath(f)) for f in files]
+    folds = [os.path.basename(d)[len("fold_"):] for d in fold_dirs]
+    return {"model_dir": os.path.dirname(fold_dirs[0]), "folds": folds, "checkpoint": os.path.basename(files[0]),
+            "device": predictor.device.type, "step_size": float(predictor.tile_step_size),
+            "use_mirroring": bool(predictor.use_mirroring), "tile_batch": int(predictor.tile_batch),
+            "backend": predictor.backend}
+
+
+class CaseActor:
+    """One Ray actor: the model loaded once, then ``run_cases`` on each batch of cases."""
+
+    def __init__(self, settings: dict, save_probabilities: bool, preprocess_threads: int, export_threads: int):
+        from nnunet_mtl.inference.loader import load_predictor
+        self.predictor = load_predictor(**settings)
+        self.options = dict(save_probabilities=save_probabilities, preprocess_threads=preprocess_threads,
+                            export_threads=export_threads)
+
+    def __call__(self, batch: dict) -> dict:
+        from nnunet_mtl.inference.threaded_engine import run_cases
+        ofiles = [str(f) for f in batch["ofile"]]
+        lists = [[str(p) for p in files] for files in batch["files"]]
+        heads = run_cases(self.predictor, lists, ofiles, **self.options)
+        return {"ofile": np.array(ofiles), "heads": np.array([pickle.dumps(h) for h in heads], dtype=object)}
+
+
+def run_cases(predictor, input_lists: Sequence[List[str]], output_files: Sequence[str],
+              save_probabilities: bool = False, export_threads: int = 2, preprocess_threads: int = 2,
+              on_case_done: Optional[Callable[[str, CaseHeads], None]] = None,
+              address: Optional[str] = None, workers: Optional[int] = None) -> None:
+    """``threaded_engine.run_cases`` over Ray: ``workers`` actors (default one per GPU of the cluster when the
+    predictor is on CUDA, else one), each with one GPU (CUDA) or one CPU; ``on_case_done(ofile, heads)`` runs
+    in the caller as each case comes back. ``address``: a running cluster to join (default: the one this process
+    is connected to, else ``ray.init``'s: RAY_ADDRESS or a new local one, shut down again at the end)."""
+    require_ray()
+    import ray
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address=address, include_dashboard=False, log_to_driver=True)
+    try:
+        settings = worker_settings(predictor)
+        gpu = settings["device"] == "cuda"
+        if workers is None:
+            workers = max(1, int(ray.cluster_resources().get("GPU", 0))) if gpu else 1
+        if workers < 1:
+            raise ValueError(f"--ray_workers must be >= 1, got {workers}")
+        ctx = ray.data.DataContext.get_current()
+        ctx.enable_progress_bars = False  # the driver's own progress line says which case finished
+        items = [{"ofile": o, "files": list(f)} for f, o in zip(input_lists, output_files)]
+        resources = {"num_gpus": 1} if gpu else {"num_cpus": 1}
+        results = ray.data.from_items(items).map_batches(
+            CaseActor, batch_size=1, concurrency=min(workers, len(items)), batch_format="numpy",
+            fn_constructor_args=(settings, save_probabilities, preprocess_threads, export_threads), **resources)
+        for row in results.iter_rows():
+            if on_case_done is not None:
+                on_case_done(str(row["ofile"]), pickle.loads(row["heads"]))
+    finally:
+        if started:
+            ray.shutdown()

@@ -1,0 +1,110 @@
+"""engine='ray': the folder's cases on Ray Data actors give the threads engine's masks and rows, and resume."""
+import csv
+import os
+import sys
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from nnunet_mtl.inference.folders import predict_folder
+from nnunet_mtl.inference.loader import load_predictor
+
+ray = pytest.importorskip("ray")
+pytestmark = pytest.mark.timeout(600)
+
+
+@pytest.fixture(scope="session")
+def local_ray(tmp_path_factory):
+    """One small local cluster for the session (two CPUs); its workers fail the case named in the file
+    ``fail_marker`` returns (tests/ray_hooks.py)."""
+    marker = tmp_path_factory.mktemp("ray") / "fail_case"
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", "NNUNET_MTL_TEST_FAIL_CASE": str(marker)},
+                          "worker_process_setup_hook": "tests.ray_hooks.fail_named_case"})
+    yield marker
+    ray.shutdown()
+
+
+def rows(csv_path):
+    with open(csv_path) as f:
+        return {r["case_id"]: r for r in csv.DictReader(f)}
+
+
+def masks(folder):
+    return {f: sitk.GetArrayFromImage(sitk.ReadImage(os.path.join(folder, f)))
+            for f in sorted(os.listdir(folder)) if f.endswith(".nii.gz")}
+
+
+def test_ray_engine_matches_threads_and_resumes(local_ray, trained_2d, dataset_2d, tmp_path):
+    images = os.path.join(dataset_2d.raw_folder, "imagesTs")
+    predictor = load_predictor(trained_2d, folds=[0], use_mirroring=False, backend="torch")
+    out = {}
+    for engine in ("threads", "ray"):
+        out[engine] = str(tmp_path / engine)
+        predict_folder(predictor, images, out[engine], engine=engine, num_processes_preprocessing=1,
+                       num_processes_export=1)
+    threads, on_ray = masks(out["threads"]), masks(out["ray"])
+    assert len(threads) == 3 and threads.keys() == on_ray.keys()
+    for name in threads:
+        np.testing.assert_array_equal(threads[name], on_ray[name])
+    a, b = rows(os.path.join(out["threads"], "predictions.csv")), rows(os.path.join(out["ray"], "predictions.csv"))
+    assert a == b
+
+    lines = []
+    predict_folder(predictor, images, out["ray"], engine="ray", report=lines.append)
+    assert lines == [f"{out['ray']}: 0 predicted, 3 kept, 0 removed"]
+    assert rows(os.path.join(out["ray"], "predictions.csv")) == b
+    assert not [f for f in os.listdir(out["ray"]) if f.startswith(".incoming")]
+
+
+def test_ray_options_belong_to_the_ray_engine(trained_2d, dataset_2d, tmp_path):
+    predictor = load_predictor(trained_2d, folds=[0], use_mirroring=False, backend="torch")
+    with pytest.raises(ValueError, match="engine 'ray'"):
+        predict_folder(predictor, os.path.join(dataset_2d.raw_folder, "imagesTs"), str(tmp_path), ray_workers=2)
+
+
+def test_predict_cli_runs_on_ray_with_two_workers(local_ray, trained_2d, dataset_2d, tmp_path, capsys):
+    from nnunet_mtl.cli import predict
+    out = tmp_path / "cli"
+    assert predict.main(["-i", os.path.join(dataset_2d.raw_folder, "imagesTs"), "-o", str(out), "-m", trained_2d,
+                         "-f", "0", "-device", "cpu", "--disable_tta", "--engine", "ray", "--ray_workers", "2"]) == 0
+    assert len(rows(out / "predictions.csv")) == 3 and len(masks(str(out))) == 3
+    assert "3 predicted, 0 kept, 0 removed" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, ray_missing, line", [
+    (["--ray_workers", "2"], False, "--address and --ray_workers are for --engine ray, not --engine threads"),
+    (["--engine", "ray", "--ray_workers", "0"], False, "--ray_workers must be >= 1, got 0"),
+    (["--engine", "ray"], True, "pip install nnunet_mtl[cluster]"),
+])
+def test_ray_options_fail_in_one_line_before_loading(argv, ray_missing, line, tmp_path, capsys, monkeypatch):
+    """Checked before the model folder is read (this one does not exist)."""
+    from nnunet_mtl.cli import predict
+    if ray_missing:
+        monkeypatch.setitem(sys.modules, "ray.data", None)  # import ray.data raises ImportError
+    assert predict.main(["-i", str(tmp_path), "-o", str(tmp_path / "o"), "-m", str(tmp_path / "no_model"),
+                         *argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and line in err[0]
+
+
+def test_a_case_failing_on_a_worker_leaves_one_row_per_case_after_a_rerun(local_ray, trained_2d, dataset_2d,
+                                                                          tmp_path):
+    images = os.path.join(dataset_2d.raw_folder, "imagesTs")
+    cases = sorted(f[:-len("_0000.nii.gz")] for f in os.listdir(images) if f.endswith("_0000.nii.gz"))
+    predictor = load_predictor(trained_2d, folds=[0], use_mirroring=False, backend="torch")
+    out, lines = str(tmp_path / "out"), []
+    local_ray.write_text(cases[1])
+    try:
+        with pytest.raises(Exception, match="failed in the Ray worker"):
+            predict_folder(predictor, images, out, engine="ray", report=lines.append)
+    finally:
+        local_ray.unlink()
+    assert "run again to finish" in lines[-1]
+    done = rows(os.path.join(out, "predictions.csv"))
+    assert cases[1] not in done and set(done) < set(cases)
+    predict_folder(predictor, images, out, engine="ray", report=lines.append)
+    assert lines[-1] == f"{out}: {3 - len(done)} predicted, {len(done)} kept, 0 removed"
+    assert sorted(rows(os.path.join(out, "predictions.csv"))) == cases
+    assert sorted(masks(out)) == [c + ".nii.gz" for c in cases]
