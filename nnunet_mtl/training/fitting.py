@@ -62,8 +62,11 @@ FITTED = "fitted"
 FORMAT = 2
 FIT_STEP_SIZE = 0.5             # the sliding window the features come from (nnU-Net's default; inference's too)
 SUMMARY_FILE = "validation_summary.json"
-FIT_POOLS = ("global", "foreground")  # what fitted heads read by default (pooling.POOLS: "measures" adds the
-                                      # segmentation's own measurements)
+# What fitted heads read by default: per encoder stage the global and foreground pools, and the segmentation's own
+# measurements (per structure volume, fraction, intensity inside). The convergence study of 2026-12-07 (3 seeds,
+# held-out hippocampus, docs/benchmarks.md): volume r 0.745 vs 0.637 without the measures, size AUC 0.855 vs 0.833,
+# the texture target unchanged (0.650 vs 0.645).
+FIT_POOLS = ("global", "foreground", "measures")
 
 
 class FittingError(ValueError):
