@@ -18,7 +18,8 @@ stock nnU-Net; ``joint_sgd`` (the heads' gradient trains the encoder, nnU-Net's 
 fixed features (``HEADS_ONLY``): ``heads_detached`` (global pool) and ``heads_mask_pooled``. Read-outs
 (``READOUTS``, no training): ``fitted`` (the pipeline's default: linear heads fitted in closed form on the
 pooled features), ``fitted_measures`` (the same plus the segmentation's own measurements: per-structure
-volume, mean and spread of the intensity inside), ``mask_volume`` (the predicted mask's volume itself).
+volume, mean and spread of the intensity inside; also the measures alone and with the global pools only),
+``mask_volume`` (the predicted mask's volume itself).
 
 Jobs resume: a finished training or evaluation (same settings) is kept. ``--report_only`` prints the
 tables from what is there. Results: ``BASE/study/study.json``, ``study.md``, ``curves.png``.
@@ -65,7 +66,8 @@ HEADS_ONLY = (
     Arm("heads_mask_pooled", "nnUNetTrainerMTLMaskPooling", {"heads_train_encoder": False},
         "the same, pooled over the predicted mask", starts_from="stock"),
 )
-READOUTS = {"fitted": ("global", "foreground"), "fitted_measures": ("global", "foreground", "measures")}
+READOUTS = {"fitted": ("global", "foreground"), "fitted_measures": ("global", "foreground", "measures"),
+            "fitted_measures_only": ("measures",), "fitted_global_measures": ("global", "measures")}
 
 
 # ------------------------------------------------------------------------------------------- set-up
