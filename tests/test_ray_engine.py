@@ -19,8 +19,11 @@ def local_ray(tmp_path_factory):
     """One small local cluster for the session (two CPUs); its workers fail the case named in the file
     ``fail_marker`` returns (tests/ray_hooks.py)."""
     marker = tmp_path_factory.mktemp("ray") / "fail_case"
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # workers import tests.ray_hooks from here
+    path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", "NNUNET_MTL_TEST_FAIL_CASE": str(marker)},
+             runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", "NNUNET_MTL_TEST_FAIL_CASE": str(marker),
+                                       "PYTHONPATH": path},
                           "worker_process_setup_hook": "tests.ray_hooks.fail_named_case"})
     yield marker
     ray.shutdown()
