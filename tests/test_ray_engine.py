@@ -1,6 +1,7 @@
 """engine='ray': the folder's cases on Ray Data actors give the threads engine's masks and rows, and resume."""
 import csv
 import os
+import shutil
 import sys
 
 import numpy as np
@@ -29,6 +30,25 @@ def local_ray(tmp_path_factory):
     ray.shutdown()
 
 
+@pytest.fixture(scope="module")
+def model(request, tmp_path_factory):
+    """A copy of the shared 2D model's fold 0, asked for at run time, not in the signature, so this module is not
+    put in the 2D dataset's xdist group (it only reads the model; conftest's grouping): it runs on the other
+    worker, beside that long group."""
+    src = request.getfixturevalue("trained_2d")
+    dst = tmp_path_factory.mktemp("ray_model") / "model"
+    shutil.copytree(src, dst, ignore=lambda d, names: [n for n in names if n.startswith("fold_") and n != "fold_0"])
+    return str(dst)
+
+
+@pytest.fixture(scope="module")
+def images(request, tmp_path_factory):
+    src = os.path.join(request.getfixturevalue("dataset_2d").raw_folder, "imagesTs")
+    dst = tmp_path_factory.mktemp("ray_images") / "imagesTs"
+    shutil.copytree(src, dst)
+    return str(dst)
+
+
 def rows(csv_path):
     with open(csv_path) as f:
         return {r["case_id"]: r for r in csv.DictReader(f)}
@@ -39,9 +59,8 @@ def masks(folder):
             for f in sorted(os.listdir(folder)) if f.endswith(".nii.gz")}
 
 
-def test_ray_engine_matches_threads_and_resumes(local_ray, trained_2d, dataset_2d, tmp_path):
-    images = os.path.join(dataset_2d.raw_folder, "imagesTs")
-    predictor = load_predictor(trained_2d, folds=[0], use_mirroring=False, backend="torch")
+def test_ray_engine_matches_threads_and_resumes(local_ray, model, images, tmp_path):
+    predictor = load_predictor(model, folds=[0], use_mirroring=False, backend="torch")
     out = {}
     for engine in ("threads", "ray"):
         out[engine] = str(tmp_path / engine)
@@ -61,16 +80,16 @@ def test_ray_engine_matches_threads_and_resumes(local_ray, trained_2d, dataset_2
     assert not [f for f in os.listdir(out["ray"]) if f.startswith(".incoming")]
 
 
-def test_ray_options_belong_to_the_ray_engine(trained_2d, dataset_2d, tmp_path):
-    predictor = load_predictor(trained_2d, folds=[0], use_mirroring=False, backend="torch")
+def test_ray_options_belong_to_the_ray_engine(model, images, tmp_path):
+    predictor = load_predictor(model, folds=[0], use_mirroring=False, backend="torch")
     with pytest.raises(ValueError, match="engine 'ray'"):
-        predict_folder(predictor, os.path.join(dataset_2d.raw_folder, "imagesTs"), str(tmp_path), ray_workers=2)
+        predict_folder(predictor, images, str(tmp_path), ray_workers=2)
 
 
-def test_predict_cli_runs_on_ray_with_two_workers(local_ray, trained_2d, dataset_2d, tmp_path, capsys):
+def test_predict_cli_runs_on_ray_with_two_workers(local_ray, model, images, tmp_path, capsys):
     from nnunet_mtl.cli import predict
     out = tmp_path / "cli"
-    assert predict.main(["-i", os.path.join(dataset_2d.raw_folder, "imagesTs"), "-o", str(out), "-m", trained_2d,
+    assert predict.main(["-i", images, "-o", str(out), "-m", model,
                          "-f", "0", "-device", "cpu", "--disable_tta", "--engine", "ray", "--ray_workers", "2"]) == 0
     assert len(rows(out / "predictions.csv")) == 3 and len(masks(str(out))) == 3
     assert "3 predicted, 0 kept, 0 removed" in capsys.readouterr().out
@@ -92,11 +111,10 @@ def test_ray_options_fail_in_one_line_before_loading(argv, ray_missing, line, tm
     assert len(err) == 1 and line in err[0]
 
 
-def test_a_case_failing_on_a_worker_leaves_one_row_per_case_after_a_rerun(local_ray, trained_2d, dataset_2d,
+def test_a_case_failing_on_a_worker_leaves_one_row_per_case_after_a_rerun(local_ray, model, images,
                                                                           tmp_path):
-    images = os.path.join(dataset_2d.raw_folder, "imagesTs")
     cases = sorted(f[:-len("_0000.nii.gz")] for f in os.listdir(images) if f.endswith("_0000.nii.gz"))
-    predictor = load_predictor(trained_2d, folds=[0], use_mirroring=False, backend="torch")
+    predictor = load_predictor(model, folds=[0], use_mirroring=False, backend="torch")
     out, lines = str(tmp_path / "out"), []
     local_ray.write_text(cases[1])
     try:
