@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import time
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -51,8 +52,7 @@ def _flock(path: str, shared: bool, folder: str, what: str = "") -> Iterator[Non
         try:
             fcntl.flock(fh, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except BlockingIOError:
-            fh.seek(0)
-            holder = fh.read().strip() or "unknown"
+            holder = _holder(fh)
             fh.close()
             raise FolderBusyError(f"{folder}: another run (PID {holder}) is writing {what or 'into this folder'}; "
                                   f"wait for it to finish or choose another output folder") from None
@@ -71,6 +71,18 @@ def _flock(path: str, shared: bool, folder: str, what: str = "") -> Iterator[Non
             os.remove(path)  # still held: whoever opened it meanwhile sees it is gone and opens the new one
         fcntl.flock(fh, fcntl.LOCK_UN)
         fh.close()
+
+
+def _holder(fh, wait_s: float = 1.0) -> str:
+    """The PID the holder wrote; it writes it just after taking the lock, so a run refused in that instant
+    reads again for up to ``wait_s`` before saying "unknown"."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        fh.seek(0)
+        pid = fh.read().strip()
+        if pid or time.monotonic() > deadline:
+            return pid or "unknown"
+        time.sleep(0.02)
 
 
 def _same_file(fh, path: str) -> bool:
