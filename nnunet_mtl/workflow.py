@@ -11,13 +11,10 @@ import contextlib
 import glob
 import os
 import shutil
-import subprocess
-import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Dict, List, Optional, Sequence
 
 import torch
-from nnunetv2.run.run_training import run_training
 from nnunetv2.utilities.utils import create_lists_from_splitted_dataset_folder
 
 from nnunet_mtl.calibration.conformal_store import DEFAULT_COVERAGE
@@ -36,7 +33,7 @@ from nnunet_mtl.model.network import unet_weights_hash
 from nnunet_mtl.outputs import clinical as clinical_outputs
 from nnunet_mtl.planning import add_trainer_path, plan_and_preprocess, plans_identifier, use_base_dir
 from nnunet_mtl.targets import load_spec_file
-from nnunet_mtl.training import fitting
+from nnunet_mtl.training import fitting, fold_runs
 from nnunet_mtl.training.knobs import DEFAULT_HEADS, HEADS_CHOICES, knob_overrides
 from split_tools.splits import make_splits, write_splits
 
@@ -156,10 +153,13 @@ def model_folder(base_dir: str, state: PipelineState) -> str:
 
 
 def train(base_dir: str, folds: Optional[Sequence] = None, device: str = "cuda", num_gpus: int = 1,
-          overwrite: bool = False, **knobs) -> str:
+          overwrite: bool = False, engine: str = "local", ray_address: Optional[str] = None,
+          ray_workers: Optional[int] = None, **knobs) -> str:
     """Train the given folds (default: all of the split). A finished fold is skipped; an interrupted
     one resumes from its newest checkpoint (final, latest, else best, as nnU-Net's continue mode
-    looks for them). Knobs (epochs, lr, schedule...) go to the trainer."""
+    looks for them). Knobs (epochs, lr, schedule...) go to the trainer. ``engine='ray'``: every fold as one Ray
+    task on the cluster at ``ray_address`` (or a local one), ``ray_workers`` folds at a time on CPUs
+    (``training.fold_runs``); otherwise one after the other here."""
     state = load_state(base_dir)
     use_base_dir(base_dir)
     folder = model_folder(base_dir, state)
@@ -167,21 +167,34 @@ def train(base_dir: str, folds: Optional[Sequence] = None, device: str = "cuda",
     unknown = [f for f in folds if f not in state.folds]
     if unknown:  # nnU-Net would silently make a random 80:20 split for a fold beyond splits_final.json
         raise PipelineError(f"fold {unknown[0]} does not exist in this dataset's split (folds: {state.folds})")
-    for fold in folds:
-        fold_dir = os.path.join(folder, f"fold_{fold}")
-        finished = os.path.isfile(os.path.join(fold_dir, "checkpoint_final.pth"))
-        validated = os.path.isfile(os.path.join(fold_dir, "validation", "mtl_summary.json"))
-        if finished and validated and not overwrite:
-            if _validated_current(fold_dir):
-                print(f"{fold_dir}: already trained and validated; skipping (--overwrite retrains)")
-                continue
-            print(f"{fold_dir}: validation/ is from other weights than checkpoint_final.pth (the checkpoint was "
-                  f"replaced); validating again")
-            _train_fold(state, fold, device, num_gpus, True, knobs, validation_only=True)
-            continue
-        resume = not overwrite and _resume_message(fold_dir)
-        _train_fold(state, fold, device, num_gpus, resume, knobs)
+    runs = [run for run in (_fold_run(state, folder, fold, overwrite) for fold in folds) if run is not None]
+    if engine == "ray":
+        try:
+            fold_runs.run_folds_on_ray(runs, device, num_gpus, knobs, ray_address, ray_workers)
+        except fold_runs.FoldRunError as e:
+            raise PipelineError(str(e)) from None
+        return folder
+    with knob_overrides(**knobs):
+        for run in runs:
+            fold_runs.run_fold(run, device, num_gpus)
     return folder
+
+
+def _fold_run(state: PipelineState, folder: str, fold: int, overwrite: bool) -> Optional[fold_runs.FoldRun]:
+    """What a fold needs: nothing (trained and validated with its current weights), its validation alone (the
+    checkpoint was replaced), or training (resumed from its newest checkpoint unless ``overwrite``)."""
+    fold_dir = os.path.join(folder, f"fold_{fold}")
+    run = fold_runs.FoldRun(state.dataset_id, state.configuration, state.trainer, state.plans, fold, fold_dir)
+    finished = os.path.isfile(os.path.join(fold_dir, "checkpoint_final.pth"))
+    validated = os.path.isfile(os.path.join(fold_dir, "validation", "mtl_summary.json"))
+    if finished and validated and not overwrite:
+        if _validated_current(fold_dir):
+            print(f"{fold_dir}: already trained and validated; skipping (--overwrite retrains)")
+            return None
+        print(f"{fold_dir}: validation/ is from other weights than checkpoint_final.pth (the checkpoint was "
+              f"replaced); validating again")
+        return replace(run, resume=True, validation_only=True)
+    return replace(run, resume=not overwrite and _resume_message(fold_dir))
 
 
 def _resume_message(fold_dir: str) -> bool:
@@ -222,21 +235,6 @@ def _stale_folds(folder: str, folds: Sequence[int]) -> List[int]:
         if validated != current or fitted != current:
             stale.append(f)
     return stale
-
-
-def _train_fold(state: PipelineState, fold, device: str, num_gpus: int, resume: bool, knobs: dict,
-                validation_only: bool = False) -> None:
-    """nnU-Net's training of one fold (``validation_only``: its final validation alone, nnU-Net's ``--val``)."""
-    with knob_overrides(**knobs):
-        if num_gpus > 1:  # nnU-Net's own DDP launcher, in a child process (inherits the overrides)
-            cmd = [sys.executable, "-m", "nnunetv2.run.run_training", str(state.dataset_id), state.configuration,
-                   str(fold), "-tr", state.trainer, "-p", state.plans, "-num_gpus", str(num_gpus)]
-            cmd += ["--val"] if validation_only else ["--c"] if resume else []
-            subprocess.run(cmd, check=True)
-            return
-        run_training(str(state.dataset_id), state.configuration, fold, state.trainer, state.plans,
-                     continue_training=resume and not validation_only, only_run_validation=validation_only,
-                     device=torch.device(device))
 
 
 # --------------------------------------------------------------------------------------------- heads

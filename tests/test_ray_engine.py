@@ -59,19 +59,27 @@ def masks(folder):
             for f in sorted(os.listdir(folder)) if f.endswith(".nii.gz")}
 
 
-def test_ray_engine_matches_threads_and_resumes(local_ray, model, images, tmp_path):
+def test_ray_engine_matches_threads_and_resumes_even_when_a_worker_dies(local_ray, model, images, tmp_path):
+    """The worker process is killed during the second case: Ray starts another actor and runs the case again;
+    masks and rows equal the threads engine's, one row per case."""
+    cases = sorted(f[:-len("_0000.nii.gz")] for f in os.listdir(images) if f.endswith("_0000.nii.gz"))
     predictor = load_predictor(model, folds=[0], use_mirroring=False, backend="torch")
     out = {}
     for engine in ("threads", "ray"):
         out[engine] = str(tmp_path / engine)
+        if engine == "ray":
+            local_ray.write_text(f"kill {cases[1]}")
         predict_folder(predictor, images, out[engine], engine=engine, num_processes_preprocessing=1,
                        num_processes_export=1)
+    assert not local_ray.exists(), "the worker was killed"
     threads, on_ray = masks(out["threads"]), masks(out["ray"])
     assert len(threads) == 3 and threads.keys() == on_ray.keys()
     for name in threads:
         np.testing.assert_array_equal(threads[name], on_ray[name])
     a, b = rows(os.path.join(out["threads"], "predictions.csv")), rows(os.path.join(out["ray"], "predictions.csv"))
-    assert a == b
+    assert a == b and sorted(b) == cases
+    with open(os.path.join(out["ray"], "predictions.csv")) as f:
+        assert len(f.read().strip().splitlines()) == 1 + len(cases)  # no case twice
 
     lines = []
     predict_folder(predictor, images, out["ray"], engine="ray", report=lines.append)
@@ -86,13 +94,22 @@ def test_ray_options_belong_to_the_ray_engine(model, images, tmp_path):
         predict_folder(predictor, images, str(tmp_path), ray_workers=2)
 
 
-def test_predict_cli_runs_on_ray_with_two_workers(local_ray, model, images, tmp_path, capsys):
-    from nnunet_mtl.cli import predict
+def test_predict_and_classify_clis_run_on_ray_with_two_workers(local_ray, model, images, tmp_path, capsys):
+    from nnunet_mtl.cli import classify, predict
     out = tmp_path / "cli"
     assert predict.main(["-i", images, "-o", str(out), "-m", model,
                          "-f", "0", "-device", "cpu", "--disable_tta", "--engine", "ray", "--ray_workers", "2"]) == 0
     assert len(rows(out / "predictions.csv")) == 3 and len(masks(str(out))) == 3
     assert "3 predicted, 0 kept, 0 removed" in capsys.readouterr().out
+
+    files = sorted(os.path.join(images, f) for f in os.listdir(images))
+    answers = {}
+    for engine, workers in (("threads", []), ("ray", ["--ray_workers", "2"])):
+        assert classify.main(["-m", model, "-f", "0", "--backend", "torch", *files, "--engine", engine,
+                              *workers]) == 0
+        lines = capsys.readouterr().out.strip().splitlines()
+        answers[engine] = {line.split("\t")[0]: line.split("\t")[1:3] for line in lines}
+    assert sorted(answers["ray"]) == files and answers["ray"] == answers["threads"]  # class and probability
 
 
 @pytest.mark.parametrize("argv, ray_missing, line", [
@@ -129,3 +146,34 @@ def test_a_case_failing_on_a_worker_leaves_one_row_per_case_after_a_rerun(local_
     assert lines[-1] == f"{out}: {3 - len(done)} predicted, {len(done)} kept, 0 removed"
     assert sorted(rows(os.path.join(out, "predictions.csv"))) == cases
     assert sorted(masks(out)) == [c + ".nii.gz" for c in cases]
+
+
+def test_a_worker_without_the_model_files_says_which_file(local_ray, model, images, tmp_path):
+    """The model folder must be on storage every node sees: a worker that cannot read it names the file (here the
+    checkpoint is gone after this process loaded it)."""
+    from nnunet_mtl.inference.folders import classify_files
+    copy = tmp_path / "model_copy"
+    shutil.copytree(model, copy)
+    predictor = load_predictor(str(copy), folds=[0], use_mirroring=False, backend="torch", prepare="heads")
+    os.remove(copy / "fold_0" / "checkpoint_final.pth")
+    files = sorted(os.path.join(images, f) for f in os.listdir(images))
+    with pytest.raises(RuntimeError) as raised:
+        list(classify_files(predictor, files, str(tmp_path / "work"), engine="ray"))
+    line = str(raised.value)
+    assert "\n" not in line and line.startswith("on a Ray worker: FileNotFoundError: ")
+    assert f"{copy / 'fold_0' / 'checkpoint_final.pth'}: not found on Ray worker node" in line
+
+
+def test_ray_engine_matches_threads_on_the_3d_model(local_ray, trained_3d, dataset_3d_resenc, tmp_path):
+    images = os.path.join(dataset_3d_resenc.raw_folder, "imagesTs")
+    predictor = load_predictor(trained_3d, folds=[0], use_mirroring=False, backend="torch")
+    out = {}
+    for engine in ("threads", "ray"):
+        out[engine] = str(tmp_path / engine)
+        predict_folder(predictor, images, out[engine], engine=engine, num_processes_preprocessing=1,
+                       num_processes_export=1)
+    threads, on_ray = masks(out["threads"]), masks(out["ray"])
+    assert len(threads) == 2 and threads.keys() == on_ray.keys()
+    for name in threads:
+        np.testing.assert_array_equal(threads[name], on_ray[name])
+    assert rows(os.path.join(out["threads"], "predictions.csv")) == rows(os.path.join(out["ray"], "predictions.csv"))

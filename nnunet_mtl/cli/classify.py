@@ -3,13 +3,15 @@ probability, seconds, and where the folds have conformal.json the target's predi
 ``needs_review=yes|no``; or name, ERROR and the reason (the other files go on; exit code 1 at the end).
 Only these lines go to stdout; nnU-Net's messages go to stderr. Only the heads are needed, so each tile runs
 once (no mirrors, no logits stitched; no decoder where no head reads the segmentation): the probabilities
-are those nnunet_mtl_predict writes for the same image and model (``predict_heads``)."""
+are those nnunet_mtl_predict writes for the same image and model (``predict_heads``). ``--engine ray``: the files
+on Ray actors, on this machine or a cluster (lines in the order the files finish)."""
 import argparse
 import contextlib
 import sys
 import tempfile
 
 from nnunet_mtl.cli.backend_args import add_backend_argument
+from nnunet_mtl.cli.engine_args import add_engine_arguments, engine_kwargs
 from nnunet_mtl.cli.failures import run_command
 from nnunet_mtl.cli.review_args import add_review_arguments, interval_tolerances
 from nnunet_mtl.inference.folders import classify_files
@@ -30,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tile_batch", type=int, default=None,
                    help="tiles per forward (default 1; see nnunet_mtl/inference/tiling.py)")
     add_backend_argument(p)
+    add_engine_arguments(p, choices=("threads", "ray"))
     add_review_arguments(p)
     return p
 
@@ -46,6 +49,7 @@ def main(argv=None) -> int:
 
 
 def _run(args) -> int:
+    engine = engine_kwargs(args)  # a Ray option without --engine ray, or Ray missing: one line, before loading
     with contextlib.redirect_stdout(sys.stderr):
         predictor = load_predictor(args.model, args.folds, args.checkpoint, args.device,
                                    tile_batch=args.tile_batch, backend=args.backend, prepare="heads")
@@ -53,7 +57,7 @@ def _run(args) -> int:
         target = _target(predictor.spec, args)
         predictor.set_review(args.coverage, interval_tolerances(args.interval_tolerance))
         failed = 0
-        for r in classify_files(predictor, args.files, work, chatter=sys.stderr):
+        for r in classify_files(predictor, args.files, work, chatter=sys.stderr, **engine):
             if "error" in r:
                 failed += 1
                 print(f"{r['file']}\tERROR\t{r['error']}", flush=True)

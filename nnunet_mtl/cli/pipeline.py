@@ -155,7 +155,9 @@ def _run(args, device: str, base_given: bool) -> int:
                          convert_kwargs=_convert_kwargs(args))
     if args.train_only or run_all:
         knobs = _training_knobs(args)
-        workflow.train(args.base_dir, args.fold, device, args.num_gpus, args.overwrite, **knobs)
+        on_ray = {"engine": "ray", "ray_address": args.address, "ray_workers": args.ray_workers} \
+            if args.engine == "ray" else {}  # each fold a Ray task; the heads are fitted here after all folds
+        workflow.train(args.base_dir, args.fold, device, args.num_gpus, args.overwrite, **on_ray, **knobs)
         if args.heads == "fitted":
             workflow.fit_heads(args.base_dir, args.fold, device, args.overwrite, backend=args.backend)
     if args.inference_only or run_all:

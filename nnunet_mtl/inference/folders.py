@@ -22,6 +22,7 @@ from nnunet_mtl import case_checks
 from nnunet_mtl.conversion.case_discovery import NOT_IMAGES
 from nnunet_mtl.conversion.inference_inputs import ModelInputs, PreparedInputs, prepare_cases
 from nnunet_mtl.conversion.masks import ConversionError
+from nnunet_mtl import ray_cluster
 from nnunet_mtl.inference import provenance, ray_engine
 from nnunet_mtl.inference.loader import model_inputs
 from nnunet_mtl.inference.masks import DEFAULT_MASK_FORMAT, MASK_FORMATS, mask_ending, to_mask_format
@@ -109,7 +110,7 @@ def predict_folder(predictor: nnUNetPredictorMTL, input_dir: str, output_dir: st
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
     if engine == "ray":
-        ray_engine.require_ray()
+        ray_cluster.require_ray()
     elif ray_address is not None or ray_workers is not None:
         raise ValueError(f"ray_address and ray_workers are for engine 'ray', not {engine!r}")
     if mask_format not in MASK_FORMATS:
@@ -237,12 +238,33 @@ def _model_changes(output_dir: str, identity: dict, latest: Dict[str, dict], key
 
 
 def classify_files(predictor: nnUNetPredictorMTL, files: Sequence[str], work_dir: str,
-                   clip_percentiles=(0.5, 98.5), chatter=None) -> Iterator[dict]:
+                   clip_percentiles=(0.5, 98.5), chatter=None, engine: str = "threads",
+                   ray_address: Optional[str] = None, ray_workers: Optional[int] = None) -> Iterator[dict]:
     """One result per file, yielded as each finishes: ``file``, ``case_id``, ``outputs`` (head
-    outputs), ``review`` (conformal columns), ``seconds``; or ``file`` and ``error`` (one line) when
-    the file cannot be read or predicted, and the next file goes on. Each file is converted in its own folder, so two files
-    with the same name in different folders stay apart; inputs are checked against the model's
-    channels and dimensionality. ``chatter``: where nnU-Net's prints go (e.g. sys.stderr). Only head
+    outputs, calibrated), ``review`` (conformal columns), ``seconds``; or ``file`` and ``error`` (one line) when
+    the file cannot be read or predicted, and the next file goes on. ``engine='ray'``: the files on Ray actors
+    (``ray_engine.classify_files``, in the order they finish); calibration and the review columns are added here
+    either way."""
+    if engine not in ("threads", "ray"):
+        raise ValueError(f"classifying files runs on engine 'threads' or 'ray', not {engine!r}")
+    if engine == "ray":
+        raw = ray_engine.classify_files(predictor, files, clip_percentiles, ray_address, ray_workers)
+    elif ray_address is not None or ray_workers is not None:
+        raise ValueError(f"ray_address and ray_workers are for engine 'ray', not {engine!r}")
+    else:
+        raw = heads_of_files(predictor, files, work_dir, clip_percentiles, chatter)
+    for r in raw:
+        if "error" not in r:
+            outputs = predictor.calibrated_outputs(r["outputs"])
+            r = {**r, "outputs": outputs, "review": predictor.review_columns(outputs)}
+        yield r
+
+
+def heads_of_files(predictor: nnUNetPredictorMTL, files: Sequence[str], work_dir: str,
+                   clip_percentiles=(0.5, 98.5), chatter=None) -> Iterator[dict]:
+    """``classify_files``' work in this process, the raw head outputs of each file. Each file is converted in its
+    own folder, so two files with the same name in different folders stay apart; inputs are checked against the
+    model's channels and dimensionality. ``chatter``: where nnU-Net's prints go (e.g. sys.stderr). Only head
     outputs are needed, so the predictor's ``predict_heads`` runs: one unmirrored forward per tile, the very
     numbers ``predict_folder`` writes for the same image."""
     preprocessor = predictor.configuration_manager.preprocessor_class(verbose=False)
@@ -261,9 +283,7 @@ def classify_files(predictor: nnUNetPredictorMTL, files: Sequence[str], work_dir
         except Exception as e:  # noqa: BLE001 - one file's failure is its own line; the others go on
             yield {"file": path, "error": _one_line(e)}
             continue
-        outputs = predictor.calibrated_outputs(heads.outputs)
-        yield {"file": path, "case_id": case_id, "outputs": outputs, "review": predictor.review_columns(outputs),
-               "seconds": time.perf_counter() - start}
+        yield {"file": path, "case_id": case_id, "outputs": heads.outputs, "seconds": time.perf_counter() - start}
 
 
 def _one_line(e: BaseException) -> str:

@@ -11,21 +11,13 @@ from __future__ import annotations
 
 import os
 import pickle
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, Iterator, List, Optional, Sequence
 
 import numpy as np
 
 from nnunet_mtl.inference.predictor import CaseHeads
+from nnunet_mtl.ray_cluster import connected, failure_line
 
-INSTALL_HINT = "pip install nnunet_mtl[cluster]"
-
-
-def require_ray() -> None:
-    """A one-line error when Ray Data is missing (it is an optional extra)."""
-    try:
-        import ray.data  # noqa: F401
-    except ImportError:
-        raise RuntimeError(f"engine 'ray' needs Ray Data, which is not installed ({INSTALL_HINT})") from None
 
 
 def worker_settings(predictor) -> dict:
@@ -42,12 +34,33 @@ def worker_settings(predictor) -> dict:
             "backend": predictor.backend}
 
 
+def model_files(settings: dict) -> List[str]:
+    """The files a worker reads to rebuild the predictor (each fold's checkpoint, the plans, dataset.json)."""
+    folder = settings["model_dir"]
+    return [os.path.join(folder, "plans.json"), os.path.join(folder, "dataset.json")] + [
+        os.path.join(folder, f"fold_{f}", settings["checkpoint"]) for f in settings["folds"]]
+
+
+def node_name() -> str:
+    import socket
+    return socket.gethostname()
+
+
+def load_on_worker(settings: dict):
+    """The predictor rebuilt on a worker; one line naming the first model file this node cannot see."""
+    from nnunet_mtl.inference.loader import load_predictor
+    missing = [p for p in model_files(settings) if not os.path.isfile(p)]
+    if missing:
+        raise FileNotFoundError(f"{missing[0]}: not found on Ray worker node {node_name()}; the model folder "
+                                f"must be on storage every node sees at the same path")
+    return load_predictor(**settings)
+
+
 class CaseActor:
     """One Ray actor: the model loaded once, then ``run_cases`` on each batch of cases."""
 
     def __init__(self, settings: dict, save_probabilities: bool, preprocess_threads: int, export_threads: int):
-        from nnunet_mtl.inference.loader import load_predictor
-        self.predictor = load_predictor(**settings)
+        self.predictor = load_on_worker(settings)
         self.options = dict(save_probabilities=save_probabilities, preprocess_threads=preprocess_threads,
                             export_threads=export_threads)
 
@@ -59,6 +72,23 @@ class CaseActor:
         return {"ofile": np.array(ofiles), "heads": np.array([pickle.dumps(h) for h in heads], dtype=object)}
 
 
+class FilesActor:
+    """One Ray actor for ``classify_files``: the model loaded once (its heads pass), then the raw head outputs of
+    each batch of files (``folders.heads_of_files``), converted in a folder of the worker's own."""
+
+    def __init__(self, settings: dict, clip_percentiles):
+        self.predictor = load_on_worker({**settings, "prepare": "heads"})
+        self.clip_percentiles = tuple(clip_percentiles)
+
+    def __call__(self, batch: dict) -> dict:
+        import tempfile
+        from nnunet_mtl.inference.folders import heads_of_files
+        with tempfile.TemporaryDirectory() as work:
+            results = list(heads_of_files(self.predictor, [str(f) for f in batch["file"]], work,
+                                          self.clip_percentiles))
+        return {"result": np.array([pickle.dumps(r) for r in results], dtype=object)}
+
+
 def run_cases(predictor, input_lists: Sequence[List[str]], output_files: Sequence[str],
               save_probabilities: bool = False, export_threads: int = 2, preprocess_threads: int = 2,
               on_case_done: Optional[Callable[[str, CaseHeads], None]] = None,
@@ -67,28 +97,42 @@ def run_cases(predictor, input_lists: Sequence[List[str]], output_files: Sequenc
     predictor is on CUDA, else one), each with one GPU (CUDA) or one CPU; ``on_case_done(ofile, heads)`` runs
     in the caller as each case comes back. ``address``: a running cluster to join (default: the one this process
     is connected to, else ``ray.init``'s: RAY_ADDRESS or a new local one, shut down again at the end)."""
-    require_ray()
-    import ray
-    started = not ray.is_initialized()
-    if started:
-        ray.init(address=address, include_dashboard=False, log_to_driver=True)
-    try:
+    items = [{"ofile": o, "files": list(f)} for f, o in zip(input_lists, output_files)]
+    for row in _on_actors(predictor, items, CaseActor, (save_probabilities, preprocess_threads, export_threads),
+                          address, workers):
+        if on_case_done is not None:
+            on_case_done(str(row["ofile"]), pickle.loads(row["heads"]))
+
+
+def classify_files(predictor, files: Sequence[str], clip_percentiles=(0.5, 98.5), address: Optional[str] = None,
+                   workers: Optional[int] = None) -> Iterator[dict]:
+    """``folders.heads_of_files`` over Ray actors (as ``run_cases``): each file's raw head outputs, or its error
+    line, yielded as it comes back."""
+    items = [{"file": str(f)} for f in files]
+    for row in _on_actors(predictor, items, FilesActor, (tuple(clip_percentiles),), address, workers):
+        yield pickle.loads(row["result"])
+
+
+def _on_actors(predictor, items: List[dict], actor, actor_args: tuple, address: Optional[str],
+               workers: Optional[int]) -> Iterator[dict]:
+    """``items`` one at a time through ``workers`` actors of class ``actor`` (each rebuilding ``predictor``), the
+    rows yielded as they come back; a worker's failure as one line (RuntimeError), not Ray's traceback."""
+    with connected(address) as ray:
         settings = worker_settings(predictor)
         gpu = settings["device"] == "cuda"
         if workers is None:
             workers = max(1, int(ray.cluster_resources().get("GPU", 0))) if gpu else 1
         if workers < 1:
             raise ValueError(f"--ray_workers must be >= 1, got {workers}")
+        if not items:
+            return
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False  # the driver's own progress line says which case finished
-        items = [{"ofile": o, "files": list(f)} for f, o in zip(input_lists, output_files)]
         resources = {"num_gpus": 1} if gpu else {"num_cpus": 1}
         results = ray.data.from_items(items).map_batches(
-            CaseActor, batch_size=1, concurrency=min(workers, len(items)), batch_format="numpy",
-            fn_constructor_args=(settings, save_probabilities, preprocess_threads, export_threads), **resources)
-        for row in results.iter_rows():
-            if on_case_done is not None:
-                on_case_done(str(row["ofile"]), pickle.loads(row["heads"]))
-    finally:
-        if started:
-            ray.shutdown()
+            actor, batch_size=1, concurrency=min(workers, len(items)), batch_format="numpy",
+            fn_constructor_args=(settings, *actor_args), **resources)
+        try:
+            yield from results.iter_rows()
+        except ray.exceptions.RayError as e:
+            raise RuntimeError(f"on a Ray worker: {failure_line(e)}") from None
