@@ -339,7 +339,8 @@ def write_index(out_dir: str, rows: Sequence[Mapping], spec: TargetSpec, *, sort
                       f"review ({', '.join(FLAG_COLUMNS)} = yes), highlighted and listed first.</p>\n")
     else:
         title_note = ""
-    body = (f"<h1>{e(title)}</h1>\n{title_note}<p class=\"note\">{len(ordered)} cases, sorted by {e(desc)}. Probabilities "
+    body = (f"<h1>{e(title)}</h1>\n{title_note}<p class=\"note\">{len(ordered)} cases, sorted by {e(desc)}. "
+            f"Probabilities "
             f"{e(calibration_note(any_cal))}.</p>\n<table>\n<thead><tr><th>#</th><th>case</th><th>picture</th>{head}"
             f"</tr></thead>\n<tbody>\n" + "\n".join(lines) + "\n</tbody>\n</table>")
     path = os.path.join(out_dir, INDEX)
