@@ -111,8 +111,12 @@ def show_png(path: Optional[str], width: Optional[int] = None) -> None:
     _display(Image(filename=path, width=width))
 
 
-def show_pngs(folder: str, patterns: Sequence[str] = ("confusion_*.png", "roc_*.png", "dsc_distribution.png")) -> None:
-    """Show the evaluation folder's plots in a fixed order (confusion matrices, ROC curves, DSC)."""
+EVALUATION_PLOTS = ("confusion_*.png", "roc_*.png", "dsc_distribution.png", "coverage_*.png", "seg_quality_vs_dice.png")
+
+
+def show_pngs(folder: str, patterns: Sequence[str] = EVALUATION_PLOTS) -> None:
+    """Show the evaluation folder's plots in a fixed order (confusion matrices, ROC curves, DSC, then the review
+    columns' conformal coverage and seg_quality against Dice when the table had them)."""
     shown = []
     for pattern in patterns:
         for path in sorted(glob.glob(os.path.join(folder, pattern))):
