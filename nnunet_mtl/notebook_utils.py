@@ -111,8 +111,12 @@ def show_png(path: Optional[str], width: Optional[int] = None) -> None:
     _display(Image(filename=path, width=width))
 
 
-def show_pngs(folder: str, patterns: Sequence[str] = ("confusion_*.png", "roc_*.png", "dsc_distribution.png")) -> None:
-    """Show the evaluation folder's plots in a fixed order (confusion matrices, ROC curves, DSC)."""
+EVALUATION_PLOTS = ("confusion_*.png", "roc_*.png", "dsc_distribution.png", "coverage_*.png", "seg_quality_vs_dice.png")
+
+
+def show_pngs(folder: str, patterns: Sequence[str] = EVALUATION_PLOTS) -> None:
+    """Show the evaluation folder's plots in a fixed order (confusion matrices, ROC curves, DSC, then the review
+    columns' conformal coverage and seg_quality against Dice when the table had them)."""
     shown = []
     for pattern in patterns:
         for path in sorted(glob.glob(os.path.join(folder, pattern))):
@@ -263,6 +267,28 @@ def prediction_captions(csv_path: str, digits: int = 2) -> Dict[str, str]:
                          else f"{t.name}: {r[t.name]}")
         out[r[prediction_table.CASE_COLUMN]] = ", ".join(parts)
     return out
+
+
+def show_review(csv_path: str, max_rows: int = 50) -> List[str]:
+    """The review columns of a predictions.csv (conformal sets / intervals, needs_review, seg_quality, ood_score and
+    their flags; ``prediction_table.review_cells``): one line on how many cases are flagged and which, then a table
+    of case_id and the columns the table has, flagged cases first. A table without them (an older run, a model
+    without the fold files) gets one line saying so. Returns the flagged case ids."""
+    rows = read_csv_rows(csv_path)
+    spec = prediction_table.spec_from_header(list(rows[0]) if rows else [prediction_table.CASE_COLUMN], csv_path)
+    cells = {r[prediction_table.CASE_COLUMN]: prediction_table.review_cells(r, spec) for r in rows}
+    columns = [c for c in list(rows[0]) if any(c in v for v in cells.values())] if rows else []
+    if not columns:
+        print(f"{os.path.basename(csv_path)}: no review columns (conformal sets, seg_quality, ood_score) in this table")
+        return []
+    flagged = {r[prediction_table.CASE_COLUMN]: prediction_table.flags(r) for r in rows}
+    names = [c for c, f in flagged.items() if f]
+    print(f"{len(names)} of {len(rows)} case(s) flagged for review"
+          + (": " + "; ".join(f"{c} ({', '.join(flagged[c])})" for c in names) if names else ""))
+    order = sorted(cells, key=lambda c: (not flagged[c], c))
+    show_rows([{prediction_table.CASE_COLUMN: c, **{k: cells[c].get(k, "") for k in columns}} for c in order],
+              max_rows)
+    return names
 
 
 # ------------------------------------------------------------------------------------------ training curve

@@ -55,6 +55,22 @@ def review_columns(spec: TargetSpec) -> List[str]:
     return cols + [COVERAGE_COLUMN, REVIEW_COLUMN] if cols else []
 
 
+FLAG_COLUMNS = (REVIEW_COLUMN, case_checks.SEG_QUALITY_FLAG, case_checks.OOD_FLAG)  # 'yes': look at this case
+
+
+def review_cells(row: Mapping, spec: TargetSpec) -> Dict[str, str]:
+    """The review columns a row (as read: text) fills, in table order: the conformal ones, then the checks'
+    (``seg_quality``, ``ood_score`` and their flags). A column the table lacks (older runs) or an empty cell is
+    left out, so ``{}`` means: nothing to show."""
+    cols = review_columns(spec) + list(case_checks.COLUMNS)
+    return {c: str(row[c]).strip() for c in cols if str(row.get(c) or "").strip()}
+
+
+def flags(row: Mapping) -> List[str]:
+    """The flag columns (``FLAG_COLUMNS``) that say yes in this row; [] for an unflagged row or an older table."""
+    return [c for c in FLAG_COLUMNS if str(row.get(c) or "").strip().lower() == YES]
+
+
 def _review_column_names(header: Sequence[str]) -> set:
     """Header columns that are conformal columns of some target in it (not targets themselves)."""
     names = set(header)

@@ -268,3 +268,36 @@ def test_anonymised_sources_without_type2_attributes_still_work(tmp_path):
     ds.save_as(str(tmp_path / "no_series.dcm"))
     with pytest.raises(DicomOutputError, match="no SeriesInstanceUID"):
         write_dicom_outputs([str(tmp_path / "no_series.dcm")], mask[:1], LABELS, None, str(tmp_path))
+
+
+def test_sr_carries_the_review_columns_and_reads_them_back(tmp_path):
+    from nnunet_mtl import case_checks
+    from nnunet_mtl.outputs.dicom.sr import read_sr_review
+    path = write_dx(str(tmp_path / "cxr.dcm"))
+    outputs = {"pneumoperitoneum": np.array([0.45, 0.55]), "subtype": np.array([0.2, 0.5, 0.3]),
+               "age": np.array([3.5]), case_checks.RAW_SEG_QUALITY: np.array([0.31]),
+               case_checks.RAW_FEATURES: np.array([2.5])}
+    review = {"pneumoperitoneum_set": "no|yes", "subtype_set": "b", "age_low": "2.5", "age_high": "5.0",
+              "conformal_coverage": "0.9", "needs_review": "yes"}
+    row = {k: str(v) for k, v in make_row(SPEC, "case_r", outputs, review=review).items()}  # as read from the csv
+    paths = write_dicom_outputs(dicom_source_files(path), None, {}, row, str(tmp_path / "out"), SPEC)
+    sr = hd.sr.srread(paths["sr"])  # highdicom parses it as a valid Comprehensive 3D SR
+    got = read_sr_predictions(sr)
+    assert got["pneumoperitoneum"]["set"] == ["no", "yes"] and got["subtype"]["set"] == ["b"]
+    assert got["age"] == pytest.approx({"value": 3.5, "unit": "d", "low": 2.5, "high": 5.0})
+    assert read_sr_review(sr) == {"needs_review": "yes", "seg_quality_flag": "yes", "ood_flag": "yes",
+                                  "seg_quality": pytest.approx(0.31), "ood_score": pytest.approx(2.5),
+                                  "conformal_coverage": "0.9"}
+    flags = [i for i in _walk(sr.ContentSequence) if i.ValueType == "CODE"
+             and i.ConceptNameCodeSequence[0].CodeMeaning.startswith("Needs review")]
+    assert flags[0].ConceptCodeSequence[0].CodingSchemeDesignator == "SCT"  # SCT Yes, not a private code
+    # an older table (no review columns) or unreadable cells: the SR is still written, without those items
+    old = {k: v for k, v in ROW.items() if k not in ("needs_review", "age_low", "age_high")}
+    bad = dict(row, seg_quality="n/a", age_low="-inf", ood_flag="maybe", subtype_set="")
+    for i, r in enumerate((old, bad)):
+        sr = hd.sr.srread(write_dicom_outputs(dicom_source_files(path), None, {}, r, str(tmp_path / f"o{i}"),
+                                              SPEC)["sr"])
+        assert read_sr_predictions(sr)["age"] == {"value": 3.5, "unit": "d"}
+    assert read_sr_review(sr) == {"needs_review": "yes", "seg_quality_flag": "yes", "ood_score": pytest.approx(2.5),
+                                  "conformal_coverage": "0.9"}
+    assert "set" not in read_sr_predictions(sr)["subtype"]

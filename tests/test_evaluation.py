@@ -445,3 +445,34 @@ def test_prediction_header_spec_reads_kinds_and_class_order(tmp_path):
     write_csv(str(tmp_path / "p.csv"), [{"finding": "no", "finding_prob_no": 1.0, "finding_prob_yes": 0.0}])
     with pytest.raises(EvaluationError, match="case_id"):
         load_labels(labels_csv=str(tmp_path / "p.csv"), prediction_csv=str(tmp_path / "p.csv"))
+
+
+def test_review_columns_give_coverage_and_seg_quality_plots(flat_set):
+    """A table with the conformal and seg_quality columns: coverage_<target>.png (all cases and per true class,
+    with CIs) and seg_quality_vs_dice.png; the same table without them: neither."""
+    review = {"c1": ("present", "no", 0.95, "no"), "c2": ("absent|present", "yes", 0.40, "yes"),
+              "c3": ("absent", "no", 0.90, "no"), "c4": ("present", "no", 0.30, "yes")}
+    rows = [dict(pred_row(c, p), finding_set=review[c][0], conformal_coverage="0.9", needs_review=review[c][1],
+                 seg_quality=review[c][2], seg_quality_flag=review[c][3])
+            for c, p in {"c1": 0.9, "c2": 0.3, "c3": 0.6, "c4": 0.2}.items()]
+    write_csv(str(flat_set / "pred.csv"), rows)
+    res = run_flat(flat_set, n_bootstrap=50)
+    out = flat_set / "out"
+    for name in ("coverage_finding.png", "seg_quality_vs_dice.png"):
+        with Image.open(out / name) as im:
+            im.load()
+            assert (out / name).stat().st_size > 0 and im.size[0] > 100
+    conf = res["classification"]["finding"]["conformal"]
+    assert conf["coverage"] == 0.75 and conf["per_class_coverage"] == {"absent": 0.5, "present": 1.0}
+    assert conf["per_class_n"] == {"absent": 2, "present": 2} and "coverage[absent]" in conf["ci95"]
+    quality = res["seg_quality"]
+    assert quality["n_flagged"] == 2 and quality["flag_threshold_range"] == [0.4, 0.9]
+    assert read_per_case(str(out / "per_case.csv"))["c4"]["seg_quality_flag"] == "yes"
+    write_csv(str(flat_set / "pred.csv"), [pred_row(c, p) for c, p in {"c1": 0.9, "c2": 0.3, "c3": 0.6,
+                                                                        "c4": 0.2}.items()])
+    evaluate(str(flat_set / "gt"), str(flat_set / "pred"), str(flat_set / "pred.csv"), str(flat_set / "plain"),
+             labels=load_labels(labels_csv=str(flat_set / "labels.csv"), prediction_csv=str(flat_set / "pred.csv")),
+             n_bootstrap=0)
+    assert (flat_set / "plain" / "roc_finding.png").is_file()
+    assert not list((flat_set / "plain").glob("coverage_*.png"))
+    assert not (flat_set / "plain" / "seg_quality_vs_dice.png").exists()

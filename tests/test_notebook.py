@@ -77,6 +77,8 @@ def test_notebook_runs_end_to_end_on_the_tiny_demo(tmp_path):
     table = _html(_cell(nb, "nbu.show_table(csv_path)"))
     assert "<table" in table and "case_id" in table and "finding_prob_present" in table, "predictions table"
     assert _pngs(_cell(nb, "prediction_captions")) == 1, "test cases with predicted masks"
+    review = "".join(o.get("text", "") for o in _cell(nb, "nbu.show_review(csv_path)").outputs)
+    assert "flagged for review" in review or "no review columns" in review, "the review columns"
     evaluated = _cell(nb, "show_metrics")
     assert _pngs(evaluated) >= 3, "confusion matrix, ROC curve, DSC distribution"
     dice_table = _html(evaluated)
@@ -163,3 +165,23 @@ def test_notebook_helpers_use_the_library_not_the_command_lines():
     source = open(os.path.join(ROOT, "nnunet_mtl", "notebook_utils.py"), encoding="utf-8").read()
     for needle in ("import pipeline", "from pipeline", "nnunet_mtl.cli", "import evaluation", "from evaluation "):
         assert needle not in source, needle
+
+
+def test_show_review_lists_the_flagged_cases_and_the_columns(tmp_path, monkeypatch, capsys):
+    from nnunet_mtl import notebook_utils as nbu
+    shown = []
+    monkeypatch.setattr(nbu, "_display", lambda obj, fallback="": shown.append(obj))
+    monkeypatch.setitem(sys.modules, "pandas", None)
+    path = tmp_path / "predictions.csv"
+    path.write_text("case_id,finding,finding_prob_absent,finding_prob_present,finding_set,conformal_coverage,"
+                    "needs_review,seg_quality,seg_quality_flag\n"
+                    "c1,present,0.25,0.75,present,0.9,no,0.91,no\n"
+                    "c2,absent,0.55,0.45,absent|present,0.9,yes,0.35,yes\n")
+    assert nbu.show_review(str(path)) == ["c2"]
+    assert "1 of 2 case(s) flagged for review: c2 (needs_review, seg_quality_flag)" in capsys.readouterr().out
+    html = shown[0].data
+    assert "<th>finding_set</th>" in html and "<th>seg_quality</th>" in html and "ood_score" not in html
+    assert html.index("<td>c2</td>") < html.index("<td>c1</td>")  # flagged first
+    path.write_text("case_id,finding,finding_prob_absent,finding_prob_present\nc1,present,0.25,0.75\n")
+    assert nbu.show_review(str(path)) == []  # an older table: one line, no error
+    assert "no review columns" in capsys.readouterr().out

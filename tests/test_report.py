@@ -171,3 +171,60 @@ def test_folder_report_from_files(tmp_path):
     order = [source.index(f">{c}<") for c in ("c2", "c3", "c1")]
     assert order == sorted(order)
     assert "cases/c3.html" not in p.links and len(p.images) == 2
+
+
+def review_row(case_id, p_yes, subtype_set="b", needs_review="no", quality=None, ood=None, interval=("2.5", "4.5")):
+    """A row as the predictor writes it with the review columns (conformal set/interval, checks)."""
+    from nnunet_mtl import case_checks
+    outputs = {"pneumoperitoneum": np.array([1 - p_yes, p_yes]), "subtype": np.array([0.2, 0.5, 0.3]),
+               "age": np.array([3.0])}
+    if quality is not None:
+        outputs[case_checks.RAW_SEG_QUALITY] = np.array([quality])
+    if ood is not None:
+        outputs[case_checks.RAW_FEATURES] = np.array([ood])
+    review = {"pneumoperitoneum_set": "yes", "subtype_set": subtype_set, "age_low": interval[0],
+              "age_high": interval[1], "conformal_coverage": "0.9", "needs_review": needs_review}
+    return make_row(SPEC, case_id, outputs, review=review)
+
+
+def test_case_page_shows_the_review_columns_and_the_flags(tmp_path):
+    r = review_row("c_flag", 0.9, subtype_set="a|b", needs_review="yes", quality=0.31, ood=3.2,
+                   interval=("-inf", "inf"))
+    rep = write_case_report(np.zeros((1, 16, 16)), None, r, SPEC, str(tmp_path))
+    p, source = parse(rep.html)
+    text = " ".join(p.text)
+    assert "Flagged for review: needs_review, seg_quality_flag, ood_flag" in text
+    assert "subtype: prediction set" in text and "a, b" in text and "-∞ to ∞ d" in text
+    assert "0.31 (flagged: below the fold's threshold)" in text and "3.2 (flagged: above 1)" in text
+    assert source.count('<tr class="flagged">') == 5  # the set, the interval, needs_review, seg_quality, ood_score
+    calm = write_case_report(np.zeros((1, 16, 16)), None, review_row("c_ok", 0.2, quality=0.9, ood=0.4), SPEC,
+                             str(tmp_path))
+    _, source = parse(calm.html)
+    assert "No review flag raised" in source and 'class="flagged"' not in source
+
+
+def test_index_lists_flagged_cases_first_and_counts_them(tmp_path):
+    rows = [review_row("sure_high", 0.95, quality=0.9, ood=0.2), review_row("unsure", 0.1, subtype_set="a|c",
+                                                                           needs_review="yes", quality=0.9),
+            review_row("bad_mask", 0.5, quality=0.2, ood=0.3), review_row("odd_input", 0.3, ood=4.0)]
+    rows[3].pop("seg_quality", None)  # a case without a mask score: no cell, no error
+    rows.append(dict(row("garbled", 0.6), needs_review="maybe", seg_quality="n/a", seg_quality_flag="no"))
+    path = write_index(str(tmp_path), rows, SPEC)
+    p, source = parse(path)
+    text = " ".join(p.text)
+    assert "3 of 5 cases flagged for review" in text and "flagged first, then p(pneumoperitoneum = yes)" in text
+    order = [source.index(f">{c}<") for c in ("bad_mask", "odd_input", "unsure", "sure_high", "garbled")]
+    assert order == sorted(order)  # flagged ones by probability, then the others
+    assert source.count('<tr class="flagged">') == 3 and "<th>review</th>" in source
+    flagged_line = next(line for line in source.splitlines() if ">bad_mask<" in line)
+    assert "seg_quality_flag" in flagged_line and "seg_quality: 0.2 (flagged" in flagged_line
+    assert "subtype: prediction set: a, c" in next(line for line in source.splitlines() if ">unsure<" in line)
+
+
+def test_index_and_page_of_an_older_table_have_no_review_column(tmp_path):
+    old = {k: v for k, v in row("old", 0.4).items() if not k.endswith(("_set", "_low", "_high"))
+           and k not in ("conformal_coverage", "needs_review")}
+    rep = write_case_report(np.zeros((1, 8, 8)), None, old, SPEC, str(tmp_path))
+    _, page = parse(rep.html)
+    _, index = parse(write_index(str(tmp_path), [old], SPEC))
+    assert "Review" not in page and "review" not in index.lower().replace("nnunet_mtl case review", "")

@@ -1,6 +1,9 @@
 """Conformal sets and intervals of one target on whole cases: empirical coverage, set size / interval width,
 and how many wrong predictions the review flag catches, with bootstrap CIs.
 
+``ci95`` has the coverage of each true class too (``coverage[<class>]``; resampled within the classes, so every
+resample has each), which ``coverage_<target>.png`` draws.
+
 Read from the table's conformal columns (``prediction_table.review_columns``); cases whose columns are empty
 (a model without ``conformal.json``) are not scored, and a table without any gives no block.
 """
@@ -27,6 +30,11 @@ def _mean(x) -> float:
     return float(x.mean()) if len(x) else M.NAN
 
 
+def class_coverage_key(class_name: str) -> str:
+    """The ``ci95`` key of one true class's coverage (Mondrian sets: the guarantee holds per class)."""
+    return f"coverage[{class_name}]"
+
+
 def conformal_block(target: Target, cases: Sequence[str], y_true: np.ndarray, y_pred: np.ndarray,
                     preds: Mapping[str, dict], n_bootstrap: int, seed: int) -> Optional[dict]:
     """The conformal scores of ``target`` over the scored ``cases`` (their true and predicted class indices or
@@ -48,12 +56,14 @@ def conformal_block(target: Target, cases: Sequence[str], y_true: np.ndarray, y_
         out.update(coverage=float(covered.mean()), mean_set_size=float(size.mean()),
                    empty_sets=int((size == 0).sum()), n_wrong=int(wrong.sum()),
                    review_sensitivity_for_errors=_mean(flagged[wrong]),
-                   per_class_coverage={c: _mean(covered[yt == k]) for k, c in enumerate(target.classes)})
+                   per_class_coverage={c: _mean(covered[yt == k]) for k, c in enumerate(target.classes)},
+                   per_class_n={c: int((yt == k).sum()) for k, c in enumerate(target.classes)})
 
-        def fn(cov, sz, wr, fl):
+        def fn(cov, sz, wr, fl, y):
             return {"coverage": float(cov.mean()), "mean_set_size": float(sz.mean()),
-                    "review_sensitivity_for_errors": _mean(fl[wr])}
-        arrays, strata = [covered, size, wrong, flagged], yt
+                    "review_sensitivity_for_errors": _mean(fl[wr]),
+                    **{class_coverage_key(c): _mean(cov[y == k]) for k, c in enumerate(target.classes)}}
+        arrays, strata = [covered, size, wrong, flagged, yt], yt
     else:
         low_col, high_col = interval_columns(target.name)
         low = np.array([float(r[low_col]) for r in reviews])

@@ -12,7 +12,9 @@ patches. Inputs:
 
 Output folder (``report``): ``metrics.json`` (with a ``provenance`` block: the predictions' model, the
 ground-truth source, every file read, the settings; ``evaluation.provenance``), ``per_case.csv``,
-``classification_report.csv``, PNG plots and, when tuned, ``thresholds.json``. The metric conventions
+``classification_report.csv``, PNG plots (``report.write_plots``: confusion, ROC, reliability, DSC and, when the
+table has the review columns, ``coverage_<target>.png`` and ``seg_quality_vs_dice.png``) and, when tuned,
+``thresholds.json``. The metric conventions
 (empty masks, positive class, AUC, bootstrap) are those of ``nnunet_mtl.evaluation.metrics`` and are repeated in
 ``metrics.json``.
 With ``gt_dir`` the case set is the set of GT masks and every prediction source must match it
@@ -27,6 +29,7 @@ import os
 from typing import Dict, List, Mapping, Optional, Sequence
 
 from nnunet_mtl import prediction_table
+from nnunet_mtl.case_checks import SEG_QUALITY, SEG_QUALITY_FLAG
 from nnunet_mtl.conversion.pancreas_layout import PANCREAS_REGIONS
 from nnunet_mtl.inference.record import CSV_NAME, table_case_ids
 from nnunet_mtl.calibration.evaluation import calibration_block
@@ -129,7 +132,7 @@ def evaluate(gt_dir: Optional[str] = None, pred_dir: Optional[str] = None, predi
         quality = evaluate_seg_quality(prediction_csv or os.path.join(pred_dir, CSV_NAME), per_case, found)
         if quality:  # the table's seg_quality column against the real Dice
             result["seg_quality"] = quality
-            seg_columns += [quality["dice"], "seg_quality"]
+            seg_columns += [quality["dice"], SEG_QUALITY] + ([SEG_QUALITY_FLAG] if "n_flagged" in quality else [])
 
     cls_data = {}
     if prediction_csv is not None:

@@ -1,4 +1,5 @@
-"""PNG figures for a paper or a clinical review: confusion matrix, ROC curves, DSC distribution.
+"""PNG figures for a paper or a clinical review: confusion matrix, ROC curves, DSC distribution, conformal
+coverage against nominal, estimated (seg_quality) against true Dice.
 
 Figures are bare ``matplotlib.figure.Figure`` objects (no pyplot, no backend switch, no global
 state), so plotting works headless and leaves a notebook's inline backend alone; each PNG is
@@ -80,4 +81,68 @@ def plot_distribution(values: Mapping[str, Sequence[float]], path: str, ylabel: 
         ax.scatter(i + rng.uniform(-0.12, 0.12, d.size), d, s=10, alpha=0.6, color="black")
     ax.set_ylabel(ylabel)
     ax.set_title(title or f"{ylabel} per case")
+    _save(fig, path)
+
+
+def _ci_error(ci: Optional[Mapping], value: float) -> tuple:
+    """(below, above) error bar lengths from a ``{"low", "high"}`` CI; (0, 0) without a finite one."""
+    low, high = (ci or {}).get("low"), (ci or {}).get("high")
+    if low is None or high is None or not (np.isfinite(low) and np.isfinite(high)) or not np.isfinite(value):
+        return 0.0, 0.0
+    return max(value - low, 0.0), max(high - value, 0.0)
+
+
+def plot_coverage(block: Mapping, path: str, title: str = "", class_key=lambda c: f"coverage[{c}]") -> None:
+    """Empirical coverage of the conformal sets / intervals (all cases, then each true class when the block has
+    them: Mondrian sets promise the coverage per class) with its bootstrap 95 % CI, against the nominal coverage.
+
+    ``block``: ``evaluation.conformal.conformal_block``'s output (``coverage``, ``nominal_coverage``, ``ci95``,
+    ``per_class_coverage`` / ``per_class_n`` for classification); ``class_key``: a class's key in ``ci95``."""
+    ci = block.get("ci95") or {}
+    names, values, errors = [f"all (n={block.get('n', '?')})"], [block["coverage"]], [_ci_error(ci.get("coverage"),
+                                                                                                   block["coverage"])]
+    for c, v in (block.get("per_class_coverage") or {}).items():
+        names.append(f"{c} (n={(block.get('per_class_n') or {}).get(c, '?')})")
+        values.append(v if v is not None else np.nan)
+        errors.append(_ci_error(ci.get(class_key(c)), values[-1]))
+    fig = Figure(figsize=(max(4.0, 1.1 * len(names) + 2), 4))
+    ax = fig.subplots()
+    x = np.arange(len(names))
+    ax.bar(x, np.nan_to_num(np.asarray(values, dtype=float)), color=["#3a7bd5"] + ["#8fb3e8"] * (len(names) - 1))
+    ax.errorbar(x, values, yerr=np.asarray(errors).T, fmt="none", ecolor="black", capsize=4, label="95 % CI")
+    nominal = block.get("nominal_coverage")
+    for i, nom in enumerate(nominal if isinstance(nominal, list) else [nominal]):
+        if nom is not None:
+            ax.axhline(float(nom), color="red", ls="--", lw=1, label="nominal" if i == 0 else None)
+    ax.set_xticks(x, labels=names, rotation=30 if len(names) > 4 else 0, ha="right" if len(names) > 4 else "center")
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("empirical coverage")
+    ax.set_title(f"{title or 'conformal'}: coverage vs nominal {nominal}")
+    ax.legend(loc="lower right", fontsize="small")
+    _save(fig, path)
+
+
+def plot_seg_quality(dice: Sequence[float], quality: Sequence[float], flagged: Sequence[Optional[bool]], path: str,
+                     spearman: Optional[float] = None, threshold_range: Optional[Sequence[float]] = None) -> None:
+    """One point per case: the true Dice (x) against ``seg_quality``, the Dice the model expects (y); flagged
+    cases in red, the band where the flag threshold lies (``threshold_range``), Spearman's rho in the title."""
+    d, q = np.asarray(dice, dtype=float), np.asarray(quality, dtype=float)
+    flag = np.array([f is not None and bool(f) for f in flagged], dtype=bool)
+    fig = Figure(figsize=(5, 5))
+    ax = fig.subplots()
+    ax.plot([0, 1], [0, 1], ls=":", color="grey", lw=0.8, label="estimated = true")
+    ax.scatter(d[~flag], q[~flag], s=18, color="#3a7bd5", label="not flagged")
+    if flag.any():
+        ax.scatter(d[flag], q[flag], s=24, color="red", marker="x", label="seg_quality_flag = yes")
+    if threshold_range is not None:
+        lo, hi = (float(v) for v in threshold_range)
+        ax.axhspan(lo, hi, color="orange", alpha=0.3, lw=0, label=f"flag threshold ({lo:.3g} to {hi:.3g})")
+        ax.axhline((lo + hi) / 2, color="orange", lw=1)
+    ax.set_xlim(-0.02, 1.02)
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("true Dice (mean over labels)")
+    ax.set_ylabel("seg_quality (estimated Dice)")
+    rho = "n/a" if spearman is None or not np.isfinite(spearman) else f"{spearman:.3f}"
+    ax.set_title(f"seg_quality vs Dice (n={d.size}, Spearman {rho})")
+    ax.legend(loc="lower right", fontsize="small")
     _save(fig, path)

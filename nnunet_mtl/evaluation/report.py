@@ -8,7 +8,8 @@ from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
-from nnunet_mtl.evaluation import classification, regression
+from nnunet_mtl.case_checks import NO, SEG_QUALITY, SEG_QUALITY_FLAG, YES
+from nnunet_mtl.evaluation import classification, conformal, regression
 from nnunet_mtl.io_utils import atomic_write_csv, atomic_write_json
 
 REPORT_COLUMNS = ["target", "class", "precision", "recall", "f1", "support"]
@@ -49,7 +50,8 @@ def write_report(out: str, result: dict, per_case: Mapping[str, dict], seg_colum
 
 def write_plots(out: str, result: dict, per_case: Mapping[str, dict], cls_data: Mapping[str, tuple],
                 seed: int) -> None:
-    """confusion_<target>.png, roc_<target>.png, reliability_<target>.png, dsc_distribution.png."""
+    """confusion_<target>.png, roc_<target>.png, reliability_<target>.png, dsc_distribution.png and, when the
+    predictions table has the review columns, coverage_<target>.png and seg_quality_vs_dice.png."""
     from nnunet_mtl.evaluation import plots  # matplotlib only when plotting
     from nnunet_mtl.calibration.reliability import reliability_diagram
     for name, (t, yt, yp, pr) in cls_data.items():
@@ -64,3 +66,17 @@ def write_plots(out: str, result: dict, per_case: Mapping[str, dict], cls_data: 
         names = [f"{seg['labels'][k]['name']}" if k in seg["labels"] else k for k in keys]
         values = {n: [per_case[c][f"dsc_{k}"] for c in sorted(per_case)] for n, k in zip(names, keys)}
         plots.plot_distribution(values, os.path.join(out, "dsc_distribution.png"), ylabel="DSC", seed=seed)
+    for family in ("classification", "regression"):
+        for name, block in (result.get(family) or {}).items():
+            if block.get("conformal"):
+                plots.plot_coverage(block["conformal"], os.path.join(out, f"coverage_{name}.png"), title=name,
+                                    class_key=conformal.class_coverage_key)
+    quality = result.get("seg_quality")
+    if quality:
+        cases = [c for c in sorted(per_case) if per_case[c].get(SEG_QUALITY) is not None
+                 and per_case[c].get(quality["dice"]) is not None]
+        flag = {YES: True, NO: False}
+        plots.plot_seg_quality([per_case[c][quality["dice"]] for c in cases], [per_case[c][SEG_QUALITY] for c in cases],
+                               [flag.get(per_case[c].get(SEG_QUALITY_FLAG)) for c in cases],
+                               os.path.join(out, "seg_quality_vs_dice.png"), quality.get("spearman"),
+                               quality.get("flag_threshold_range"))

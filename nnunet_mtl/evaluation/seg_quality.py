@@ -1,16 +1,17 @@
 """How well ``seg_quality`` ranks cases by their real Dice: Spearman's rho, and the AUC of a low score for a
-case whose Dice is below ``dice_ok`` (0.5 unless the user says otherwise)."""
+case whose Dice is below ``dice_ok`` (0.5 unless the user says otherwise); ``seg_quality_vs_dice.png`` draws
+the cases."""
 from __future__ import annotations
 
 import csv
 import os
-from typing import Dict, Mapping, Optional, Sequence
+from typing import Dict, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 from scipy.stats import spearmanr
 from sklearn.metrics import roc_auc_score
 
-from nnunet_mtl.case_checks import SEG_QUALITY
+from nnunet_mtl.case_checks import NO, SEG_QUALITY, SEG_QUALITY_FLAG, YES
 
 DICE_COLUMN = "dsc_mean"
 
@@ -31,35 +32,55 @@ def ranking_scores(scores: Sequence[float], dice: Sequence[float], dice_ok: floa
 
 
 def seg_quality_block(per_case: Mapping[str, Mapping], quality: Mapping[str, float], dice_column: str,
-                      dice_ok: float = 0.5) -> dict:
-    """The evaluation summary's block: ``quality`` (case -> seg_quality) against ``per_case[c][dice_column]``."""
+                      dice_ok: float = 0.5, flagged: Optional[Mapping[str, bool]] = None) -> dict:
+    """The evaluation summary's block: ``quality`` (case -> seg_quality) against ``per_case[c][dice_column]``;
+    with ``flagged`` (case -> the table's seg_quality_flag) also ``n_flagged`` and ``flag_threshold_range``."""
     cases = sorted(c for c in quality if c in per_case and per_case[c].get(dice_column) is not None)
     block = ranking_scores([quality[c] for c in cases], [per_case[c][dice_column] for c in cases], dice_ok)
     for c in cases:
         per_case[c][SEG_QUALITY] = quality[c]
-    return {"dice": dice_column, **block}
+        if flagged and c in flagged:
+            per_case[c][SEG_QUALITY_FLAG] = YES if flagged[c] else NO
+    out = {"dice": dice_column, **block}
+    if flagged:
+        out.update(n_flagged=sum(bool(flagged.get(c)) for c in cases),
+                   flag_threshold_range=flag_threshold_range(quality, flagged))
+    return out
 
 
-def table_quality(csv_path: str) -> Dict[str, float]:
-    """case -> seg_quality from a predictions table (empty without the column or the file)."""
+def flag_threshold_range(quality: Mapping[str, float], flagged: Mapping[str, bool]) -> Optional[list]:
+    """[highest flagged score, lowest unflagged one]: the flag is 'score < threshold', so the folds' threshold
+    lies in between (the table does not hold it); None without both kinds of case."""
+    low = [quality[c] for c in quality if flagged.get(c) is True]
+    high = [quality[c] for c in quality if flagged.get(c) is False]
+    return [max(low), min(high)] if low and high else None
+
+
+def table_quality(csv_path: str) -> Dict[str, Tuple[float, Optional[bool]]]:
+    """case -> (seg_quality, its flag: True/False, None when the cell is missing or not yes/no) from a
+    predictions table (empty without the column or the file)."""
     if not csv_path or not os.path.isfile(csv_path):
         return {}
+    flag = {YES: True, NO: False}
     with open(csv_path, newline="", encoding="utf-8-sig") as f:
-        return {r["case_id"]: float(r[SEG_QUALITY]) for r in csv.DictReader(f) if (r.get(SEG_QUALITY) or "").strip()}
+        return {r["case_id"]: (float(r[SEG_QUALITY]), flag.get((r.get(SEG_QUALITY_FLAG) or "").strip().lower()))
+                for r in csv.DictReader(f) if (r.get(SEG_QUALITY) or "").strip()}
 
 
 def evaluate_seg_quality(csv_path: str, per_case: Dict[str, dict], labels: Sequence[int],
                          dice_ok: float = 0.5) -> Optional[dict]:
     """The summary's ``seg_quality`` block: the table's scores against each case's mean Dice over its labels
-    (``dsc_mean``, added to the per-case rows); None when the table has no seg_quality."""
-    quality = table_quality(csv_path)
-    if not quality or not labels:
+    (``dsc_mean``, added to the per-case rows with ``seg_quality`` and ``seg_quality_flag``); None when the table
+    has no seg_quality."""
+    table = table_quality(csv_path)
+    if not table or not labels:
         return None
     for row in per_case.values():
         dsc = [row[f"dsc_{lab}"] for lab in labels if row.get(f"dsc_{lab}") is not None]
         if dsc:
             row[DICE_COLUMN] = float(np.nanmean(dsc))
-    return seg_quality_block(per_case, quality, DICE_COLUMN, dice_ok)
+    flagged = {c: f for c, (_, f) in table.items() if f is not None}
+    return seg_quality_block(per_case, {c: q for c, (q, _) in table.items()}, DICE_COLUMN, dice_ok, flagged)
 
 
 def summary_line(block: Mapping) -> str:

@@ -18,11 +18,15 @@ from urllib.parse import quote
 import numpy as np
 
 from nnunet_mtl.io_utils import atomic_save_image, atomic_write_text
-from nnunet_mtl.prediction_table import CALIBRATED_COLUMN, CASE_COLUMN, prob_column
+from nnunet_mtl import case_checks
+from nnunet_mtl.prediction_table import (CALIBRATED_COLUMN, CASE_COLUMN, COVERAGE_COLUMN, FLAG_COLUMNS, REVIEW_COLUMN,
+                                         SET_SEPARATOR, YES, flags, interval_columns, prob_column, review_cells,
+                                         set_column)
 from nnunet_mtl.outputs.report.figure import as_volume, case_figure, slice_figure
 from nnunet_mtl.targets import Target, TargetSpec
 
 CASES_DIR = "cases"
+_FLAGGED = ' class="flagged"'  # a table row to look at (highlighted by the CSS)
 INDEX = "index.html"
 CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:1.5em;color:#222;max-width:1200px}
@@ -39,6 +43,9 @@ img.thumb{max-width:140px}
 .pics{display:flex;flex-wrap:wrap;gap:1em;align-items:flex-start}.pics img{max-height:440px}
 figure{margin:1em 0}figcaption{color:#555;font-size:.85em}
 nav a{font-size:.9em}
+h2{font-size:1.1em;margin:1em 0 .2em}
+tr.flagged td{background:#fff3cd}
+.flag{color:#a00;font-weight:bold}
 """
 
 
@@ -85,7 +92,71 @@ def prediction_lines(row: Mapping, spec: TargetSpec, calibrated: bool) -> List[s
             lines.append(f"{t.name}: {_fmt_value(row.get(t.name))}{' ' + t.unit if t.unit else ''}")
     lines.append("")
     lines.append("probabilities " + calibration_note(calibrated))
+    items = review_items(row, spec)
+    if items:
+        raised = flags(row)
+        lines.append("review: " + ("FLAGGED (" + ", ".join(raised) + ")" if raised else "no flag raised"))
+        lines += [f"  {what}: {value}" for what, value, _ in items]
     return lines
+
+
+def _fmt_number(text) -> str:
+    """A table cell as a number for people: 4 significant digits, infinities as such, '—' when not a number."""
+    try:
+        v = float(text)
+    except (TypeError, ValueError):
+        return "—"
+    if math.isnan(v):
+        return "—"
+    return ("∞" if v > 0 else "-∞") if math.isinf(v) else f"{v:.4g}"
+
+
+def review_items(row: Mapping, spec: TargetSpec) -> List[Tuple[str, str, bool]]:
+    """(what, value, flagged) for each review column the row fills (``prediction_table.review_cells``): each
+    target's prediction set or interval, the coverage, ``needs_review``, ``seg_quality`` and ``ood_score`` with
+    their flags. [] for an older table without them; a cell that is not what it should be is shown as written
+    (numbers as '—'), never an error."""
+    cells = review_cells(row, spec)
+    items: List[Tuple[str, str, bool]] = []
+    for t in spec:
+        if t.is_classification and set_column(t.name) in cells:
+            members = [c for c in cells[set_column(t.name)].split(SET_SEPARATOR) if c]
+            items.append((f"{t.name}: prediction set", ", ".join(members) or "(empty: no class fits)",
+                          len(members) != 1))
+        elif not t.is_classification and all(c in cells for c in interval_columns(t.name)):
+            low, high = (_fmt_number(cells[c]) for c in interval_columns(t.name))
+            items.append((f"{t.name}: interval", f"{low} to {high}{' ' + t.unit if t.unit else ''}",
+                          "∞" in low + high))
+    if COVERAGE_COLUMN in cells:
+        items.append(("conformal coverage (sets and intervals made for)", cells[COVERAGE_COLUMN], False))
+    if REVIEW_COLUMN in cells:
+        items.append(("needs review (a set of not one class, or a too wide interval)", cells[REVIEW_COLUMN],
+                      cells[REVIEW_COLUMN].lower() == YES))
+    for score, flag, what, why in ((case_checks.SEG_QUALITY, case_checks.SEG_QUALITY_FLAG,
+                                    "seg_quality (estimated Dice of the mask)", "below the fold's threshold"),
+                                   (case_checks.OOD_SCORE, case_checks.OOD_FLAG,
+                                    "ood_score (above 1: unlike the training data)", "above 1")):
+        if score in cells or flag in cells:
+            flagged = cells.get(flag, "").lower() == YES
+            items.append((what, _fmt_number(cells.get(score)) + (f" (flagged: {why})" if flagged else ""), flagged))
+    return items
+
+
+def _review_section(row: Mapping, spec: TargetSpec) -> str:
+    """The case page's review table; '' when the row has no review column (older tables)."""
+    items = review_items(row, spec)
+    if not items:
+        return ""
+    e = html.escape
+    raised = flags(row)
+    head = (f'<p class="flag">Flagged for review: {e(", ".join(raised))}.</p>' if raised
+            else '<p class="note">No review flag raised.</p>')
+    lines = [f"<tr{_FLAGGED if flagged else ''}><td>{e(what)}</td><td>{e(value)}</td></tr>"
+             for what, value, flagged in items]
+    return ("<h2>Review</h2>\n" + head + "\n<table>\n<thead><tr><th>check</th><th>value</th></tr></thead>\n<tbody>\n"
+            + "\n".join(lines) + "\n</tbody>\n</table>\n"
+            '<p class="note">Sets and intervals hold the truth for about the stated share of cases like the '
+            "validation cases, not for every case; seg_quality and ood_score are screening aids, not a verdict.</p>")
 
 
 def _fmt_value(value) -> str:
@@ -165,6 +236,7 @@ def write_case_report(image_array: np.ndarray, mask_array: Optional[np.ndarray],
             f'<p class="note">Probabilities: <span class="{cls}">{e(calibration_note(calibrated))}</span>.</p>',
             "<table>\n<thead><tr><th>target</th><th>prediction</th><th>probability</th><th>classes</th></tr></thead>",
             f"<tbody>\n{_target_rows(predictions_row, spec)}\n</tbody>\n</table>",
+            _review_section(predictions_row, spec),
             '<div class="pics">',
             f'<figure><img src="{quote(stem)}_slice.png" alt="{e(case_id)}: {e(where)}'
             f'{" with mask outline" if mask_array is not None else ""}">',
@@ -207,18 +279,33 @@ def _sort_value(row: Mapping, target: Target, sort_class: Optional[str]) -> floa
     return -math.inf if math.isnan(value) else value
 
 
+def _review_cell(row: Mapping, spec: TargetSpec) -> str:
+    """The index's review cell: what is flagged (or 'no flag'), then the scores and sets the row has."""
+    e = html.escape
+    raised = flags(row)
+    head = f'<span class="flag">&#9873; {e(", ".join(raised))}</span>' if raised else "no flag"
+    shown = [f"{e(what.split(' (')[0])}: {e(value)}" for what, value, _ in review_items(row, spec)
+             if not what.startswith(("conformal coverage", "needs review"))]
+    return "<br>".join([head] + shown)
+
+
 def write_index(out_dir: str, rows: Sequence[Mapping], spec: TargetSpec, *, sort_target: Optional[str] = None,
                 sort_class: Optional[str] = None, calibrated: bool = False,
                 title: str = "nnunet_mtl case review") -> str:
     """Write ``out_dir/index.html``: every row a line, sorted by probability (see ``sort_key_for``);
-    cases with a page (``write_case_report``) link to it and show its PNG as a thumbnail."""
+    cases with a page (``write_case_report``) link to it and show its PNG as a thumbnail. When the table has
+    review columns, a ``review`` column says what is flagged, flagged rows are highlighted, listed first and
+    counted at the top."""
     target, cls, desc = sort_key_for(spec, sort_target, sort_class)
+    reviewed = any(review_items(r, spec) for r in rows)  # older tables: no review column, order as before
+    first = (lambda r: not flags(r)) if reviewed else (lambda r: False)
     if target is None:
-        ordered = sorted(rows, key=lambda r: str(r[CASE_COLUMN]))
+        ordered = sorted(rows, key=lambda r: (first(r), str(r[CASE_COLUMN])))
     else:
-        ordered = sorted(rows, key=lambda r: (-_sort_value(r, target, cls), str(r[CASE_COLUMN])))
+        ordered = sorted(rows, key=lambda r: (first(r), -_sort_value(r, target, cls), str(r[CASE_COLUMN])))
     e = html.escape
-    head = "".join(f"<th>{e(t.name)}{' (p)' if t.is_classification else ''}</th>" for t in spec)
+    head = ("<th>review</th>" if reviewed else "") + "".join(
+        f"<th>{e(t.name)}{' (p)' if t.is_classification else ''}</th>" for t in spec)
     lines = []
     for rank, row in enumerate(ordered, 1):
         case_id = str(row[CASE_COLUMN])
@@ -241,9 +328,19 @@ def write_index(out_dir: str, rows: Sequence[Mapping], spec: TargetSpec, *, sort
                 cells.append(f"<td>{shown}</td>")
             else:
                 cells.append(f"<td>{_fmt_value(row.get(t.name))}{' ' + e(t.unit) if t.unit else ''}</td>")
-        lines.append(f"<tr><td>{rank}</td><td>{name}</td><td>{thumb}</td>{''.join(cells)}</tr>")
+        review = f"<td>{_review_cell(row, spec)}</td>" if reviewed else ""
+        lines.append(f"<tr{_FLAGGED if flags(row) else ''}><td>{rank}</td><td>{name}</td><td>{thumb}</td>{review}"
+                     f"{''.join(cells)}</tr>")
     any_cal = calibrated or any(_is_calibrated(r, False) for r in rows)
-    body = (f"<h1>{e(title)}</h1>\n<p class=\"note\">{len(ordered)} cases, sorted by {e(desc)}. Probabilities "
+    if reviewed:
+        n_flagged = sum(bool(flags(r)) for r in rows)
+        desc = f"flagged first, then {desc}"
+        title_note = (f'<p class="{"flag" if n_flagged else "note"}">{n_flagged} of {len(rows)} cases flagged for '
+                      f"review ({', '.join(FLAG_COLUMNS)} = yes), highlighted and listed first.</p>\n")
+    else:
+        title_note = ""
+    body = (f"<h1>{e(title)}</h1>\n{title_note}<p class=\"note\">{len(ordered)} cases, sorted by {e(desc)}. "
+            f"Probabilities "
             f"{e(calibration_note(any_cal))}.</p>\n<table>\n<thead><tr><th>#</th><th>case</th><th>picture</th>{head}"
             f"</tr></thead>\n<tbody>\n" + "\n".join(lines) + "\n</tbody>\n</table>")
     path = os.path.join(out_dir, INDEX)
