@@ -7,6 +7,8 @@ import os
 
 import pytest
 
+from nnunet_mtl import case_checks
+from nnunet_mtl.case_checks import is_check_key
 from nnunet_mtl.cli import pipeline
 from nnunet_mtl.inference.folders import classify_files, predict_folder
 from nnunet_mtl.inference.loader import load_predictor
@@ -30,10 +32,16 @@ def _assert_one_answer(model: str, images: list, tmp_path) -> None:
     results = list(classify_files(load_predictor(model, folds=[0], device="cpu", backend="torch"), images,
                                   str(tmp_path / "cls")))
     assert len(results) == len(images) and all("error" not in r for r in results)
+    with open(tmp_path / "pred" / "predictions.csv") as f:
+        ood = {row["case_id"]: row.get("ood_score", "") for row in csv.DictReader(f)}
     for r in results:
         expected = predicted[r["case_id"]]
-        got = {f"{name}_prob_{c}": float(p) for name, probs in r["outputs"].items()
+        got = {f"{name}_prob_{c}": float(p) for name, probs in r["outputs"].items() if not is_check_key(name)
                for c, p in zip(predictor.spec[name].classes, probs) if f"{name}_prob_{c}" in expected}
+        score = case_checks.columns_of(r["outputs"]).get(case_checks.OOD_SCORE)  # the same input check
+        assert (score is None) == (ood[r["case_id"]] == "")
+        if score is not None:
+            assert score == pytest.approx(float(ood[r["case_id"]]), abs=1e-3)
         assert got.keys() == expected.keys()
         for k, v in expected.items():
             assert got[k] == pytest.approx(v, abs=1e-6), (r["case_id"], k)

@@ -94,7 +94,7 @@ def test_ray_options_belong_to_the_ray_engine(model, images, tmp_path):
         predict_folder(predictor, images, str(tmp_path), ray_workers=2)
 
 
-def test_predict_and_classify_clis_run_on_ray_with_two_workers(local_ray, model, images, tmp_path, capsys):
+def test_predict_and_classify_clis_run_on_ray(local_ray, model, images, tmp_path, capsys):
     from nnunet_mtl.cli import classify, predict
     out = tmp_path / "cli"
     assert predict.main(["-i", images, "-o", str(out), "-m", model,
@@ -104,9 +104,8 @@ def test_predict_and_classify_clis_run_on_ray_with_two_workers(local_ray, model,
 
     files = sorted(os.path.join(images, f) for f in os.listdir(images))
     answers = {}
-    for engine, workers in (("threads", []), ("ray", ["--ray_workers", "2"])):
-        assert classify.main(["-m", model, "-f", "0", "--backend", "torch", *files, "--engine", engine,
-                              *workers]) == 0
+    for engine in ("threads", "ray"):
+        assert classify.main(["-m", model, "-f", "0", "--backend", "torch", *files, "--engine", engine]) == 0
         lines = capsys.readouterr().out.strip().splitlines()
         answers[engine] = {line.split("\t")[0]: line.split("\t")[1:3] for line in lines}
     assert sorted(answers["ray"]) == files and answers["ray"] == answers["threads"]  # class and probability

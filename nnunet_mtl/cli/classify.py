@@ -1,6 +1,8 @@
 """nnunet_mtl_classify -m MODEL_DIR FILE [FILE ...]: one line per file as it finishes: name, class,
 probability, seconds, and where the folds have conformal.json the target's prediction set (``set=a|b``) and
-``needs_review=yes|no``; or name, ERROR and the reason (the other files go on; exit code 1 at the end).
+``needs_review=yes|no``, where they have the input checks' files ``ood_score=X`` and ``ood_flag=yes|no`` (a
+flagged file also gets one warning line on stderr); or name, ERROR and the reason (the other files go on; exit
+code 1 at the end).
 Only these lines go to stdout; nnU-Net's messages go to stderr. Only the heads are needed, so each tile runs
 once (no mirrors, no logits stitched; no decoder where no head reads the segmentation): the probabilities
 are those nnunet_mtl_predict writes for the same image and model (``predict_heads``). ``--engine ray``: the files
@@ -10,6 +12,7 @@ import contextlib
 import sys
 import tempfile
 
+from nnunet_mtl import case_checks
 from nnunet_mtl.cli.backend_args import add_backend_argument
 from nnunet_mtl.cli.engine_args import add_engine_arguments, engine_kwargs
 from nnunet_mtl.cli.failures import run_command
@@ -67,7 +70,12 @@ def _run(args) -> int:
             review = r["review"]
             extra = (f"\tset={review[set_column(target.name)]}\t{REVIEW_COLUMN}={review[REVIEW_COLUMN]}"
                      if set_column(target.name) in review else "")
+            checks = case_checks.columns_of(r["outputs"])  # ood_score and its flag, where the folds have the files
+            extra += "".join(f"\t{c}={checks[c]}" for c in (case_checks.OOD_SCORE, case_checks.OOD_FLAG) if c in checks)
             print(f"{r['file']}\t{target.classes[k]}\t{probs[k]:.4f}\t{r['seconds']:.2f}s{extra}", flush=True)
+            flagged = case_checks.warning(r["file"], r["outputs"])
+            if flagged:
+                print(flagged, file=sys.stderr, flush=True)
     if failed:
         print(f"{PROG}: {failed} of {len(args.files)} file(s) failed", file=sys.stderr)
         return 1

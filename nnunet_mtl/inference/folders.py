@@ -241,7 +241,8 @@ def classify_files(predictor: nnUNetPredictorMTL, files: Sequence[str], work_dir
                    clip_percentiles=(0.5, 98.5), chatter=None, engine: str = "threads",
                    ray_address: Optional[str] = None, ray_workers: Optional[int] = None) -> Iterator[dict]:
     """One result per file, yielded as each finishes: ``file``, ``case_id``, ``outputs`` (head
-    outputs, calibrated), ``review`` (conformal columns), ``seconds``; or ``file`` and ``error`` (one line) when
+    outputs, calibrated, with the input checks' raw measurements: ``case_checks``), ``review`` (conformal
+    columns), ``seconds``; or ``file`` and ``error`` (one line) when
     the file cannot be read or predicted, and the next file goes on. ``engine='ray'``: the files on Ray actors
     (``ray_engine.classify_files``, in the order they finish); calibration and the review columns are added here
     either way."""
@@ -280,10 +281,12 @@ def heads_of_files(predictor: nnUNetPredictorMTL, files: Sequence[str], work_dir
                                                    predictor.configuration_manager, predictor.dataset_json)
                 data = torch.from_numpy(data)
                 heads = predictor.predict_heads(data, case_id)
+                checks = predictor.checks.of_files(channel_files, predictor.plans_manager.image_reader_writer_class)
         except Exception as e:  # noqa: BLE001 - one file's failure is its own line; the others go on
             yield {"file": path, "error": _one_line(e)}
             continue
-        yield {"file": path, "case_id": case_id, "outputs": heads.outputs, "seconds": time.perf_counter() - start}
+        yield {"file": path, "case_id": case_id, "outputs": {**heads.outputs, **checks},
+               "seconds": time.perf_counter() - start}
 
 
 def _one_line(e: BaseException) -> str:

@@ -129,8 +129,10 @@ class nnUNetPredictorMTL(nnUNetPredictor):
 
     def predict_heads(self, data: torch.Tensor, case_id: Optional[str] = None) -> CaseHeads:
         """Head outputs of one preprocessed case, equal to ``predict_case(...)[1]``: the same unmirrored forward of
-        every tile, without stitching logits (and without the decoder where no head reads the segmentation)."""
-        return average_folds([self.read_pools(sums) for sums in self._fold_pools(data, None)], case_id)
+        every tile, without stitching logits (and without the decoder where no head reads the segmentation); with
+        each fold's feature check (``ood_score``'s part), as the mask pass."""
+        return average_folds([{**self.read_pools(sums), **self.checks.of_fold_sums(fold, sums)}
+                              for fold, sums in enumerate(self._fold_pools(data, None))], case_id)
 
     def case_pools(self, data: torch.Tensor, request: Optional[PoolRequest] = None) -> List[Sums]:
         """Per fold (the loaded ones, or the network's weights), one case's pool sums (``request``, default what

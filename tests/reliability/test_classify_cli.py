@@ -37,6 +37,9 @@ def files(tmp_path):
     return [_png(tmp_path / "x" / "img.png", 0), str(bad), _png(tmp_path / "y" / "img.png", 1)]
 
 
+YES_NO = ("yes", "no")
+
+
 def test_bad_file_is_its_own_line_and_only_result_lines_go_to_stdout(trained_2d, files):
     proc = _classify("-m", trained_2d, *files, "-f", "0")
     lines = proc.stdout.splitlines()
@@ -44,9 +47,11 @@ def test_bad_file_is_its_own_line_and_only_result_lines_go_to_stdout(trained_2d,
     assert [line.split("\t")[0] for line in lines] == files  # nothing else on stdout, in the given order
     good = [lines[0].split("\t"), lines[2].split("\t")]
     assert all(cls in ("absent", "present") and 0.5 <= float(p) <= 1 and s.endswith("s") for _, cls, p, s, *_ in good)
-    for _, cls, _, _, *review in good:  # the conformal set and the review flag, where the model has them
-        assert review == [] or (review[0].startswith("set=") and cls in review[0][4:].split("|") + [""]
-                                and review[1] in ("needs_review=yes", "needs_review=no"))
+    for _, cls, _, _, *review in good:  # key=value: the conformal set, the review flag, the input check
+        fields = dict(f.split("=", 1) for f in review)
+        assert set(fields) <= {"set", "needs_review", "ood_score", "ood_flag"}
+        assert "set" not in fields or (cls in fields["set"].split("|") + [""] and fields["needs_review"] in YES_NO)
+        assert "ood_score" not in fields or (float(fields["ood_score"]) >= 0 and fields["ood_flag"] in YES_NO)
     name, status, reason = lines[1].split("\t")
     assert status == "ERROR" and "bad.png" in reason
     assert "1 of 3 file(s) failed" in proc.stderr
