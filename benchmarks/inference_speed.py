@@ -21,6 +21,11 @@ Inputs:
   heads read the unmirrored forward); seconds per image after the model is loaded (its per-file ``seconds``
   column; and the gap between result lines).
 
+``--engine ray``: ours also with ``--engine ray --ray_workers K`` for each K of ``--ray_workers`` (default 1 2), each
+run starting its own local Ray cluster, in the same run as stock and ours' threads engine; masks and probabilities
+compared with the threads engine's; from the 3D sizes a fit ``start-up + cases x per-case`` and, stated as such,
+a projection for N workers.
+
 ``--quick``: a smoke run of a few minutes (4 3D cases, 8 PNGs, 1 repeat). ``--full``: the GPU sizes
 (nnU-Net's full-size ResEnc M on 64x128x160 crops). ``--profile``: after the timing, one run of each side
 with timers (``profiled_cli.py``) says what bounded it. The last line is ``summary: key=value ...``.
@@ -43,9 +48,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from common import (add_dataset_args, describe, ensure_model, load_average, machine_lines,  # noqa: E402
                     prepare_dataset, set_runtime_env)
-from speed_parts import (PRESETS, check_sizes, compare_mask_folders, format_summary,  # noqa: E402
-                         max_probability_difference, parse_classify_lines, per_image_seconds, ratio,
-                         replicate_cases, repeats_per_size)
+from speed_parts import (PRESETS, check_sizes, compare_mask_folders, fit_startup_per_case,  # noqa: E402
+                         format_summary, max_probability_difference, parse_classify_lines, per_image_seconds,
+                         ratio, replicate_cases, repeats_per_size)
 from nnunet_mtl.inference.openvino_backend import CACHE_ENV  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -101,6 +106,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--reference_probabilities", default=None,
                    help="folder of an earlier run's probabilities/ (WORK_DIR/probabilities): ours' case "
                         "probabilities are compared with it")
+    g.add_argument("--engine", choices=["ray"], default=None,
+                   help="ray: also time ours with --engine ray (a local Ray cluster started by each run) with each of "
+                        "--ray_workers actors, in the same run, and project the time for N workers from the fit "
+                        "start-up + per-case time (a projection, not a measurement)")
+    g.add_argument("--ray_workers", type=int, nargs="+", default=[1, 2], help="--engine ray: actors per timed variant "
+                                                                               "(default 1 2)")
     g.add_argument("--profile", action="store_true", help="after timing: one timed-phases run of each side")
     g.add_argument("--profile_size", type=int, default=None, help="3D cases of the profile runs (default: 16 or "
                                                                     "the smallest size)")
@@ -234,8 +245,9 @@ def convert_for_stock(png_dir: str, model: str, dst_parent: str, fold: str) -> t
 
 
 def command_of(variant: str) -> str:
-    """The CLI of a timed variant: ``ours_torch`` is ours with ``--backend torch``."""
-    return "ours" if variant == "ours_torch" else variant
+    """The CLI of a timed variant: ``ours_torch`` is ours with ``--backend torch``, ``ray_K`` ours with
+    ``--engine ray --ray_workers K``."""
+    return "ours" if variant == "ours_torch" or variant.startswith("ray_") else variant
 
 
 def input_of(variant: str) -> str:
@@ -263,6 +275,9 @@ class Run:
                  + self.common + self.stock_extra, "ours": ["-m", model] + self.common + self.ours_extra}
         if self.args.compare_backends:
             sides["ours_torch"] = sides["ours"] + ["--backend", "torch"]
+        if self.args.engine == "ray":  # the same command on Ray actors (each run starts its own local cluster)
+            for k in self.args.ray_workers:
+                sides[f"ray_{k}"] = sides["ours"] + ["--engine", "ray", "--ray_workers", str(k)]
         if not self.args.no_pipeline:  # the pipeline's default inference path on the same model and inputs
             sides["pipeline"] = ["--inference_only", "--model_dir", model, "--fold", self.args.fold, "--device",
                                  self.device, "--step_size", "0.5", "--base_dir", os.path.join(self.work, "pipeline")]
@@ -287,6 +302,11 @@ class Run:
         row = dict(tag=tag, kind=kind, n=n, times=times,
                    dice=compare_mask_folders(outs["stock"], outs["ours"], labels_of(ds.raw_folder)),
                    probs=keep_probabilities(outs["ours"], tag, self.work, self.args.reference_probabilities))
+        for k in (v for v in outs if v.startswith("ray_")):
+            row.setdefault("ray_vs_ours", {})[k] = dict(
+                dice=compare_mask_folders(outs[k], outs["ours"], labels_of(ds.raw_folder)),
+                max_prob_diff=max_probability_difference(read_rows(os.path.join(outs["ours"], "predictions.csv")),
+                                                         read_rows(os.path.join(outs[k], "predictions.csv"))))
         if "ours_torch" in outs:
             row["torch_vs_ours"] = dict(
                 dice=compare_mask_folders(outs["ours_torch"], outs["ours"], labels_of(ds.raw_folder)),
@@ -452,6 +472,7 @@ def report(args, ds, ds2, rows, conversion_s, classify, profiles, loads, device,
                   f"pixels min {c['dice']['identical_min']:.6f}, case probabilities max |diff| {c['max_prob_diff']:.2e}")
             summary[f"ratio_torch_{r['tag']}"] = ratio(st, tt)
             summary[f"prob_diff_backends_{r['tag']}"] = f"{c['max_prob_diff']:.1e}"
+    report_ray(args, rows, summary)
     if "ratio_2d_{}_incl_conversion".format(args.images_2d) in summary:
         print(f"2D ratio with stock's conversion added: {summary[f'ratio_2d_{args.images_2d}_incl_conversion']:.2f}")
     if classify:
@@ -474,6 +495,40 @@ def report(args, ds, ds2, rows, conversion_s, classify, profiles, loads, device,
                    conversion_2d_s=conversion_s, load_start=float(loads["start"].split()[0]),
                    load_end=float(loads["end"].split()[0]))
     print(format_summary(summary))
+
+
+def report_ray(args, rows, summary) -> None:
+    """The Ray rows (same run as stock and ours' threads engine) and, from the 3D sizes, the fit
+    ``wall = start-up + cases x per-case`` per worker count and the projection for more workers."""
+    if args.engine != "ray":
+        return
+    print("\n| input | cases | ours threads s | " + " | ".join(f"ray {k} worker(s) s" for k in args.ray_workers)
+          + " | stock/ray | ray vs threads: Dice min, probabilities max diff |")
+    print("|" + "---|" * (4 + len(args.ray_workers)))
+    for r in rows:
+        t = r["times"]
+        cells = " | ".join(f"{statistics.median(t[f'ray_{k}']):.1f}" for k in args.ray_workers)
+        best = min((f"ray_{k}" for k in args.ray_workers), key=lambda v: statistics.median(t[v]))
+        checks = "; ".join(f"{k}: {c['dice']['dice_min']:.4f}, {c['max_prob_diff']:.1e}"
+                           for k, c in r["ray_vs_ours"].items())
+        print(f"| {r['kind']} | {r['n']} | {statistics.median(t['ours']):.1f} | {cells} | "
+              f"{ratio(t['stock'], t[best]):.2f} ({best}) | {checks} |")
+        for k in args.ray_workers:
+            summary[f"ratio_ray{k}_{r['tag']}"] = ratio(t["stock"], t[f"ray_{k}"])
+            summary[f"ray{k}_vs_threads_{r['tag']}"] = ratio(t["ours"], t[f"ray_{k}"])
+    fits = {k: fit_startup_per_case([(r["n"], statistics.median(r["times"][f"ray_{k}"]))
+                                     for r in rows if r["kind"] == "3D"]) for k in args.ray_workers}
+    fits = {k: f for k, f in fits.items() if f is not None}
+    if not fits:
+        return
+    for k, (start, per_case) in fits.items():
+        print(f"ray, {k} worker(s), 3D: wall = {start:.1f} s start-up (Ray, actors, model loading) + "
+              f"{per_case:.2f} s per case (least squares over the sizes {', '.join(str(n) for n in args.sizes)})")
+    start, per_case = fits[min(fits)]
+    one = per_case * min(fits)  # one worker's seconds per case
+    print(f"PROJECTION, not a measurement: N workers, each as fast as one here, the file system not limiting: "
+          f"1,000 cases take {start:.0f} s + 1000 x {one:.2f} s / N = "
+          + ", ".join(f"N={n}: {(start + 1000 * one / n) / 60:.1f} min" for n in (1, 2, 4, 8, 16)))
 
 
 if __name__ == "__main__":

@@ -207,3 +207,13 @@ def parse_summary(line: str) -> Dict[str, str]:
     if not line.startswith("summary: "):
         raise ValueError("not a summary line")
     return dict(p.split("=", 1) for p in line[len("summary: "):].split())
+
+
+def fit_startup_per_case(points):
+    """Least squares ``seconds = start + cases * per_case`` over (cases, seconds); None below two sizes."""
+    if len({n for n, _ in points}) < 2:
+        return None
+    import numpy as np
+    n, t = np.array([p[0] for p in points], float), np.array([p[1] for p in points], float)
+    per_case, start = np.polyfit(n, t, 1)
+    return float(start), float(per_case)

@@ -220,3 +220,21 @@ def test_the_pipelines_default_inference_is_timed_beside_ours(tmp_path):
     assert run.io_args("pipeline", "IN") == ["--test_input", "IN", "--test_output", "{out}"]
     assert run.io_args("ours", "IN") == ["-i", "IN", "-o", "{out}"]
     assert bench.input_of("pipeline") == bench.input_of("ours_torch") == "ours" and bench.input_of("stock") == "stock"
+
+
+def test_engine_ray_times_ours_on_ray_with_each_worker_count(tmp_path):
+    """--engine ray adds ours with --engine ray --ray_workers K per K, on ours' inputs, with ours' CLI."""
+    from types import SimpleNamespace
+    import inference_speed as bench
+    ds = SimpleNamespace(id=941, configuration="3d_fullres", plans="P")
+    sides = bench.Run(bench.parse_args(["--engine", "ray", "--ray_workers", "1", "3", "--no_pipeline"]), "cpu",
+                      str(tmp_path)).side_args(ds, "MODEL")
+    assert set(sides) == {"stock", "ours", "ray_1", "ray_3"}
+    assert sides["ray_3"] == sides["ours"] + ["--engine", "ray", "--ray_workers", "3"]
+    assert bench.command_of("ray_3") == "ours" and bench.input_of("ray_1") == "ours"
+
+
+def test_startup_and_per_case_fit():
+    start, per_case = sp.fit_startup_per_case([(4, 14.0), (16, 26.0), (64, 74.0)])
+    assert start == pytest.approx(10.0) and per_case == pytest.approx(1.0)
+    assert sp.fit_startup_per_case([(4, 10.0), (4, 11.0)]) is None
