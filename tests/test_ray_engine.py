@@ -15,10 +15,13 @@ ray = pytest.importorskip("ray")
 pytestmark = pytest.mark.timeout(600)
 
 
-@pytest.fixture(scope="session")
-def local_ray(tmp_path_factory):
-    """One small local cluster for the session (two CPUs); its workers fail the case named in the file
-    ``fail_marker`` returns (tests/ray_hooks.py)."""
+@pytest.fixture(scope="module")
+def local_ray(request, tmp_path_factory):
+    """One small local cluster for this module (two CPUs), stopped at its end; its workers fail the case named in
+    the file this returns (tests/ray_hooks.py). The models are made first: a process forked while Ray runs here
+    (nnU-Net's multiprocessing pools in training and planning) can hang in Ray's threads."""
+    request.getfixturevalue("model")
+    request.getfixturevalue("trained_3d")
     marker = tmp_path_factory.mktemp("ray") / "fail_case"
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # workers import tests.ray_hooks from here
     path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)

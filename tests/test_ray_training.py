@@ -18,9 +18,10 @@ BUDGET = ["--device", "cpu", "--epochs", "2", "--iterations_per_epoch", "2", "--
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    """A local two-CPU cluster whose workers die once at the end of the first epoch of the fold named in the file
-    this returns (tests/ray_hooks.py)."""
+def cluster(work, tmp_path_factory):
+    """A local two-CPU cluster whose workers die once when the second epoch of the fold named in the file this
+    returns starts (tests/ray_hooks.py); started after the dataset is planned (nnU-Net's planning forks worker
+    processes, which can hang in the threads of a running Ray driver)."""
     marker = tmp_path_factory.mktemp("ray_train") / "kill_fold"
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
