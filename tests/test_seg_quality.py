@@ -109,3 +109,56 @@ def test_evaluation_ranks_the_tables_seg_quality_against_the_cases_dice(tmp_path
                summary_lines({"n_cases": 4, "seg_quality": block}))
     (tmp_path / "old.csv").write_text("case_id,finding\na,yes\n")
     assert evaluate_seg_quality(str(tmp_path / "old.csv"), per_case, [1]) is None
+
+
+def _squares(n, rng, size=32):
+    """Images with one bright square at a random place (noise around it) and its mask."""
+    x = rng.normal(0, 0.3, size=(n, 1, size, size)).astype(np.float32)
+    y = np.zeros((n, size, size), dtype=np.int64)
+    for i in range(n):
+        r, c, s = rng.integers(2, size - 14), rng.integers(2, size - 14), rng.integers(8, 13)
+        x[i, 0, r:r + s, c:c + s] += 2.0
+        y[i, r:r + s, c:c + s] = 1
+    return torch.from_numpy(x), torch.from_numpy(y)
+
+
+def test_a_corrupted_input_is_flagged_by_a_model_that_segments_clean_ones():
+    """A small U-Net trained for seconds to segment bright squares; the threshold is fitted on clean validation
+    cases, as the trainer does. Clean test images pass; the same images under heavy noise (a corrupted
+    acquisition) get seg_quality_flag = yes through the engine's check and the table's columns."""
+    from dynamic_network_architectures.architectures.unet import PlainConvUNet
+    from nnunet_mtl.inference.checks import EngineChecks
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    net = PlainConvUNet(1, 3, [8, 16, 32], torch.nn.Conv2d, 3, [1, 2, 2], 2, 2, 2, conv_bias=True,
+                        norm_op=torch.nn.InstanceNorm2d, norm_op_kwargs={"affine": True},
+                        nonlin=torch.nn.LeakyReLU, nonlin_kwargs={"inplace": True})
+    opt = torch.optim.Adam(net.parameters(), 3e-3)
+    for _ in range(150):
+        x, y = _squares(8, rng)
+        loss = torch.nn.functional.cross_entropy(net(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    net.eval()
+
+    def rows(images):
+        with torch.no_grad():
+            logits = net(images)
+        return [case_checks.columns_of(checks.of_logits(lg, has_regions=False)) for lg in logits]
+
+    checks = EngineChecks()
+    validation, _ = _squares(20, rng)
+    checks.seg_threshold = fit_threshold([r[case_checks.SEG_QUALITY] for r in rows(validation)])["threshold"]
+    test, truth = _squares(10, rng)
+    noisy = test + torch.from_numpy(rng.normal(0, 2.0, size=test.shape).astype(np.float32))
+    clean, corrupted = rows(test), rows(noisy)
+
+    def dice(images):
+        with torch.no_grad():
+            return np.mean([2 * ((p == 1) & (t == 1)).sum().item() / ((p == 1).sum() + (t == 1).sum()).item()
+                            for p, t in zip(net(images).argmax(1), truth)])
+    assert dice(test) > 0.9 and dice(noisy) < dice(test) - 0.1  # clean images segmented, corrupted ones worse
+    assert sum(r[case_checks.SEG_QUALITY_FLAG] == "yes" for r in clean) <= 2
+    assert all(r[case_checks.SEG_QUALITY_FLAG] == "yes" for r in corrupted)
+    assert max(r[case_checks.SEG_QUALITY] for r in corrupted) < min(r[case_checks.SEG_QUALITY] for r in clean)
