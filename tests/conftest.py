@@ -111,10 +111,18 @@ def trained_3d(dataset_3d_resenc, tmp_path_factory):
 DATASET_2D_FIXTURES = {"dataset_2d", "trained_2d", "stock_2d", "labels_csv", "fitted_2d"}
 
 
+# the longest groups start first (longest job first), so neither worker is left with a long one at the end
+LONG_GROUPS = ("tests.test_ray_engine", "dataset_2d", "tests.test_ray_training")
+
+
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(config, items):
-    """Whole modules per worker (their module fixtures are built once); the 2D dataset's modules in one group."""
+    """Whole modules per worker (their module fixtures are built once); the 2D dataset's modules in one group;
+    the long groups first."""
     uses_2d = {item.module.__name__ for item in items if DATASET_2D_FIXTURES & set(item.fixturenames)}
+    groups = {}
     for item in items:
-        group = "dataset_2d" if item.module.__name__ in uses_2d else item.module.__name__
-        item.add_marker(pytest.mark.xdist_group(group))
+        groups[item.nodeid] = "dataset_2d" if item.module.__name__ in uses_2d else item.module.__name__
+        item.add_marker(pytest.mark.xdist_group(groups[item.nodeid]))
+    rank = {g: i for i, g in enumerate(LONG_GROUPS)}
+    items.sort(key=lambda item: rank.get(groups[item.nodeid], len(rank)))  # stable: the rest keep their order

@@ -101,7 +101,7 @@ def test_predict_and_classify_clis_run_on_ray(local_ray, model, images, tmp_path
     from nnunet_mtl.cli import classify, predict
     out = tmp_path / "cli"
     assert predict.main(["-i", images, "-o", str(out), "-m", model,
-                         "-f", "0", "-device", "cpu", "--disable_tta", "--engine", "ray", "--ray_workers", "2"]) == 0
+                         "-f", "0", "-device", "cpu", "--disable_tta", "--engine", "ray"]) == 0
     assert len(rows(out / "predictions.csv")) == 3 and len(masks(str(out))) == 3
     assert "3 predicted, 0 kept, 0 removed" in capsys.readouterr().out
 
