@@ -62,19 +62,20 @@ def masks(folder):
             for f in sorted(os.listdir(folder)) if f.endswith(".nii.gz")}
 
 
-def test_ray_engine_matches_threads_and_resumes_even_when_a_worker_dies(local_ray, model, images, tmp_path):
-    """The worker process is killed during the second case: Ray starts another actor and runs the case again;
-    masks and rows equal the threads engine's, one row per case."""
+def test_ray_engine_matches_threads_and_resumes_even_when_a_worker_dies(local_ray, model, images, tmp_path, capsys):
+    """nnunet_mtl_predict --engine ray, its worker process killed during the second case: Ray starts another actor
+    and runs the case again; masks and rows equal the threads engine's (same settings), one row per case; a re-run
+    keeps them."""
+    from nnunet_mtl.cli import predict
     cases = sorted(f[:-len("_0000.nii.gz")] for f in os.listdir(images) if f.endswith("_0000.nii.gz"))
     predictor = load_predictor(model, folds=[0], use_mirroring=False, backend="torch")
-    out = {}
-    for engine in ("threads", "ray"):
-        out[engine] = str(tmp_path / engine)
-        if engine == "ray":
-            local_ray.write_text(f"kill {cases[1]}")
-        predict_folder(predictor, images, out[engine], engine=engine, num_processes_preprocessing=1,
-                       num_processes_export=1)
+    out = {"threads": str(tmp_path / "threads"), "ray": str(tmp_path / "ray")}
+    predict_folder(predictor, images, out["threads"], num_processes_preprocessing=1, num_processes_export=1)
+    local_ray.write_text(f"kill {cases[1]}")
+    assert predict.main(["-i", images, "-o", out["ray"], "-m", model, "-f", "0", "-device", "cpu", "--disable_tta",
+                         "--engine", "ray"]) == 0
     assert not local_ray.exists(), "the worker was killed"
+    assert "3 predicted, 0 kept, 0 removed" in capsys.readouterr().out
     threads, on_ray = masks(out["threads"]), masks(out["ray"])
     assert len(threads) == 3 and threads.keys() == on_ray.keys()
     for name in threads:
@@ -97,14 +98,8 @@ def test_ray_options_belong_to_the_ray_engine(model, images, tmp_path):
         predict_folder(predictor, images, str(tmp_path), ray_workers=2)
 
 
-def test_predict_and_classify_clis_run_on_ray(local_ray, model, images, tmp_path, capsys):
-    from nnunet_mtl.cli import classify, predict
-    out = tmp_path / "cli"
-    assert predict.main(["-i", images, "-o", str(out), "-m", model,
-                         "-f", "0", "-device", "cpu", "--disable_tta", "--engine", "ray"]) == 0
-    assert len(rows(out / "predictions.csv")) == 3 and len(masks(str(out))) == 3
-    assert "3 predicted, 0 kept, 0 removed" in capsys.readouterr().out
-
+def test_classify_cli_runs_on_ray(local_ray, model, images, capsys):
+    from nnunet_mtl.cli import classify
     files = sorted(os.path.join(images, f) for f in os.listdir(images))
     answers = {}
     for engine in ("threads", "ray"):
