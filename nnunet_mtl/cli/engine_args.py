@@ -2,7 +2,7 @@
 every CLI that predicts (predict, classify, pipeline), turned into the engine's arguments in one place."""
 import argparse
 
-from nnunet_mtl import ray_cluster
+from nnunet_mtl.cluster import session as ray_cluster
 from nnunet_mtl.inference.folders import ENGINES
 
 

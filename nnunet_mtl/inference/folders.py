@@ -22,7 +22,7 @@ from nnunet_mtl import case_checks
 from nnunet_mtl.conversion.case_discovery import NOT_IMAGES
 from nnunet_mtl.conversion.inference_inputs import ModelInputs, PreparedInputs, prepare_cases
 from nnunet_mtl.conversion.masks import ConversionError
-from nnunet_mtl import ray_cluster
+from nnunet_mtl.cluster import session as ray_cluster
 from nnunet_mtl.inference import provenance, ray_engine
 from nnunet_mtl.inference.loader import model_inputs
 from nnunet_mtl.inference.masks import DEFAULT_MASK_FORMAT, MASK_FORMATS, mask_ending, to_mask_format

@@ -16,7 +16,7 @@ from typing import Callable, Iterator, List, Optional, Sequence
 import numpy as np
 
 from nnunet_mtl.inference.predictor import CaseHeads
-from nnunet_mtl.ray_cluster import connected, failure_line
+from nnunet_mtl.cluster.session import connected, failure_line
 
 
 

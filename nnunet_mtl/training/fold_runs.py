@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 from typing import Callable, Dict, List, Optional, Sequence
 
 from nnunet_mtl.io_utils import atomic_write_text
-from nnunet_mtl.ray_cluster import connected, failure_line
+from nnunet_mtl.cluster.session import connected, failure_line
 from nnunet_mtl.training.knobs import ENV_VAR, encode_overrides
 
 RAY_LOG = "ray_train.log"
