@@ -22,7 +22,7 @@ import numpy as np
 from nnunet_mtl import prediction_table
 from nnunet_mtl.dataset_spec import DatasetSpec, targets_from_plans
 from nnunet_mtl.training.knobs import BUDGETS
-from nnunet_mtl.file_names import CHANNEL_DIGITS, channel_file, predicted_mask
+from nnunet_mtl.conversion.file_names import CHANNEL_DIGITS, channel_file, predicted_mask
 
 BASE_DIR_ENV = "NNUNET_MTL_NOTEBOOK_BASE_DIR"
 BUDGET_ENV = "NNUNET_MTL_NOTEBOOK_BUDGET"

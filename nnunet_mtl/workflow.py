@@ -24,7 +24,7 @@ from nnunet_mtl.conversion.lateral_pairs import choose_trainer_for
 from nnunet_mtl.dataset_spec import DatasetSpec
 from nnunet_mtl.evaluation.evaluate import evaluate
 from nnunet_mtl.evaluation.report import json_safe
-from nnunet_mtl.file_names import VALIDATED_WEIGHTS, predicted_mask, trained_folds
+from nnunet_mtl.conversion.file_names import VALIDATED_WEIGHTS, predicted_mask, trained_folds
 from nnunet_mtl.inference.folders import converted_source, predict_folder
 from nnunet_mtl.inference.loader import ModelFolderError, check_model_folder, load_predictor
 from nnunet_mtl.inference.openvino_backend import BackendError

@@ -56,13 +56,19 @@ def pipeline(capsys, monkeypatch):
     return run
 
 
+def prepare_radiographs(base, dataset_id: int, plan_flags, **layout) -> str:
+    """A generic 2D layout under ``base/data`` prepared by ``pipeline.py --prepare_only`` into ``base/work``."""
+    data = write_radiograph_layout(str(base / "data"), **layout)
+    with nnunet_paths_kept():
+        assert pipeline_cli.main(["--base_dir", str(base / "work"), "--input_dir", data, "--dataset_id",
+                                  str(dataset_id), "--prepare_only", *plan_flags]) == 0
+    return str(base / "work")
+
+
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
     base = tmp_path_factory.mktemp("pipe")
-    data = write_radiograph_layout(str(base / "data"), n=12, n_test=3, size=(64, 64))
-    with nnunet_paths_kept():
-        assert pipeline_cli.main(["--base_dir", str(base / "work"), "--input_dir", data, "--dataset_id", "931",
-                                  "--prepare_only", *TINY]) == 0
+    prepare_radiographs(base, 931, TINY, n=12, n_test=3, size=(64, 64))
     return base, None
 
 

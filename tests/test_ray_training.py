@@ -6,8 +6,7 @@ import os
 import pytest
 import torch
 
-from nnunet_mtl.synthetic import write_radiograph_layout
-from tests.test_pipeline import nnunet_paths_kept, pipeline  # noqa: F401 (the fixture)
+from tests.test_pipeline import pipeline, prepare_radiographs  # noqa: F401 (the fixture)
 
 ray = pytest.importorskip("ray")
 pytestmark = pytest.mark.timeout(600)
@@ -34,13 +33,7 @@ def cluster(work, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def work(tmp_path_factory):
-    base = tmp_path_factory.mktemp("ray_pipe")
-    data = write_radiograph_layout(str(base / "data"), n=8, n_test=0, size=(32, 32))
-    from nnunet_mtl.cli import pipeline as pipeline_cli
-    with nnunet_paths_kept():
-        assert pipeline_cli.main(["--base_dir", str(base / "work"), "--input_dir", data, "--dataset_id", "941",
-                                  "--prepare_only", *TINY]) == 0
-    return str(base / "work")
+    return prepare_radiographs(tmp_path_factory.mktemp("ray_pipe"), 941, TINY, n=8, n_test=0, size=(32, 32))
 
 
 def fold_dir(work, k):

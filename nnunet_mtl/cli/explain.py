@@ -7,7 +7,7 @@ import argparse
 import os
 import sys
 
-from nnunet_mtl.file_names import case_name
+from nnunet_mtl.conversion.file_names import case_name
 from nnunet_mtl.cli.failures import run_command
 
 

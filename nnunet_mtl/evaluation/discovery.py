@@ -15,7 +15,7 @@ import os
 from typing import Dict, Optional, Sequence, Tuple
 
 from nnunet_mtl.evaluation.errors import EvaluationError
-from nnunet_mtl.file_names import MASK_ENDINGS, has_channel_suffix, strip_channel, strip_ending
+from nnunet_mtl.conversion.file_names import MASK_ENDINGS, has_channel_suffix, strip_channel, strip_ending
 
 
 def case_id_of(filename: str) -> Optional[str]:

@@ -17,7 +17,7 @@ from typing import Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from nnunet_mtl.file_names import PNG_MASK_ENDING
+from nnunet_mtl.conversion.file_names import PNG_MASK_ENDING
 from nnunet_mtl.io_utils import atomic_save_image
 
 MASK_FORMATS = ("input", "nifti")

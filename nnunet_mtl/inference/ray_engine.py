@@ -15,6 +15,7 @@ from typing import Callable, Iterator, List, Optional, Sequence
 
 import numpy as np
 
+from nnunet_mtl.inference.file_heads import heads_of_files
 from nnunet_mtl.inference.predictor import CaseHeads
 from nnunet_mtl.cluster.session import connected, failure_line
 
@@ -74,7 +75,7 @@ class CaseActor:
 
 class FilesActor:
     """One Ray actor for ``classify_files``: the model loaded once (its heads pass), then the raw head outputs of
-    each batch of files (``folders.heads_of_files``), converted in a folder of the worker's own."""
+    each batch of files (``file_heads.heads_of_files``), converted in a folder of the worker's own."""
 
     def __init__(self, settings: dict, clip_percentiles):
         self.predictor = load_on_worker({**settings, "prepare": "heads"})
@@ -82,7 +83,6 @@ class FilesActor:
 
     def __call__(self, batch: dict) -> dict:
         import tempfile
-        from nnunet_mtl.inference.folders import heads_of_files
         with tempfile.TemporaryDirectory() as work:
             results = list(heads_of_files(self.predictor, [str(f) for f in batch["file"]], work,
                                           self.clip_percentiles))
@@ -106,7 +106,7 @@ def run_cases(predictor, input_lists: Sequence[List[str]], output_files: Sequenc
 
 def classify_files(predictor, files: Sequence[str], clip_percentiles=(0.5, 98.5), address: Optional[str] = None,
                    workers: Optional[int] = None) -> Iterator[dict]:
-    """``folders.heads_of_files`` over Ray actors (as ``run_cases``): each file's raw head outputs, or its error
+    """``file_heads.heads_of_files`` over Ray actors (as ``run_cases``): each file's raw head outputs, or its error
     line, yielded as it comes back."""
     items = [{"file": str(f)} for f in files]
     for row in _on_actors(predictor, items, FilesActor, (tuple(clip_percentiles),), address, workers):

@@ -19,7 +19,7 @@ from typing import Callable, Dict, Iterable, List, Mapping, Optional
 import numpy as np
 
 from nnunet_mtl import prediction_table
-from nnunet_mtl.file_names import predicted_mask_endings
+from nnunet_mtl.conversion.file_names import predicted_mask_endings
 from nnunet_mtl.io_utils import atomic_write_json, atomic_write_text
 from nnunet_mtl.targets import TargetSpec
 

@@ -22,7 +22,7 @@ from typing import Dict, List, Mapping
 
 from nnunet_mtl.conversion.provenance import load_manifest
 from nnunet_mtl.dataset_spec import DatasetSpec, targets_from_plans
-from nnunet_mtl.file_names import predicted_mask, safe_name
+from nnunet_mtl.conversion.file_names import predicted_mask, safe_name
 from nnunet_mtl.inference.folders import CONVERTED_INPUTS
 from nnunet_mtl.io_utils import read_json
 from nnunet_mtl.prediction_table import CALIBRATED_COLUMN, CASE_COLUMN, YES

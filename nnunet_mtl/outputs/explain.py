@@ -25,7 +25,7 @@ from acvl_utils.cropping_and_padding.bounding_boxes import insert_crop_into_imag
 from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
 from torch import nn
 
-from nnunet_mtl.file_names import safe_name
+from nnunet_mtl.conversion.file_names import safe_name
 from nnunet_mtl.io_utils import atomic_save_image, atomic_write_json
 from nnunet_mtl.inference import loader, tiling
 from nnunet_mtl.inference.loader import ModelFolderError

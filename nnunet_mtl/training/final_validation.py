@@ -37,7 +37,7 @@ from nnunet_mtl import prediction_table
 from nnunet_mtl.calibration import conformal_store
 from nnunet_mtl.calibration.store import FILE_NAME as CALIBRATION_FILE, calibrate_fold
 from nnunet_mtl.evaluation.summary import whole_case_summary
-from nnunet_mtl.file_names import VALIDATED_WEIGHTS
+from nnunet_mtl.conversion.file_names import VALIDATED_WEIGHTS
 from nnunet_mtl.inference.predictor import CaseHeads, nnUNetPredictorMTL
 from nnunet_mtl.io_utils import atomic_write_json
 from nnunet_mtl.model.network import unet_weights_hash, unwrap

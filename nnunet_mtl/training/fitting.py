@@ -42,7 +42,7 @@ from nnunet_mtl.calibration.store import calibrate_fold
 from nnunet_mtl.conversion.provenance import content_hash
 from nnunet_mtl.dataset_spec import PLANS_KEY, DatasetSpec, targets_from_plans, targets_to_plans
 from nnunet_mtl.evaluation.summary import whole_case_summary
-from nnunet_mtl.file_names import trained_folds
+from nnunet_mtl.conversion.file_names import trained_folds
 from nnunet_mtl.inference import ood
 from nnunet_mtl.inference.openvino_backend import attach
 from nnunet_mtl.inference.predictor import nnUNetPredictorMTL

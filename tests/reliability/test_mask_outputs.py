@@ -10,7 +10,7 @@ from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
 from PIL import Image
 
 from nnunet_mtl.conversion.inference_inputs import prepare_cases
-from nnunet_mtl.file_names import predicted_mask
+from nnunet_mtl.conversion.file_names import predicted_mask
 from nnunet_mtl.inference.folders import predict_folder
 from nnunet_mtl.inference.loader import load_predictor
 from nnunet_mtl.inference.masks import read_mask_array, to_mask_format, write_png_mask
