@@ -74,3 +74,15 @@ def kill_named_fold_once() -> None:
 
         module.nnUNetTrainer.on_train_epoch_start = on_train_epoch_start
     after_import("nnunetv2.training.nnUNetTrainer.nnUNetTrainer", patch)
+
+
+class ActorWithoutTheModel:
+    """A Ray Data actor whose node cannot see the model folder: it fails in its constructor, as
+    ``ray_engine.load_on_worker`` does there (without importing torch)."""
+
+    def __init__(self, path: str):
+        raise FileNotFoundError(f"{path}: not found on Ray worker node test; the model folder must be on storage "
+                                f"every node sees at the same path")
+
+    def __call__(self, batch):
+        return batch

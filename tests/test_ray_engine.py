@@ -145,20 +145,25 @@ def test_a_case_failing_on_a_worker_leaves_one_row_per_case_after_a_rerun(local_
     assert sorted(masks(out)) == [c + ".nii.gz" for c in cases]
 
 
-def test_a_worker_without_the_model_files_says_which_file(local_ray, model, images, tmp_path):
-    """The model folder must be on storage every node sees: a worker that cannot read it names the file (here the
-    checkpoint is gone after this process loaded it)."""
-    from nnunet_mtl.inference.folders import classify_files
+def test_a_worker_without_the_model_files_says_which_file(local_ray, model, tmp_path):
+    """The model folder must be on storage every node sees: a worker that cannot read it names the file, and the
+    driver reports the worker's own line, not Ray's traceback."""
+    from nnunet_mtl.cluster.session import failure_line
+    from nnunet_mtl.inference.ray_engine import load_on_worker, worker_settings
+    from tests.ray_hooks import ActorWithoutTheModel
     copy = tmp_path / "model_copy"
     shutil.copytree(model, copy)
-    predictor = load_predictor(str(copy), folds=[0], use_mirroring=False, backend="torch", prepare="heads")
-    os.remove(copy / "fold_0" / "checkpoint_final.pth")
-    files = sorted(os.path.join(images, f) for f in os.listdir(images))
-    with pytest.raises(RuntimeError) as raised:
-        list(classify_files(predictor, files, str(tmp_path / "work"), engine="ray"))
-    line = str(raised.value)
-    assert "\n" not in line and line.startswith("on a Ray worker: FileNotFoundError: ")
-    assert f"{copy / 'fold_0' / 'checkpoint_final.pth'}: not found on Ray worker node" in line
+    settings = worker_settings(load_predictor(str(copy), folds=[0], use_mirroring=False, backend="torch"))
+    missing = copy / "fold_0" / "checkpoint_final.pth"
+    os.remove(missing)  # loaded here, gone for a worker
+    with pytest.raises(FileNotFoundError, match=f"^{missing}: not found on Ray worker node "):
+        load_on_worker(settings)
+    dataset = ray.data.from_items([{"x": 1}]).map_batches(ActorWithoutTheModel, fn_constructor_args=(str(missing),),
+                                                          concurrency=1, num_cpus=1)
+    with pytest.raises(ray.exceptions.RayError) as raised:
+        dataset.take_all()
+    assert failure_line(raised.value) == (f"FileNotFoundError: {missing}: not found on Ray worker node test; the "
+                                          f"model folder must be on storage every node sees at the same path")
 
 
 def test_ray_engine_matches_threads_on_the_3d_model(local_ray, trained_3d, dataset_3d_resenc, tmp_path):
