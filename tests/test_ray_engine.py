@@ -20,8 +20,8 @@ def local_ray(request, tmp_path_factory):
     """One small local cluster for this module (two CPUs), stopped at its end; its workers fail the case named in
     the file this returns (tests/ray_hooks.py). The models are made first: a process forked while Ray runs here
     (nnU-Net's multiprocessing pools in training and planning) can hang in Ray's threads."""
-    request.getfixturevalue("model")
-    request.getfixturevalue("trained_3d")
+    request.getfixturevalue("trained_3d")  # first: the other worker is meanwhile making the 2D model (it starts
+    request.getfixturevalue("model")       # with the 2D group), which this one would otherwise wait for
     marker = tmp_path_factory.mktemp("ray") / "fail_case"
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # workers import tests.ray_hooks from here
     path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
