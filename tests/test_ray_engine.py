@@ -159,7 +159,7 @@ def test_a_worker_without_the_model_files_says_which_file(local_ray, model, tmp_
     with pytest.raises(FileNotFoundError, match=f"^{missing}: not found on Ray worker node "):
         load_on_worker(settings)
     dataset = ray.data.from_items([{"x": 1}]).map_batches(ActorWithoutTheModel, fn_constructor_args=(str(missing),),
-                                                          concurrency=1, num_cpus=1)
+                                                          compute=ray.data.ActorPoolStrategy(size=1), num_cpus=1)
     with pytest.raises(ray.exceptions.RayError) as raised:
         dataset.take_all()
     assert failure_line(raised.value) == (f"FileNotFoundError: {missing}: not found on Ray worker node test; the "

@@ -129,9 +129,9 @@ def _on_actors(predictor, items: List[dict], actor, actor_args: tuple, address: 
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False  # the driver's own progress line says which case finished
         resources = {"num_gpus": 1} if gpu else {"num_cpus": 1}
-        results = ray.data.from_items(items).map_batches(
-            actor, batch_size=1, concurrency=min(workers, len(items)), batch_format="numpy",
-            fn_constructor_args=(settings, *actor_args), **resources)
+        pool = ray.data.ActorPoolStrategy(size=min(workers, len(items)))  # a fixed pool: each loads the model once
+        results = ray.data.from_items(items).map_batches(actor, batch_size=1, compute=pool, batch_format="numpy",
+                                                         fn_constructor_args=(settings, *actor_args), **resources)
         try:
             yield from results.iter_rows()
         except ray.exceptions.RayError as e:
