@@ -127,6 +127,8 @@ def test_ray_options_fail_in_one_line_before_loading(argv, ray_missing, line, tm
 
 def test_a_case_failing_on_a_worker_leaves_one_row_per_case_after_a_rerun(local_ray, model, images,
                                                                           tmp_path):
+    """The run stops with a consistent table; the next run, whatever its engine (here the threads engine, to keep
+    the suite short), keeps the finished cases and predicts the rest."""
     cases = sorted(f[:-len("_0000.nii.gz")] for f in os.listdir(images) if f.endswith("_0000.nii.gz"))
     predictor = load_predictor(model, folds=[0], use_mirroring=False, backend="torch")
     out, lines = str(tmp_path / "out"), []
@@ -139,7 +141,7 @@ def test_a_case_failing_on_a_worker_leaves_one_row_per_case_after_a_rerun(local_
     assert "run again to finish" in lines[-1]
     done = rows(os.path.join(out, "predictions.csv"))
     assert cases[1] not in done and set(done) < set(cases)
-    predict_folder(predictor, images, out, engine="ray", report=lines.append)
+    predict_folder(predictor, images, out, report=lines.append)
     assert lines[-1] == f"{out}: {3 - len(done)} predicted, {len(done)} kept, 0 removed"
     assert sorted(rows(os.path.join(out, "predictions.csv"))) == cases
     assert sorted(masks(out)) == [c + ".nii.gz" for c in cases]
