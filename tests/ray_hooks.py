@@ -81,8 +81,8 @@ class ActorWithoutTheModel:
     ``ray_engine.load_on_worker`` does there (without importing torch)."""
 
     def __init__(self, path: str):
-        raise FileNotFoundError(f"{path}: not found on Ray worker node test; the model folder must be on storage "
-                                f"every node sees at the same path")
+        raise FileNotFoundError(f"{path}: checkpoint not found on Ray worker node test; the model folder must be "
+                                f"on storage every node sees at the same path")
 
     def __call__(self, batch):
         return batch

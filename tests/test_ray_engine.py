@@ -158,14 +158,15 @@ def test_a_worker_without_the_model_files_says_which_file(local_ray, model, tmp_
     settings = worker_settings(load_predictor(str(copy), folds=[0], use_mirroring=False, backend="torch"))
     missing = copy / "fold_0" / "checkpoint_final.pth"
     os.remove(missing)  # loaded here, gone for a worker
-    with pytest.raises(FileNotFoundError, match=f"^{missing}: not found on Ray worker node "):
+    with pytest.raises(FileNotFoundError, match=f"^{missing}: checkpoint not found on Ray worker node "):
         load_on_worker(settings)
     dataset = ray.data.from_items([{"x": 1}]).map_batches(ActorWithoutTheModel, fn_constructor_args=(str(missing),),
                                                           compute=ray.data.ActorPoolStrategy(size=1), num_cpus=1)
     with pytest.raises(ray.exceptions.RayError) as raised:
         dataset.take_all()
-    assert failure_line(raised.value) == (f"FileNotFoundError: {missing}: not found on Ray worker node test; the "
-                                          f"model folder must be on storage every node sees at the same path")
+    assert failure_line(raised.value) == (f"FileNotFoundError: {missing}: checkpoint not found on Ray worker node "
+                                          f"test; the model folder must be on storage every node sees at the same "
+                                          f"path")
 
 
 def test_ray_engine_matches_threads_on_the_3d_model(local_ray, trained_3d, dataset_3d_resenc, tmp_path):

@@ -155,8 +155,7 @@ def _run(args, device: str, base_given: bool) -> int:
                          convert_kwargs=_convert_kwargs(args))
     if args.train_only or run_all:
         knobs = _training_knobs(args)
-        on_ray = {"engine": "ray", "ray_address": args.address, "ray_workers": args.ray_workers} \
-            if args.engine == "ray" else {}  # each fold a Ray task; the heads are fitted here after all folds
+        on_ray = engine if engine["engine"] == "ray" else {}  # each fold a Ray task; heads fitted here after all
         workflow.train(args.base_dir, args.fold, device, args.num_gpus, args.overwrite, **on_ray, **knobs)
         if args.heads == "fitted":
             workflow.fit_heads(args.base_dir, args.fold, device, args.overwrite, backend=args.backend)

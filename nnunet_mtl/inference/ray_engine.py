@@ -35,26 +35,20 @@ def worker_settings(predictor) -> dict:
             "backend": predictor.backend}
 
 
-def model_files(settings: dict) -> List[str]:
-    """The files a worker reads to rebuild the predictor (each fold's checkpoint, the plans, dataset.json)."""
-    folder = settings["model_dir"]
-    return [os.path.join(folder, "plans.json"), os.path.join(folder, "dataset.json")] + [
-        os.path.join(folder, f"fold_{f}", settings["checkpoint"]) for f in settings["folds"]]
-
-
 def node_name() -> str:
     import socket
     return socket.gethostname()
 
 
 def load_on_worker(settings: dict):
-    """The predictor rebuilt on a worker; one line naming the first model file this node cannot see."""
-    from nnunet_mtl.inference.loader import load_predictor
-    missing = [p for p in model_files(settings) if not os.path.isfile(p)]
-    if missing:
-        raise FileNotFoundError(f"{missing[0]}: not found on Ray worker node {node_name()}; the model folder "
-                                f"must be on storage every node sees at the same path")
-    return load_predictor(**settings)
+    """The predictor rebuilt on a worker; the loader's own one-line check of the model folder, with the node
+    named (the folder must be on storage every node sees)."""
+    from nnunet_mtl.inference.loader import ModelFolderError, load_predictor
+    try:
+        return load_predictor(**settings)
+    except ModelFolderError as e:
+        raise FileNotFoundError(f"{e} on Ray worker node {node_name()}; the model folder must be on storage every "
+                                f"node sees at the same path") from None
 
 
 class CaseActor:

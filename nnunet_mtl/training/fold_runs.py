@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 import uuid
+from pathlib import Path
 from dataclasses import dataclass, replace
 from typing import Callable, Dict, List, Optional, Sequence
 
@@ -67,7 +68,7 @@ def fold_task(run: FoldRun, device: str, num_gpus: int, token: str, threads: Opt
     start = time.time()
     os.makedirs(run.fold_dir, exist_ok=True)
     token_file = os.path.join(run.fold_dir, ATTEMPT_TOKEN)
-    retried = os.path.isfile(token_file) and open(token_file).read().strip() == token
+    retried = os.path.isfile(token_file) and Path(token_file).read_text().strip() == token
     atomic_write_text(token_file, token)
     if retried and not run.validation_only:
         run = replace(run, resume=True)
