@@ -30,6 +30,7 @@ import argparse
 import concurrent.futures as cf
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -48,8 +49,13 @@ SPLIT_SEED = 2026
 SIZES = {  # epochs x iterations, validation iterations per epoch, batch, features cap, heads-only epochs
     "quick": dict(configuration="2d", epochs=2, iterations=5, val_iterations=2, batch=8, max_features=16,
                   heads_epochs=1, cases=40),
-    "cpu": dict(configuration="2d", epochs=25, iterations=50, val_iterations=4, batch=32, max_features=32,
-                heads_epochs=10, cases=None),
+    # 6,000 steps of batch 12 (one thread: 0.13 s per step, batch 32 costs 0.37 s) so that nnU-Net's per-epoch
+    # EMA pseudo-Dice (time constant 10 epochs = 250 steps) can show a plateau within the session's ~90 minutes
+    "cpu": dict(configuration="2d", epochs=240, iterations=25, val_iterations=4, batch=12, max_features=32,
+                heads_epochs=40, cases=None),
+    # the study of 2026-12-07 morning (not converged: docs/results/convergence_study_2026-12-07.md)
+    "cpu_1250": dict(configuration="2d", epochs=25, iterations=50, val_iterations=4, batch=32, max_features=32,
+                     heads_epochs=10, cases=None),
     "full": dict(configuration="3d_fullres", epochs=250, iterations=250, val_iterations=50, batch=None,
                  max_features=None, heads_epochs=50, cases=None),
 }
@@ -66,6 +72,7 @@ HEADS_ONLY = (
     Arm("heads_mask_pooled", "nnUNetTrainerMTLMaskPooling", {"heads_train_encoder": False},
         "the same, pooled over the predicted mask", starts_from="stock"),
 )
+OVERRIDES = ("epochs", "iterations", "val_iterations", "batch")  # command-line overrides of a size's entries
 READOUTS = {"fitted": ("global", "foreground"), "fitted_measures": ("global", "foreground", "measures"),
             "fitted_measures_only": ("measures",), "fitted_global_measures": ("global", "measures")}
 
@@ -154,7 +161,13 @@ def train_job(arm: Arm, seed: int, setup: dict, base: str, budget: dict, device:
     use_base_dir(base, results=os.path.dirname(os.path.dirname(folder)))
     seed_everything(seed)
     start = time.perf_counter()
-    resume = os.path.isfile(os.path.join(folder, "fold_0", "checkpoint_latest.pth"))
+    started = os.path.join(os.path.dirname(os.path.dirname(folder)), "arm_started.json")
+    same = os.path.isfile(started) and json.load(open(started)) == record
+    resume = same and os.path.isfile(os.path.join(folder, "fold_0", "checkpoint_latest.pth"))
+    if not same and os.path.isdir(folder):  # a checkpoint of other settings is never continued
+        shutil.rmtree(folder)
+    with open(started, "w") as f:
+        json.dump(record, f)
     with knob_overrides(**budget, **knobs):
         t = get_trainer_from_args(str(setup["dataset_id"]), setup["configuration"], 0, arm.trainer, setup["plans"],
                                   device=torch.device(device))
@@ -254,7 +267,7 @@ def run_jobs(jobs, args, base: str, log_dir: str) -> list:
         log = os.path.join(log_dir, f"{kind}_{arm}_s{seed}.log")
         cmd = [sys.executable, os.path.abspath(__file__), "--job", kind, arm, str(seed), "--base_dir", base,
                "--size", args.size, "--data", args.data] + (["--device", args.device] if args.device else []) \
-            + (["--epochs", str(args.epochs)] if args.epochs else [])
+            + [x for k in OVERRIDES if getattr(args, k) for x in (f"--{k}", str(getattr(args, k)))]
         start = time.perf_counter()
         with open(log, "a") as f:
             rc = subprocess.call(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
@@ -391,6 +404,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--epochs", type=int, default=None, help="override the size's epochs (every trained arm; a longer "
                                                            "budget retrains, the set-up is kept)")
+    p.add_argument("--iterations", type=int, default=None, help="override the size's iterations per epoch")
+    p.add_argument("--val_iterations", type=int, default=None, help="override the size's validation iterations")
+    p.add_argument("--batch", type=int, default=None, help="override the size's batch (re-plans: a set-up of its own)")
     p.add_argument("--workers", type=int, default=2, help="processes at a time (one per core)")
     p.add_argument("--base_dir", default=os.path.join(os.getcwd(), "convergence_study"))
     p.add_argument("--device", default=None)
@@ -404,7 +420,7 @@ def main():
     import torch
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     set_runtime_env(device)
-    size = dict(SIZES[args.size], **({"epochs": args.epochs} if args.epochs else {}))
+    size = dict(SIZES[args.size], **{k: getattr(args, k) for k in OVERRIDES if getattr(args, k)})
     base = os.path.abspath(args.base_dir)
     setup = prepare(args, size, base)
     arms = {a.name: a for a in TRAINED + HEADS_ONLY}
