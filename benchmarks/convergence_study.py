@@ -17,9 +17,10 @@ stock nnU-Net; ``joint_sgd`` (the heads' gradient trains the encoder, nnU-Net's 
 (``--recipe seed``'s knobs with its schedule scaled to the budget). Heads trained on the stock model's
 fixed features (``HEADS_ONLY``): ``heads_detached`` (global pool) and ``heads_mask_pooled``. Read-outs
 (``READOUTS``, no training): ``fitted`` (the pipeline's default: linear heads fitted in closed form on the
-pooled features), ``fitted_measures`` (the same plus the segmentation's own measurements: per-structure
-volume, mean and spread of the intensity inside; also the measures alone and with the global pools only),
-``mask_volume`` (the predicted mask's volume itself).
+global and foreground pools and the segmentation's own measurements: per-structure volume, mean and spread of
+the intensity inside; each target reads the combination of these its CV on the training cases prefers),
+``fitted_all`` (every target reads all three), ``fitted_pools`` (global + foreground, no measures: the default
+until 2026-12-07), ``fitted_measures_only``, ``mask_volume`` (the predicted mask's volume itself).
 
 Jobs resume: a finished training or evaluation (same settings) is kept. ``--report_only`` prints the
 tables from what is there. Results: ``BASE/study/study.json``, ``study.md``, ``curves.png``.
@@ -73,8 +74,9 @@ HEADS_ONLY = (
         "the same, pooled over the predicted mask", starts_from="stock"),
 )
 OVERRIDES = ("epochs", "iterations", "val_iterations", "batch")  # command-line overrides of a size's entries
-READOUTS = {"fitted": ("global", "foreground"), "fitted_measures": ("global", "foreground", "measures"),
-            "fitted_measures_only": ("measures",), "fitted_global_measures": ("global", "measures")}
+READOUTS = {  # name: (pools, each target chooses among them by CV)
+    "fitted": (("global", "foreground", "measures"), True), "fitted_all": (("global", "foreground", "measures"), False),
+    "fitted_pools": (("global", "foreground"), False), "fitted_measures_only": (("measures",), False)}
 
 
 # ------------------------------------------------------------------------------------------- set-up
@@ -199,11 +201,12 @@ def eval_job(arm: Arm, seed: int, setup: dict, base: str, device: str, mirroring
         rows["mask_volume"] = {"heads": head_scores(mask_volume_outputs(pred["masks"], setup, table), table,
                                                     setup["test"])}
     if not arm.starts_from:
-        for name, pools in READOUTS.items():
+        for name, (pools, select) in READOUTS.items():
             if name != "fitted" and arm.name != "stock":
                 continue  # the measures read the segmentation: compared on the stock model only
             key = name if arm.name == "stock" else f"{arm.name}+{name}"
-            rows[key] = {"heads": fitted_scores(folder, f"{key}_s{seed}", pools, setup, base, device, table, seed)}
+            rows[key] = {"heads": fitted_scores(folder, f"{key}_s{seed}", pools, setup, base, device, table, seed,
+                                                select)}
     os.makedirs(os.path.dirname(out), exist_ok=True)
     with open(out, "w") as f:
         json.dump({"checkpoint_mtime": stamp, "rows": rows, "predict_s": pred["predict_s"]}, f, indent=1,
@@ -234,7 +237,8 @@ def mask_volume_outputs(masks: dict, setup: dict, table) -> dict:
     return outs
 
 
-def fitted_scores(folder: str, name: str, pools, setup: dict, base: str, device: str, table, seed: int) -> dict:
+def fitted_scores(folder: str, name: str, pools, setup: dict, base: str, device: str, table, seed: int,
+                  select: bool) -> dict:
     """Heads fitted in closed form on the model's pooled features of the train + validation cases, scored on
     the test cases (their out-of-fold rows)."""
     from nnunet_mtl import prediction_table
@@ -247,13 +251,17 @@ def fitted_scores(folder: str, name: str, pools, setup: dict, base: str, device:
             json.dump([{"train": setup["train"], "val": setup["test"]}], f)
         os.replace(tmp, split)
     out = os.path.join(base, "fitted", name)
-    fit_heads(folder, out, spec=table.spec, folds=[0], splits_file=split, device=device, backend="torch",
-              cache_dir=os.path.join(base, "fitted", "cache"), pools=pools, seed=seed, overwrite=True,
-              report=lambda line: print(f"[{name}] {line}", flush=True))
+    summary = fit_heads(folder, out, spec=table.spec, folds=[0], splits_file=split, device=device, backend="torch",
+                        cache_dir=os.path.join(base, "fitted", "cache"), pools=pools, seed=seed, overwrite=True,
+                        report=lambda line: print(f"[{name}] {line}", flush=True), select_pools=select)
     rows = prediction_table.read(os.path.join(out, "fold_0", "validation", "predictions.csv"), table.spec)
     outputs = {c: {t.name: (r["probs"][t.name] if t.is_classification else np.array([r[t.name]]))
                    for t in table.spec} for c, r in rows.items()}
-    return head_scores(outputs, table, setup["test"])
+    scores = head_scores(outputs, table, setup["test"])
+    for t, chosen in summary["folds"]["0"].get("pools_chosen", {}).items():
+        if t in scores:
+            scores[t]["pools"] = chosen
+    return scores
 
 
 def run_jobs(jobs, args, base: str, log_dir: str) -> list:
@@ -310,6 +318,9 @@ def learning_curves(base: str, setup: dict, seeds) -> dict:
                 out[f"{arm.name}_s{s}"] = {"ema_fg_dice": [float(x) for x in log["ema_fg_dice"]],
                                            "train_loss": [float(x) for x in log["train_losses"]]}
     return out
+
+
+PLATEAU = 0.01  # issue 29: the validation Dice within 0.01 over the last fifth of the steps
 
 
 def plateau(curve) -> float:
@@ -383,13 +394,18 @@ def summary_table(rows: dict, spec, struct_names) -> list:
     return lines
 
 
+def fmt_ci(ci) -> str:
+    return "-" if not ci or not np.isfinite(ci.get("low", np.nan)) else f"[{ci['low']:.3f}, {ci['high']:.3f}]"
+
+
 def per_seed_lines(rows: dict, spec, struct_names) -> list:
     lines = []
     for name, by_seed in rows.items():
         for s, r in sorted(by_seed.items()):
             m = metric_values(r, spec, struct_names)
             ci = {t.name: r.get("heads", {}).get(t.name, {}) for t in spec}
-            extra = "; ".join(f"{t} CI {v.get('roc_auc_ci') or v.get('pearson_r_ci')}" for t, v in ci.items() if v)
+            extra = "; ".join(f"{t} CI {fmt_ci(v.get('roc_auc_ci') or v.get('pearson_r_ci'))}"
+                              + (f" reads {'+'.join(v['pools'])}" if v.get("pools") else "") for t, v in ci.items() if v)
             lines.append(f"{name} s{s}: " + ", ".join(f"{k} {v:.3f}" for k, v in m.items()) + (f"; {extra}" if extra
                                                                                                   else ""))
     return lines
@@ -465,9 +481,9 @@ def report(base, setup, args, size, device, seconds, failed) -> None:
              f"- size {args.size}: {budget_of(size)}, heads-only {size['heads_epochs']} epochs; "
              f"{len(setup['train'])} train+val / {len(setup['test'])} held-out test cases; seeds {args.seeds}; "
              f"{args.workers} processes x 1 thread; wall {seconds:.0f} s; load at the end {load_average()}", "",
-             "Plateau (range of the EMA pseudo-Dice over the last fifth of the epochs): "
-             + ", ".join(f"{k} {plateau(c['ema_fg_dice']):.3f} (last {c['ema_fg_dice'][-1]:.3f})"
-                         for k, c in curves.items()), "",
+             f"Plateau (range of the EMA pseudo-Dice over the last fifth of the epochs; criterion {PLATEAU}): "
+             + ", ".join(f"{k} {plateau(c['ema_fg_dice']):.3f}{'' if plateau(c['ema_fg_dice']) <= PLATEAU else ' (NOT)'}"
+                         f" (last {c['ema_fg_dice'][-1]:.3f})" for k, c in curves.items()), "",
              *summary_table(rows, spec, struct_names), "", "Per seed (AUC / r with bootstrap 95 % CIs):", "",
              *[f"- {x}" for x in per_seed_lines(rows, spec, struct_names)]]
     if failed:

@@ -105,11 +105,8 @@ def main() -> None:
         print("[profile] " + json.dumps(out), file=sys.stderr, flush=True)
     atexit.register(report)
     sys.argv = [prog] + args
-    if which == "stock":
-        rc = entry()
-        sys.exit(rc if isinstance(rc, int) else 0)
-    from nnunet_mtl.cli.console import run
-    run(entry)  # as our console scripts leave (runs the atexit report first)
+    rc = entry()  # as the console scripts leave: sys.exit with the status (the atexit report runs first)
+    sys.exit(rc if isinstance(rc, int) else 0)
 
 
 if __name__ == "__main__":  # spawned workers import this file as __mp_main__: they must not run main()

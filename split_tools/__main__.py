@@ -1,7 +1,7 @@
-"""``python -m split_tools ...``: the split command; the code is nnunet_mtl/cli/split.py."""
+"""``python -m split_tools ...``: the split command (split_tools/cli.py)."""
 import sys
 
-from nnunet_mtl.cli.split import main
+from split_tools.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -44,7 +44,8 @@ def _options(parser) -> set:
 @functools.lru_cache(maxsize=None)
 def cli_flags() -> dict:
     """CLI name -> its option strings, from the parser builders in nnunet_mtl/cli/."""
-    from nnunet_mtl.cli import add_heads, classify, evaluate, explain, pipeline, predict, split
+    from nnunet_mtl.cli import add_heads, classify, evaluate, explain, pipeline, predict
+    from split_tools import cli as split
     return {"pipeline": _options(pipeline.build_parser()), "evaluation": _options(evaluate.build_parser()),
             "predict": _options(predict.build_parser()), "explain": _options(explain.build_parser()),
             "split_tools": _options(split.build_parser()), "classify": _options(classify.build_parser()),

@@ -15,7 +15,7 @@ from nnunet_mtl.model.heads import Head
 from nnunet_mtl.model.network import MTLNetwork
 from nnunet_mtl.model.pooling import PoolRequest, add_sums, features, pool_sums
 from nnunet_mtl.targets import CLASSIFICATION, REGRESSION, CaseTable, Target, TargetSpec
-from nnunet_mtl.training.linear_fit import FitError, fit_target, write_into_head
+from nnunet_mtl.training.linear_fit import FitError, fit_heads_from_features, fit_target, write_into_head
 
 SPEC = TargetSpec((Target("finding", CLASSIFICATION, classes=("absent", "present")), Target("size", REGRESSION)))
 PATCH = {2: (32, 32), 3: (8, 16, 16)}
@@ -151,6 +151,43 @@ def test_a_fitted_regression_head_computes_the_ridge_prediction_and_a_missing_la
     write_into_head(head, estimator, target)
     value = head.to_output(head.readout(torch.from_numpy(x).float()))[:, 0].detach().numpy()
     np.testing.assert_allclose(value, estimator.predict(x), rtol=1e-4, atol=1e-4)
+
+
+def test_each_target_reads_the_pools_its_cv_prefers_and_the_choice_helps_on_held_out_cases():
+    """Two pools of 32 noise features each plus 4 'measures': a class carried by one foreground feature, a
+    volume by one measure. Chosen on the training cases only, each target reads the pools that carry it, its
+    head computes that estimator (other columns weigh 0) and does better on held-out cases than one fit on
+    every column."""
+    from sklearn.metrics import roc_auc_score
+    rng = np.random.default_rng(3)
+    n, n_train = 240, 120
+    head_args = dict(encoder_channels=[32], stages=(0,), pools=("global", "foreground", "measures"))
+    spec = TargetSpec((Target("texture", CLASSIFICATION, classes=("plain", "textured")), Target("ml", REGRESSION)))
+    x = rng.normal(size=(n, 68))
+    texture = rng.integers(0, 2, n)
+    x[:, 32] += 2.0 * texture                       # a foreground-pool feature carries the class
+    volume = rng.normal(3.0, 0.5, n)
+    x[:, 64] = volume * 1000                        # a measure: the structure's voxel count
+    ids = [f"c{i:03d}" for i in range(n)]
+    table = CaseTable.from_mapping(spec, {c: {"texture": ("plain", "textured")[texture[i]],
+                                              "ml": float(volume[i] + rng.normal(0, 0.05))} for i, c in enumerate(ids)})
+
+    def held_out(select):
+        heads = {"texture": Head(num_outputs=2, measures_width=4, **head_args).eval(),
+                 "ml": Head(num_outputs=1, regression=True, measures_width=4, **head_args).eval()}
+        chosen = fit_heads_from_features(heads, spec, x[:n_train], ids[:n_train], table, select_pools=select)
+        test = torch.from_numpy(x[n_train:]).float()
+        p = heads["texture"].to_output(heads["texture"].readout(test))[:, 1].detach().numpy()
+        v = heads["ml"].to_output(heads["ml"].readout(test))[:, 0].detach().numpy()
+        return chosen, roc_auc_score(texture[n_train:], p), np.corrcoef(v, volume[n_train:])[0, 1], heads
+
+    chosen, auc, r, heads = held_out(True)
+    assert "foreground" in chosen["texture"]["pools"] and "global" not in chosen["texture"]["pools"]
+    assert chosen["ml"]["pools"] == ["measures"]
+    assert heads["ml"].fc.weight[0, :64].abs().max() == 0  # the pools it does not read weigh nothing
+    _, auc_all, r_all, _ = held_out(False)
+    assert auc >= auc_all - 0.01 and r > r_all, (auc, auc_all, r, r_all)
+    assert auc > 0.8 and r > 0.95
 
 
 def test_too_few_cases_of_a_class_is_one_clear_error():

@@ -14,7 +14,7 @@ import sys
 
 from nnunet_mtl.cli import predict
 from nnunet_mtl.cli.backend_args import add_backend_argument
-from nnunet_mtl.cli.failures import run_command
+from nnunet_mtl.commands.failures import run_command
 from nnunet_mtl.planning import add_trainer_path
 from nnunet_mtl.targets import load_spec_file
 from nnunet_mtl.model.pooling import POOLS
@@ -44,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pools", nargs="+", default=list(FIT_POOLS), choices=list(POOLS),
                    help=f"what the heads read: per stage the global and foreground pools; measures: the predicted "
                         f"structures' volume and intensity statistics (default: {' '.join(FIT_POOLS)})")
+    p.add_argument("--all_pools", action="store_true",
+                   help="every target reads all --pools (default: each target reads the combination of them that "
+                        "cross-validation on the training cases scores best)")
     p.add_argument("-device", "--device", default=None, choices=["cuda", "cpu", "mps"])
     add_backend_argument(p)
     p.add_argument("--overwrite", action="store_true",
@@ -64,7 +67,7 @@ def _run(args) -> int:
     spec = load_spec_file(args.spec_json) if args.spec_json else None
     summary = fit_heads(args.model, args.output, args.labels_csv, spec, args.folds, args.splits, args.checkpoint,
                         args.device or _device_default(), args.backend, args.cache_dir, args.stages, args.pools,
-                        overwrite=args.overwrite)
+                        overwrite=args.overwrite, select_pools=not args.all_pools)
     print(f"out-of-fold validation: {summary.get('headline', summary)}")
     print(f"model with fitted heads: {args.output}")
     return 0

@@ -8,7 +8,7 @@ import os
 import sys
 
 from nnunet_mtl.conversion.file_names import case_name
-from nnunet_mtl.cli.failures import run_command
+from nnunet_mtl.commands.failures import run_command
 
 
 def build_parser() -> argparse.ArgumentParser:

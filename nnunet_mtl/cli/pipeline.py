@@ -18,7 +18,7 @@ import time
 
 from nnunet_mtl.cli.backend_args import add_backend_argument
 from nnunet_mtl.cli.engine_args import add_engine_arguments, engine_kwargs
-from nnunet_mtl.cli.failures import run_command
+from nnunet_mtl.commands.failures import run_command
 from nnunet_mtl.cli.review_args import add_review_arguments, interval_tolerances
 from nnunet_mtl.conversion.description import add_description_arguments, description_from_args
 from nnunet_mtl.conversion.registry import LAYOUT_NAMES

@@ -5,7 +5,7 @@ import sys
 
 from nnunet_mtl.cli.backend_args import add_backend_argument
 from nnunet_mtl.cli.engine_args import add_engine_arguments, engine_kwargs
-from nnunet_mtl.cli.failures import run_command
+from nnunet_mtl.commands.failures import run_command
 from nnunet_mtl.cli.review_args import add_review_arguments, interval_tolerances
 from nnunet_mtl.inference.folders import converted_source, predict_folder
 from nnunet_mtl.inference.loader import load_predictor

@@ -44,7 +44,7 @@ from nnunet_mtl.calibration.conformal import check_coverage
 from nnunet_mtl.calibration.conformal_store import DEFAULT_COVERAGE, EnsembleConformal
 from nnunet_mtl.calibration.store import EnsembleCalibration
 from nnunet_mtl.dataset_spec import targets_from_plans
-from nnunet_mtl.inference import tiling
+from nnunet_mtl.inference import serial_io, tiling
 from nnunet_mtl.inference.checks import EngineChecks
 from nnunet_mtl.inference.openvino_backend import OpenVINONetwork
 from nnunet_mtl.inference.record import merge_into_folder
@@ -99,6 +99,16 @@ class nnUNetPredictorMTL(nnUNetPredictor):
         self.conformal = EnsembleConformal.from_fold_dirs(fold_dirs, self.spec)
         self.checks = EngineChecks.from_fold_dirs(fold_dirs)
         self.checkpoint_files = [os.path.join(d, checkpoint_name) for d in fold_dirs]
+
+    @property
+    def plans_manager(self):
+        return self._plans_manager
+
+    @plans_manager.setter
+    def plans_manager(self, value) -> None:
+        """Whoever sets it (nnU-Net's loaders, the trainer's validation), images are read and written one at a
+        time in this process (``serial_io``: SimpleITK crashes on concurrent reads)."""
+        self._plans_manager = serial_io.serialized(value)
 
     @property
     def spec(self) -> TargetSpec:

@@ -27,7 +27,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from nnunet_mtl.model.pooling import POOLS, STAGE_POOLS, PoolRequest, Sums, features, resolve_stages
+from nnunet_mtl.model.pooling import POOLS, STAGE_POOLS, PoolRequest, Sums, feature_groups, features, resolve_stages
 from nnunet_mtl.targets import TargetSpec
 
 CONFIG_BUFFERS = ("stages", "pools", "feature_mean", "feature_scale", "feature_count")
@@ -78,6 +78,11 @@ class Head(nn.Module):
     @property
     def read_config(self) -> dict:
         return {"stages": list(self._stages), "pools": list(self._pools)}
+
+    @property
+    def feature_groups(self) -> tuple:
+        """Per column of ``features_of``: the pool it comes from."""
+        return feature_groups(self.encoder_channels, self._stages, self._pools, self.measures_width)
 
     def features_of(self, sums: Sums) -> torch.Tensor:
         """``[B, F]``: the pools this head reads, in the order its scaler and ``fc`` expect."""

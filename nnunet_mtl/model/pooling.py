@@ -191,6 +191,13 @@ def features(sums: Sums, stages: Sequence[int], pools: Sequence[str]) -> torch.T
     return torch.cat(parts, 1)
 
 
+def feature_groups(encoder_channels: Sequence[int], stages: Sequence[int], pools: Sequence[str],
+                   n_measures: int) -> Tuple[str, ...]:
+    """The pool each column of ``features`` comes from (same order), so a fit can choose among the pools."""
+    groups = [p for s in stages for p in pools if p != "measures" for _ in range(int(encoder_channels[s]))]
+    return tuple(groups + ["measures"] * (int(n_measures) if "measures" in pools else 0))
+
+
 def measure_features(sums: Sums) -> torch.Tensor:
     """``[B, S * (2 + 2C)]``: per structure its voxel count and fraction, then per channel mean and spread."""
     vol = sums["measures_vol"]                                             # [B, S]

@@ -6,7 +6,8 @@ masks; ours does the same steps with nnU-Net's public functions (the trainer's d
 ``save_summary_json`` -> ``summary.json``, a DDP barrier every 20 cases) around ``nnUNetPredictorMTL.predict_case``,
 so one sliding window per case gives the mask and the head outputs. Masks are exported, and the metrics
 computed, in threads of this process (the threaded inference engine's way: no worker processes to start,
-seconds per validation on a small machine). A line per case shows the progress.
+seconds per validation on a small machine), their files read and written one at a time through the predictor's
+plans manager (``inference.serial_io``). A line per case shows the progress.
 
 Then the heads' rows of every validation case (gathered over DDP ranks) go to ``validation/predictions.csv|json``
 (raw probabilities) and ``validation/mtl_summary.json``, and the classification targets' temperatures are fitted
@@ -63,7 +64,7 @@ def validate(trainer, save_probabilities: bool = False) -> Optional[dict]:
     if trainer.is_ddp:
         dist.barrier()
     if trainer.local_rank == 0:
-        _segmentation_metrics(trainer, folder)
+        _segmentation_metrics(trainer, folder, predictor.plans_manager.image_reader_writer_class())
     trainer.set_deep_supervision_enabled(True)
     compute_gaussian.cache_clear()
     return write_heads(trainer, heads)
@@ -90,7 +91,7 @@ def _predict_cases(trainer, predictor: nnUNetPredictorMTL, folder: str, save_pro
             logits, heads[key] = predictor.predict_case(data, key)
             logits = logits.cpu()
             pending.append(export.submit(export_prediction_from_logits, logits, properties,
-                                         trainer.configuration_manager, trainer.plans_manager, trainer.dataset_json,
+                                         trainer.configuration_manager, predictor.plans_manager, trainer.dataset_json,
                                          os.path.join(folder, key), save_probabilities))
             for n in next_stages:
                 pending.append(export.submit(_next_stage, trainer, n, key, logits, properties))
@@ -150,11 +151,12 @@ def segmentation_summary(gt_folder: str, pred_folder: str, output_file: str, rea
     return summary
 
 
-def _segmentation_metrics(trainer, folder: str) -> None:
-    """nnU-Net's ``summary.json`` and its log lines."""
+def _segmentation_metrics(trainer, folder: str, reader_writer) -> None:
+    """nnU-Net's ``summary.json`` and its log lines (``reader_writer``: the predictor's, reading under the image
+    I/O lock, ``serial_io``)."""
     lm = trainer.label_manager
     metrics = segmentation_summary(os.path.join(trainer.preprocessed_dataset_folder_base, "gt_segmentations"), folder,
-                                   os.path.join(folder, "summary.json"), trainer.plans_manager.image_reader_writer_class(),
+                                   os.path.join(folder, "summary.json"), reader_writer,
                                    trainer.dataset_json["file_ending"],
                                    lm.foreground_regions if lm.has_regions else lm.foreground_labels, lm.ignore_label,
                                    default_num_processes)

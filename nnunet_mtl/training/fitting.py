@@ -133,9 +133,11 @@ def fit_heads(model_dir: str, out_dir: Optional[str] = None, labels_csv: Optiona
               splits_file: Optional[str] = None, checkpoint: str = "checkpoint_final.pth", device: str = "cpu",
               backend: str = "torch", cache_dir: Optional[str] = None, stages: Optional[Sequence[int]] = None,
               pools: Sequence[str] = FIT_POOLS, seed: int = 0, overwrite: bool = False,
-              report: Callable[[str], None] = print) -> dict:
+              report: Callable[[str], None] = print, select_pools: bool = True) -> dict:
     """Fit heads per fold of ``model_dir`` and write them into ``out_dir``'s checkpoints (None or the same folder:
-    in place, for a model of ours). Returns the out-of-fold summary over every fold's validation cases."""
+    in place, for a model of ours). ``select_pools``: each target reads the combination of ``pools`` its CV on
+    the training cases scores best (``linear_fit.select_and_fit``). Returns the out-of-fold summary over every
+    fold's validation cases."""
     source = SourceModel.open(model_dir)
     out_dir = os.path.abspath(out_dir or source.folder)
     in_place = out_dir == source.folder
@@ -157,7 +159,7 @@ def fit_heads(model_dir: str, out_dir: Optional[str] = None, labels_csv: Optiona
     request_base = {"format": FORMAT, "labels_sha256": content_hash(labels_file),
                     "splits_sha256": content_hash(splits_path), "targets": spec.to_json(),
                     "stages": None if stages is None else [int(s) for s in stages], "pools": list(pools),
-                    "step_size": FIT_STEP_SIZE, "seed": seed}
+                    "step_size": FIT_STEP_SIZE, "seed": seed, "select_pools": bool(select_pools)}
     cache_root = os.path.abspath(cache_dir or os.path.join(out_dir, "feature_cache"))
     rows_all, per_fold = [], {}
     for k in folds:
@@ -190,7 +192,7 @@ def fit_heads(model_dir: str, out_dir: Optional[str] = None, labels_csv: Optiona
         x = {c: reader.features_of(s)[0].numpy().astype(np.float64) for c, s in sums.items()}
         try:
             chosen = fit_heads_from_features(net.heads, spec, np.stack([x[c] for c in train_ids]), train_ids, table,
-                                             seed)
+                                             seed, select_pools)
         except FitError as e:
             unlabelled = len([c for c in splits[k]["train"] if c not in set(table.case_ids)])
             raise FittingError(f"fold {k}: {e}" + (f" ({unlabelled} training cases have no label in "
@@ -199,7 +201,9 @@ def fit_heads(model_dir: str, out_dir: Optional[str] = None, labels_csv: Optiona
         _write_checkpoint(ckpt, net, request, train_ids, chosen, target_ckpt, in_place)
         input_check = ood.fit_fold(fold_dir, x, train_ids, val_ids, reader.read_config)  # ood_score's features
         summary = _write_validation(fold_dir, spec, rows, table, train_ids, chosen, input_check)
-        report(f"fold {k}: heads fitted on {len(train_ids)} cases; out-of-fold {summary.get('headline', '')}")
+        picked = "; ".join(f"{t} reads {'+'.join(c['pools'])}" for t, c in chosen.items() if c["pools"])
+        report(f"fold {k}: heads fitted on {len(train_ids)} cases{f' ({picked})' if picked else ''}; out-of-fold "
+               f"{summary.get('headline', '')}")
         per_fold[k] = summary
         rows_all.extend(rows)
     overall = whole_case_summary(spec, [r for r in rows_all if r["case_id"] in set(table.case_ids)], table)
@@ -268,7 +272,7 @@ def _case_sums(predictor: nnUNetPredictorMTL, request: PoolRequest, sources, cac
 
 
 def _write_checkpoint(ckpt: dict, network: MTLNetwork, request: dict, train_ids: Sequence[str],
-                      chosen: Dict[str, float], path: str, in_place: bool) -> None:
+                      chosen: Dict[str, dict], path: str, in_place: bool) -> None:
     """The fold's checkpoint with the fitted heads (atomically); a stock checkpoint becomes one of ours."""
     weights = {k: v for k, v in ckpt["network_weights"].items() if not k.startswith("heads.")}
     weights.update({f"heads.{k}": v.detach().cpu().clone() for k, v in unwrap(network).heads.state_dict().items()})
@@ -276,22 +280,28 @@ def _write_checkpoint(ckpt: dict, network: MTLNetwork, request: dict, train_ids:
     if not in_place:
         out["trainer_name"] = nnUNetTrainerMTL.__name__
     out[INFO_KEY] = {**json.loads(json.dumps(request)), "kind": FITTED, "train_cases": list(train_ids),
-                     "regularisation": chosen, "sklearn_version": sklearn.__version__}
+                     **_choices(chosen), "sklearn_version": sklearn.__version__}
     os.makedirs(os.path.dirname(path), exist_ok=True)
     partial = path + ".part"
     torch.save(out, partial)
     os.replace(partial, path)
 
 
+def _choices(chosen: Dict[str, dict]) -> dict:
+    """What the CV chose per target: ``regularisation`` (C or alpha) and ``pools_chosen``."""
+    return {"regularisation": {t: c["regularisation"] for t, c in chosen.items()},
+            "pools_chosen": {t: c["pools"] for t, c in chosen.items()}}
+
+
 def _write_validation(fold_dir: str, spec: TargetSpec, rows: List[dict], table: CaseTable,
-                      train_ids: Sequence[str], chosen: Dict[str, float], input_check: Optional[dict] = None) -> dict:
+                      train_ids: Sequence[str], chosen: Dict[str, dict], input_check: Optional[dict] = None) -> dict:
     """The fold's out-of-fold rows, their scores, and the temperatures and conformal scores fitted on them."""
     val_dir = os.path.join(fold_dir, "validation")
     os.makedirs(val_dir, exist_ok=True)
     write_table(os.path.join(val_dir, "predictions.csv"), os.path.join(val_dir, "predictions.json"), spec, rows)
     labelled = set(table.case_ids)
     summary = whole_case_summary(spec, [r for r in rows if r["case_id"] in labelled], table)
-    summary.update(heads=FITTED, regularisation=chosen, n_train=len(train_ids), input_check=input_check)
+    summary.update(heads=FITTED, **_choices(chosen), n_train=len(train_ids), input_check=input_check)
     if spec.classification_targets:
         calibrate_fold(fold_dir, spec, table)
     summary["conformal"] = describe_conformal(conformal_fold(fold_dir, spec, table))  # scores with the temperatures

@@ -5,7 +5,7 @@ import argparse
 import os
 import sys
 
-from nnunet_mtl.cli.failures import run_command
+from nnunet_mtl.commands.failures import run_command
 from split_tools.splits import DEFAULT_SEED, MODES, make_splits, write_splits
 
 
