@@ -7,9 +7,13 @@ half of the cases, masks unchanged). Split (by case, stratified by texture, seed
 held out and only scored; of the rest 4/5 train, 1/5 validation (nnU-Net's per-epoch pseudo-Dice curve:
 not trained on, not scored). Fitted read-outs are fitted on train + validation cases.
 
-Configuration (CPU): nnU-Net's ``2d`` configuration of the plain plans (patch and network as planned,
-features capped at 32, batch ``SIZES[...]['batch']``): on 2 cores the 3d configuration needs days to plateau
-(runs A-E: 1,000 steps, Dice 0.60 / 0.24), the 2d one plateaus in minutes per arm (see the curves).
+Configuration (CPU): nnU-Net's ``2d`` configuration of the plain plans (patch 56x40 as planned, 4 stages,
+features capped at 32, batch 12 instead of the planned 281), 240 epochs x 25 iterations = 6,000 steps per arm:
+on 2 cores the 3d configuration needs days to plateau (runs A-E: 1,000 steps, Dice 0.60 / 0.24); at one thread
+a step of batch 12 costs 0.13 s against 0.37 s for batch 32, so the same minutes buy 2.8x the updates, and short
+epochs give nnU-Net's per-epoch EMA pseudo-Dice (time constant 10 epochs) the resolution to show a plateau.
+Every arm and seed together take about 90 minutes on 2 cores (``cpu_1250``: the morning's 1,250 steps of
+batch 32, not converged).
 ``--full`` (a GPU) keeps the 3d_fullres plans as planned with nnU-Net's own batch and a longer budget.
 
 Arms (``TRAINED``, each trained per seed in its own process, ``OMP_NUM_THREADS=1``, ``--workers`` at a time):
