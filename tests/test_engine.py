@@ -154,8 +154,8 @@ def test_a_fitted_regression_head_computes_the_ridge_prediction_and_a_missing_la
 
 
 def test_each_target_reads_the_pools_its_cv_prefers_and_the_choice_helps_on_held_out_cases():
-    """Two pools of 32 noise features each plus 4 'measures': a class carried by one foreground feature, a
-    volume by one measure. Chosen on the training cases only, each target reads the pools that carry it, its
+    """Two pools of 32 noise features each plus the measures of one structure (volume, fraction, mean and spread
+    of the image inside): a class carried by one foreground feature, a volume by the volume. Chosen on the training cases only, each target reads the pools that carry it, its
     head computes that estimator (other columns weigh 0) and does better on held-out cases than one fit on
     every column."""
     from sklearn.metrics import roc_auc_score
@@ -173,8 +173,9 @@ def test_each_target_reads_the_pools_its_cv_prefers_and_the_choice_helps_on_held
                                               "ml": float(volume[i] + rng.normal(0, 0.05))} for i, c in enumerate(ids)})
 
     def held_out(select):
-        heads = {"texture": Head(num_outputs=2, measures_width=4, **head_args).eval(),
-                 "ml": Head(num_outputs=1, regression=True, measures_width=4, **head_args).eval()}
+        heads = {"texture": Head(num_outputs=2, measures_width=4, measures_structures=1, **head_args).eval(),
+                 "ml": Head(num_outputs=1, regression=True, measures_width=4, measures_structures=1,
+                            **head_args).eval()}
         chosen = fit_heads_from_features(heads, spec, x[:n_train], ids[:n_train], table, select_pools=select)
         test = torch.from_numpy(x[n_train:]).float()
         p = heads["texture"].to_output(heads["texture"].readout(test))[:, 1].detach().numpy()
@@ -183,7 +184,7 @@ def test_each_target_reads_the_pools_its_cv_prefers_and_the_choice_helps_on_held
 
     chosen, auc, r, heads = held_out(True)
     assert "foreground" in chosen["texture"]["pools"] and "global" not in chosen["texture"]["pools"]
-    assert chosen["ml"]["pools"] == ["measures"]
+    assert chosen["ml"]["pools"] == ["measures_volume"]  # not the intensities beside it
     assert heads["ml"].fc.weight[0, :64].abs().max() == 0  # the pools it does not read weigh nothing
     _, auc_all, r_all, _ = held_out(False)
     assert auc >= auc_all - 0.01 and r > r_all, (auc, auc_all, r, r_all)

@@ -38,10 +38,11 @@ STATS_EPS = 1e-5       # added to the running variance, as BatchNorm's: a near-c
 class Head(nn.Module):
     def __init__(self, encoder_channels: Sequence[int], stages: Sequence[int], pools: Sequence[str],
                  num_outputs: int, dropout: float = 0.2, regression: bool = False, track_feature_stats: bool = False,
-                 measures_width: int = 0):
+                 measures_width: int = 0, measures_structures: int = 0):
         super().__init__()
         self.encoder_channels = tuple(int(c) for c in encoder_channels)
         self.measures_width = int(measures_width)  # features of the "measures" pool (pooling.measures_width)
+        self.measures_structures = int(measures_structures)  # the structures they measure (0: not known)
         self.num_outputs = int(num_outputs)
         self.regression = regression
         self.track_feature_stats = track_feature_stats  # the running scaler (heads on detached features)
@@ -82,7 +83,8 @@ class Head(nn.Module):
     @property
     def feature_groups(self) -> tuple:
         """Per column of ``features_of``: the pool it comes from."""
-        return feature_groups(self.encoder_channels, self._stages, self._pools, self.measures_width)
+        return feature_groups(self.encoder_channels, self._stages, self._pools, self.measures_width,
+                              self.measures_structures)
 
     def features_of(self, sums: Sums) -> torch.Tensor:
         """``[B, F]``: the pools this head reads, in the order its scaler and ``fc`` expect."""
@@ -140,8 +142,9 @@ class Head(nn.Module):
 
 
 def build_heads(spec: TargetSpec, encoder_channels: Sequence[int], stages: Sequence[int], pools: Sequence[str],
-                dropout: float = 0.2, measures_width: int = 0) -> nn.ModuleDict:
+                dropout: float = 0.2, measures_width: int = 0, measures_structures: int = 0) -> nn.ModuleDict:
     """One head per target, keyed by target name, all reading the same stages and pools."""
     return nn.ModuleDict({t.name: Head(encoder_channels, stages, pools, t.num_outputs, dropout,
-                                       regression=not t.is_classification, measures_width=measures_width)
+                                       regression=not t.is_classification, measures_width=measures_width,
+                                       measures_structures=measures_structures)
                           for t in spec})

@@ -38,7 +38,7 @@ class MTLNetwork(nn.Module):
         structures = n_classes if self.has_regions or n_classes == 1 else n_classes - 1
         with torch.random.fork_rng(devices=[]):  # the heads' initialisation leaves the random stream as stock's
             self.heads = build_heads(spec, list(self.encoder.output_channels), head_stages, head_pools, head_dropout,
-                                     measures_width(structures, input_channels(self.encoder)))
+                                     measures_width(structures, input_channels(self.encoder)), structures)
         self.detach_head_inputs = False     # True: heads learn on the features without training the encoder
         self.capture_heads = False          # when True, a plain forward also stores head outputs
         self.last_head_outputs = None

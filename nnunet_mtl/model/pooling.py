@@ -192,10 +192,17 @@ def features(sums: Sums, stages: Sequence[int], pools: Sequence[str]) -> torch.T
 
 
 def feature_groups(encoder_channels: Sequence[int], stages: Sequence[int], pools: Sequence[str],
-                   n_measures: int) -> Tuple[str, ...]:
-    """The pool each column of ``features`` comes from (same order), so a fit can choose among the pools."""
+                   n_measures: int, n_structures: int = 0) -> Tuple[str, ...]:
+    """What each column of ``features`` is (same order), so a fit can choose what a target reads: the stage pools
+    by name; the measures as ``measures_volume`` (volume and fraction per structure, the first ``2 *
+    n_structures`` columns) and ``measures_intensity`` (the image's mean and spread inside), or as one
+    ``measures`` group when ``n_structures`` is not known."""
     groups = [p for s in stages for p in pools if p != "measures" for _ in range(int(encoder_channels[s]))]
-    return tuple(groups + ["measures"] * (int(n_measures) if "measures" in pools else 0))
+    if "measures" in pools:
+        n_volume = min(2 * int(n_structures), int(n_measures))
+        groups += (["measures_volume"] * n_volume + ["measures_intensity"] * (int(n_measures) - n_volume)
+                   if n_volume else ["measures"] * int(n_measures))
+    return tuple(groups)
 
 
 def measure_features(sums: Sums) -> torch.Tensor:
