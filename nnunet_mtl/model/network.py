@@ -99,10 +99,13 @@ class MTLNetwork(nn.Module):
         if self.detach_head_inputs:
             skips = [s.detach() for s in skips]
         fg = structures = None
+        # training: the heads' loss never reaches the segmentation through its own pools; in eval mode the
+        # gradient does flow (Grad-CAM of a head that reads only the measures explains them through the decoder)
+        seg_read = seg_hi.detach() if self.training else seg_hi
         if "foreground" in request.pools:
-            fg = foreground_probability(seg_hi.detach(), self.has_regions)
+            fg = foreground_probability(seg_read, self.has_regions)
         if request.measures:
-            structures = structure_probabilities(seg_hi.detach(), self.has_regions)
+            structures = structure_probabilities(seg_read, self.has_regions)
         return pool_sums(skips, weights, request, fg, tuple(x.shape[2:]), structures, x.detach())
 
     def outputs_to_predictions(self, raw: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
