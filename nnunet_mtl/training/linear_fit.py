@@ -5,8 +5,8 @@ Classification: logistic regression (``class_weight='balanced'``, the inverse re
 stratified k-fold CV on the log-loss); regression: ridge (alpha by efficient leave-one-out CV). Which pools a
 target reads is chosen the same way (``select_and_fit``): every combination of the pools the head reads is
 fitted and the one with the best CV score kept (the others' columns get weight 0), because no one set wins every
-target: on hippocampus the segmentation's measurements with the global pool read the volume best, the
-foreground pool a texture inside the structure (docs/benchmarks.md). The head then
+target: on hippocampus the segmentation's measurements read the volume best, the foreground pool a texture
+inside the structure, and all of them together lose on both (docs/benchmarks.md). The head then
 computes exactly the estimator's ``predict_proba`` / ``predict``: binary logistic regression as two logits
 ``-d/2, +d/2`` (softmax = sigmoid(d)), multinomial as the decision function, a class absent from the training
 cases as a logit of -1e4 (probability 0, as scikit-learn gives it).
