@@ -101,7 +101,7 @@ class MTLNetwork(nn.Module):
         fg = structures = None
         # training: the heads' loss never reaches the segmentation through its own pools; in eval mode the
         # gradient does flow (Grad-CAM of a head that reads only the measures explains them through the decoder)
-        seg_read = seg_hi.detach() if self.training else seg_hi
+        seg_read = seg_hi.detach() if self.training and seg_hi is not None else seg_hi
         if "foreground" in request.pools:
             fg = foreground_probability(seg_read, self.has_regions)
         if request.measures:
