@@ -97,9 +97,9 @@ def select_and_fit(target: Target, x: np.ndarray, case_ids: Sequence[str], table
     """(estimator, used columns, their pools): per combination of the pools in ``groups`` (one per column of
     ``x``; None: all columns, no choice) a CV-regularised fit on the training cases only; the best CV score
     wins. The same CV folds score every combination."""
-    xs, y = _labelled(target, x, case_ids, table)
     if groups is None:
-        return make_estimator(target, y, seed).fit(xs, y), np.ones(x.shape[1], bool), ()
+        return fit_target(target, x, case_ids, table, seed), np.ones(x.shape[1], bool), ()
+    xs, y = _labelled(target, x, case_ids, table)
     groups = np.asarray(groups)
     if len(groups) != x.shape[1]:
         raise ValueError(f"{len(groups)} feature groups for {x.shape[1]} features")
@@ -125,10 +125,10 @@ def write_into_head(head: Head, estimator, target: Target, columns: Optional[np.
     scaler, linear = estimator[0], estimator[-1]
     width = head.fc.in_features
     columns = np.ones(width, bool) if columns is None else np.asarray(columns, bool)
-    coef = np.zeros((np.atleast_2d(linear.coef_).shape[0], width))
     fitted = np.atleast_2d(np.asarray(linear.coef_, dtype=np.float64))
     if fitted.shape[1] != columns.sum() or len(columns) != width:
         raise ValueError(f"target {target.name!r}: {fitted.shape[1]} fitted features, the head reads {width}")
+    coef = np.zeros((fitted.shape[0], width))
     coef[:, columns] = fitted
     bias = np.atleast_1d(np.asarray(linear.intercept_, dtype=np.float64))
     mean, scale = np.zeros(width), np.ones(width)
