@@ -82,7 +82,8 @@ class Head(nn.Module):
 
     @property
     def feature_groups(self) -> tuple:
-        """Per column of ``features_of``: the pool it comes from."""
+        """Per column of ``features_of``: its pool, the measures split into their volume and intensity parts
+        (``pooling.feature_groups``)."""
         return feature_groups(self.encoder_channels, self._stages, self._pools, self.measures_width,
                               self.measures_structures)
 
